@@ -1,0 +1,1 @@
+"""Celery tasks, one module per job family: plain functions first, thin tasks after."""

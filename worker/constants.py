@@ -1,0 +1,22 @@
+"""Names shared by the CLI, the Celery app and the tasks: queues, task names, Redis keys."""
+
+QUEUE_CONTROL = "control"  # planning, coordinating, finalising
+QUEUE_BULK = "bulk"  # per-table, per-chunk work
+
+# Task names are worktask.<family>.<step>. Coordinators go to `control`, the rest to `bulk`.
+CONTROL_STEPS = ("start", "finalize", "fail")
+TASK_MODULES = ["tasks.health"]
+
+TASK_HEALTH_START = "worktask.health.start"
+TASK_HEALTH_CHECK = "worktask.health.check"
+TASK_HEALTH_FINALIZE = "worktask.health.finalize"
+
+# Redis keys (all under one prefix so that an operator can find them).
+KEY_PREFIX = "worktask:"
+JOB_KEY = KEY_PREFIX + "job:{job_id}"  # hash: kind, state, counters, report
+JOB_ATTEMPTS_KEY = KEY_PREFIX + "job:{job_id}:attempts"  # hash: task id -> deliveries
+BEAT_SLOT_KEY = KEY_PREFIX + "beat:{name}:{slot}"  # SET NX per schedule slot: one run per slot
+JOB_TTL_SECONDS = 14 * 24 * 3600
+
+# Job and backup ids: sortable, [0-9A-Za-z-] only.
+ID_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z-]{0,79}$"

@@ -1,0 +1,42 @@
+"""The error tree. Every expected failure is a WorktaskError: one line, one exit code (DESIGN §6)."""
+
+
+class WorktaskError(Exception):
+    """An expected failure: a one-line message that names the thing and the fix."""
+
+    exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BadInput(WorktaskError):
+    """Bad input or configuration: nothing was changed."""
+
+    exit_code = 2
+
+
+class ServiceUnavailable(WorktaskError):
+    """A service could not be reached: the message says which one and where it was looked for."""
+
+    exit_code = 3
+
+
+class JobFailed(WorktaskError):
+    """The job ran and failed; its report says what."""
+
+    exit_code = 1
+
+
+class JobTimeout(WorktaskError):
+    """The wait for a job ended at its bound; the job may still be running."""
+
+    exit_code = 1
+
+
+class PoisonChunk(WorktaskError):
+    """A chunk was delivered more times than allowed (its worker keeps dying)."""

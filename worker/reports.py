@@ -1,0 +1,61 @@
+"""Job reports: pydantic models, also the `--json` output (DESIGN §11)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class JobReport(BaseModel):
+    job_id: str
+    kind: str
+    state: Literal["succeeded", "failed"]
+    ok: bool
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    dry_run: bool = False
+    error: str | None = None
+
+
+class Check(BaseModel):
+    name: str
+    ok: bool
+    detail: str
+    seconds: float = 0.0
+
+
+class HealthReport(JobReport):
+    kind: str = "health"
+    status: Literal["healthy", "degraded", "unhealthy"]
+    checks: list[Check] = Field(default_factory=list)
+
+
+class Progress(BaseModel):
+    """What `jobs show` and the progress bar read from Redis while a job runs."""
+
+    job_id: str
+    kind: str
+    state: Literal["queued", "running", "succeeded", "failed"]
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None
+    chunks_total: int = 0
+    chunks_done: int = 0
+    chunks_failed: int = 0
+    rows: int = 0
+    bytes: int = 0
+    rate_chunks_per_s: float | None = None
+    rate_rows_per_s: float | None = None
+    eta_seconds: float | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("succeeded", "failed")

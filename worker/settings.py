@@ -1,0 +1,195 @@
+"""One settings class for every variable of the guide (DESIGN §4), read from the environment and `.env`.
+
+A bad value becomes one BadInput line that names the variable and what it accepts.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import BadInput
+
+BOOL = "true or false"
+SECRET_FIELDS = ("postgres_password", "backup_encryption_key", "flower_basic_auth")
+
+
+def _f(default: Any, accepts: str, **kw: Any) -> Any:
+    return Field(default, description=accepts, **kw)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # The guide's variables, with its defaults.
+    aws_region: str = _f("us-east-1", "an AWS region name such as us-east-1", min_length=1)
+    dynamo_table_name: str = _f("ai-agent-system", "a DynamoDB table name (3-255 of A-Z a-z 0-9 _ . -)",
+                                pattern=r"^[A-Za-z0-9_.-]{3,255}$")
+    postgres_secret_arn: str | None = _f(None, "a Secrets Manager ARN or name holding username/password/host/port/dbname")
+    postgres_host: str = _f("localhost", "a host name, an IP address or a Unix socket folder", min_length=1)
+    postgres_port: int = _f(5432, "a TCP port, 1-65535", ge=1, le=65535)
+    postgres_database: str = _f("ai_agent_system", "a database name", min_length=1)
+    s3_bucket_name: str | None = _f(None, "an S3 bucket name (unset: backups go to BACKUP_DIR)")
+    migrations_path: Path | None = _f(None, "a folder holding an Alembic script directory")
+    backup_prefix: str = _f("backups", "a key prefix of [0-9A-Za-z_.-/] without leading or trailing /",
+                            pattern=r"^[0-9A-Za-z_.-]+(/[0-9A-Za-z_.-]+)*$")
+    retention_days: int = _f(30, "a whole number of days, at least 1", ge=1, le=36500)
+    dry_run: bool = _f(False, BOOL)
+    skip_existing: bool = _f(False, BOOL)
+    tables_only: str | None = _f(None, "a comma-separated list of table names, e.g. services,dependencies")
+    compression_enabled: bool = _f(True, BOOL)
+    encryption_enabled: bool = _f(True, BOOL)
+    skip_migrations: bool = _f(False, BOOL)
+    skip_seeding: bool = _f(False, BOOL)
+    skip_backup: bool = _f(False, BOOL)
+    skip_validation: bool = _f(False, BOOL)
+    generate_test_data: bool = _f(False, BOOL)
+    test_data_count: int = _f(10, "a whole number of work tasks, 1-10000000", ge=1, le=10_000_000)
+    fix_issues: bool = _f(False, BOOL)
+    debug: bool = _f(False, BOOL)
+
+    # Added by this project.
+    postgres_user: str = _f("postgres", "a PostgreSQL role name", min_length=1)
+    postgres_password: SecretStr | None = _f(None, "the PostgreSQL password (or use POSTGRES_SECRET_ARN)")
+    postgres_connect_timeout: int = _f(5, "seconds, 1-120", ge=1, le=120)
+    celery_broker_url: str = _f("redis://127.0.0.1:6379/0", "a redis:// or redis+socket:// URL",
+                                pattern=r"^(redis|rediss|redis\+socket)://")
+    celery_result_backend: str | None = _f(None, "a redis:// or redis+socket:// URL (default: the broker)",
+                                           pattern=r"^(redis|rediss|redis\+socket)://")
+    aws_endpoint_url: str | None = _f(None, "an http(s):// URL of an AWS-compatible endpoint (moto, LocalStack)",
+                                      pattern=r"^https?://")
+    backup_dir: Path | None = _f(None, "a folder for backups when S3_BUCKET_NAME is unset")
+    backup_encryption_key: SecretStr | None = _f(None, "base64 of 32 random bytes (worktask keygen prints one)")
+    backup_kms_key_id: str | None = _f(None, "a KMS key id, ARN or alias")
+    chunk_rows: int = _f(100_000, "rows per backup chunk, 1000-100000000", ge=1000, le=100_000_000)
+    dynamo_segments: int = _f(4, "parallel scan segments, 1-256", ge=1, le=256)
+    task_time_limit: int = _f(1800, "seconds a chunk task may run, 10-86400", ge=10, le=86_400)
+    visibility_timeout: int = _f(7200, "seconds, above TASK_TIME_LIMIT", ge=60, le=7 * 86_400)
+    max_chunk_attempts: int = _f(4, "deliveries of one chunk before the job fails, 1-20", ge=1, le=20)
+    job_timeout: int = _f(3600, "seconds the CLI waits for a job, 5-604800", ge=5, le=604_800)
+    health_interval_minutes: int = _f(15, "minutes between scheduled health checks, 1-1440", ge=1, le=1440)
+    flower_basic_auth: SecretStr | None = _f(None, "user:password for Flower's basic auth")
+    worktask_state_dir: Path = _f(Path(".worktask"), "a folder for the embedded stack's state and logs")
+
+    @field_validator("backup_encryption_key")
+    @classmethod
+    def _key_is_32_bytes(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            try:
+                raw = base64.b64decode(v.get_secret_value(), validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("not base64") from None
+            if len(raw) != 32:
+                raise ValueError("not 32 bytes")
+        return v
+
+    @field_validator("tables_only")
+    @classmethod
+    def _table_list(cls, v: str | None) -> str | None:
+        if v is not None and v.strip():
+            names = [n.strip() for n in v.split(",")]
+            if not all(names):
+                raise ValueError("empty table name")
+            return ",".join(names)
+        return None
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _user_password(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and ":" not in v.get_secret_value():
+            raise ValueError("expects user:password")
+        return v
+
+    @model_validator(mode="after")
+    def _visibility_above_time_limit(self) -> Settings:
+        if self.visibility_timeout <= self.task_time_limit:
+            raise ValueError("VISIBILITY_TIMEOUT must be above TASK_TIME_LIMIT")
+        return self
+
+    # Derived values.
+    @property
+    def result_backend(self) -> str:
+        return self.celery_result_backend or self.celery_broker_url
+
+    @property
+    def tables(self) -> list[str]:
+        return self.tables_only.split(",") if self.tables_only else []
+
+    def public_dict(self) -> dict[str, Any]:
+        """The effective configuration, secrets masked; keys are the variable names."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "********"
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, str) and "://" in value:
+                value = mask_url(value)
+            out[name.upper()] = value
+        return out
+
+
+def mask_url(url: str) -> str:
+    """A URL with its password replaced by ***, fit for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.rsplit("@", 1)
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+    return url
+
+
+def describe_error(err: ValidationError) -> str:
+    """One line naming the first bad variable and what it accepts."""
+    first = err.errors()[0]
+    if not first["loc"]:
+        return f"invalid configuration: {first['msg'].removeprefix('Value error, ')}"
+    name = str(first["loc"][0])
+    field = Settings.model_fields.get(name)
+    accepts = field.description if field is not None else first["msg"]
+    shown = first.get("input")
+    if name in SECRET_FIELDS:
+        shown = "********"
+    value = f"={shown!r}" if isinstance(shown, (str, int, float)) else ""
+    return f"{name.upper()}{value} is not valid: expects {accepts}"
+
+
+def stack_overrides(state_dir: Path) -> dict[str, str]:
+    """Values written by `worktask stack up` for the services it started (they replace dead ones)."""
+    path = state_dir / "stack.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k.lower(): v for k, v in data.get("env", {}).items()}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings; a bad value raises BadInput naming the variable."""
+    try:
+        base = Settings(**overrides)
+        stack = {} if os.environ.get("WORKTASK_IGNORE_STACK") else stack_overrides(base.worktask_state_dir)
+        if not stack:
+            return base
+        for name, value in stack.items():  # e.g. moto's dummy AWS credentials, read by boto3 itself
+            if name not in Settings.model_fields:
+                os.environ.setdefault(name.upper(), value)
+        fields = {k: v for k, v in stack.items() if k in Settings.model_fields}
+        return Settings(**{**fields, **overrides})
+    except ValidationError as err:
+        raise BadInput(describe_error(err)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
