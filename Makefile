@@ -17,12 +17,16 @@ install: $(BIN)/.installed
 test: install
 	$(BIN)/pytest -q
 
-# Starts the stack (embedded services where the configured ones do not answer), runs the main
-# job, prints its report, stops the stack whatever happened.
+# Starts the stack (embedded services where the configured ones do not answer), migrates, seeds,
+# runs the main job, prints its report, stops the stack whatever happened.
 demo: install
 	$(BIN)/worktask stack up
 	@rc=0; \
-	$(BIN)/worktask health || rc=$$?; \
+	( set -e; \
+	  $(BIN)/worktask migrate; \
+	  $(BIN)/worktask migrate status; \
+	  $(BIN)/worktask seed --skip-existing; \
+	  $(BIN)/worktask health ) || rc=$$?; \
 	$(BIN)/worktask stack down; \
 	exit $$rc
 

@@ -9,8 +9,9 @@ import psycopg
 import redis
 from botocore.exceptions import BotoCoreError, ClientError
 from celery import chord
+from sqlalchemy.exc import SQLAlchemyError
 
-from worker import jobs
+from worker import jobs, migrator
 from worker.app import app
 from worker.connections import aws_client, pg_connect, redis_client
 from worker.constants import (BEAT_SLOT_KEY, QUEUE_BULK, QUEUE_CONTROL, TASK_HEALTH_CHECK,
@@ -21,7 +22,7 @@ from worker.settings import Settings, mask_url
 from worker.store import get_store
 from worker.taskbase import JobTask
 
-CHECKS = ("postgres", "redis", "dynamodb", "backup_store", "workers")
+CHECKS = ("postgres", "redis", "dynamodb", "backup_store", "workers", "migrations")
 CRITICAL = {"postgres", "redis"}  # without these nothing works: unhealthy, not degraded
 
 
@@ -67,8 +68,18 @@ def check_workers(settings: Settings) -> str:
     return f"{len(workers)} worker(s): {names}"
 
 
+def check_migrations(settings: Settings) -> str:
+    st = migrator.status(settings, migrator.script_path(settings))
+    if st["drift"]:
+        raise WorktaskError(f"drift: {', '.join(st['drift'])} changed after being applied")
+    if st["pending"]:
+        raise WorktaskError(f"{len(st['pending'])} pending ({', '.join(p['version'] for p in st['pending'])}): "
+                            "run worktask migrate")
+    return f"at head {st['current']}, {len(st['applied'])} applied, no drift"
+
+
 RUNNERS = {"postgres": check_postgres, "redis": check_redis, "dynamodb": check_dynamodb,
-           "backup_store": check_backup_store, "workers": check_workers}
+           "backup_store": check_backup_store, "workers": check_workers, "migrations": check_migrations}
 
 
 def run_check(name: str, settings: Settings) -> Check:
@@ -76,7 +87,7 @@ def run_check(name: str, settings: Settings) -> Check:
     began = time.monotonic()
     try:
         detail, ok = RUNNERS[name](settings), True
-    except (WorktaskError, psycopg.Error, redis.RedisError, BotoCoreError, ClientError, OSError) as err:
+    except (WorktaskError, psycopg.Error, SQLAlchemyError, redis.RedisError, BotoCoreError, ClientError, OSError) as err:
         text = str(err).strip().splitlines()
         detail, ok = (text[0] if text else type(err).__name__), False
     return Check(name=name, ok=ok, detail=detail, seconds=round(time.monotonic() - began, 3))

@@ -109,6 +109,25 @@ def settings(stack: Any) -> Any:
     return stack.settings
 
 
+def run_job(settings: Any, submit: Any, timeout: float = 120) -> dict[str, Any]:
+    """Submit a job through worker.commands and wait for its report (real workers)."""
+    from worker import commands
+
+    return commands.wait(settings, submit(), timeout)
+
+
+@pytest.fixture(scope="session")
+def migrated(settings: Any) -> Any:
+    """The session database at the migration head (the DynamoDB table too), seeded."""
+    from worker import commands
+
+    report = run_job(settings, lambda: commands.migrate(settings, "upgrade", None, False))
+    assert report["ok"], report
+    report = run_job(settings, lambda: commands.seed(settings, False, "conflict", False))
+    assert report["ok"], report
+    return settings
+
+
 @pytest.fixture()
 def pg(settings: Any) -> Iterator[psycopg.Connection]:
     from worker.connections import pg_connect

@@ -12,7 +12,7 @@ from worker.connections import redis_client
 from worker.reports import Check
 
 
-def test_health_json_is_one_object_with_every_check_green(settings: Any) -> None:
+def test_health_json_is_one_object_with_every_check_green(migrated: Any) -> None:
     code, report = cli_json("health")
     assert code == 0, report
     assert report["kind"] == "health" and report["state"] == "succeeded" and report["ok"] is True
@@ -25,7 +25,7 @@ def test_health_json_is_one_object_with_every_check_green(settings: Any) -> None
         assert key in report
 
 
-def test_jobs_show_gives_the_counters_and_report_of_a_finished_job(settings: Any) -> None:
+def test_jobs_show_gives_the_counters_and_report_of_a_finished_job(migrated: Any) -> None:
     _, report = cli_json("health")
     code, shown = cli_json("jobs", "show", report["job_id"])
     assert code == 0
@@ -34,11 +34,11 @@ def test_jobs_show_gives_the_counters_and_report_of_a_finished_job(settings: Any
     assert shown["report"] == report
 
 
-def test_no_wait_prints_the_job_id_and_the_job_runs_on(settings: Any) -> None:
+def test_no_wait_prints_the_job_id_and_the_job_runs_on(migrated: Any) -> None:
     proc = run_cli("health", "--no-wait")
     assert proc.returncode == 0
     job_id = proc.stdout.strip()
-    report = jobs.wait(redis_client(settings), job_id, timeout=60)
+    report = jobs.wait(redis_client(migrated), job_id, timeout=60)
     assert report["job_id"] == job_id and report["status"] == "healthy"
 
 
@@ -75,12 +75,13 @@ def test_status_is_degraded_for_a_store_and_unhealthy_for_postgres() -> None:
     assert health_report("j", pg_down, None).status == "unhealthy"
 
 
-def test_scheduled_health_runs_once_per_slot(settings: Any) -> None:
+def test_scheduled_health_runs_once_per_slot(migrated: Any) -> None:
     from tasks.health import start
 
-    r = redis_client(settings)
-    first = start.apply_async(kwargs={"job_id": None, "options": {"scheduled": True}}).get(timeout=30)
-    second = start.apply_async(kwargs={"job_id": None, "options": {"scheduled": True}}).get(timeout=30)
+    r = redis_client(migrated)
+    results = [start.apply_async(kwargs={"job_id": None, "options": {"scheduled": True}}) for _ in range(2)]
+    first, second = (res.get(timeout=30) for res in results)
+    del results  # let the result consumer go while Redis still answers
     ran = [x for x in (first, second) if "job_id" in x]
     skipped = [x for x in (first, second) if x.get("skipped")]
     assert len(skipped) >= 1

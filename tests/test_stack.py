@@ -73,6 +73,8 @@ def test_embedded_stack_up_health_down_on_dead_ports(tmp_path: Path, stack: Any)
         services = {s["name"]: s for s in json.loads(up.stdout)["services"]}
         assert services["postgres"]["url"].startswith("postgresql://postgres@/postgres?host=")
         assert services["redis"]["url"].startswith("redis+socket://")
+        migrate = cli("migrate")
+        assert migrate.returncode == 0, migrate.stderr
         health = cli("health", "--json")
         report = json.loads(health.stdout)
         assert health.returncode == 0 and report["status"] == "healthy", report

@@ -66,7 +66,7 @@ def progress_bar(kind: str) -> tuple[Progress, Callable[[JobProgress], None]]:
     def update(p: JobProgress) -> None:
         detail = p.state
         if p.rows or p.bytes:
-            detail = f"{p.rows:,} rows, {human_bytes(p.bytes)}"
+            detail = f"{p.rows:,} rows" + (f", {human_bytes(p.bytes)}" if p.bytes else "")
         if p.rate_rows_per_s:
             detail += f", {p.rate_rows_per_s:,.0f} rows/s"
         if p.eta_seconds is not None and not p.finished:
@@ -91,7 +91,7 @@ def run_job(submit: Callable[[], str], kind: str, as_json: bool, no_wait: bool, 
     else:
         render(report)
         if report.get("error"):
-            err.print(f"[red]error:[/] {escape(report['error'])}")
+            err.print(f"[red]error:[/] {escape(report['error'])}", soft_wrap=True)
     return 0 if report.get("ok") else 1
 
 
@@ -108,7 +108,31 @@ def render_any(report: dict[str, Any]) -> None:
     out.print_json(json.dumps(report, default=str))
 
 
-RENDERERS: dict[str, Callable[[dict[str, Any]], None]] = {"health": render_health}
+def render_migrate(report: dict[str, Any]) -> None:
+    if report.get("sql") is not None:
+        out.print(report["sql"] or "-- nothing to run: the database is at the target", markup=False)
+        return
+    verb = "applied" if report["action"] == "upgrade" else "rolled back"
+    out.print(f"{verb}: {', '.join(report['versions']) or 'nothing'}; now at {report['after'] or 'base'}"
+              + (f"; pending: {', '.join(report['pending'])}" if report["pending"] else ""), markup=False)
+    if report.get("drift"):
+        out.print(f"drift (changed after they were applied): {', '.join(report['drift'])}", markup=False)
+
+
+def render_seed(report: dict[str, Any]) -> None:
+    title = "seed" + (" (dry run: nothing changed)" if report["dry_run"] else "")
+    table = Table("set", "created", "skipped", "unchanged", "updated", "conflicts", title=title)
+    for st in report["sets"]:
+        table.add_row(st["name"], str(st["created"]), str(st["skipped"]), str(st["unchanged"]), str(st["updated"]),
+                      f"[red]{st['conflicts']}[/]" if st["conflicts"] else "0")
+    out.print(table)
+    if all(st["unchanged"] or st["skipped"] for st in report["sets"]) and not any(
+            st["created"] or st["updated"] or st["conflicts"] for st in report["sets"]):
+        out.print("nothing created: everything seeded already")
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], None]] = {"health": render_health, "migrate": render_migrate,
+                                                          "seed": render_seed}
 
 
 @click.group(context_settings=CONTEXT)
@@ -159,6 +183,124 @@ def health(as_json: bool, no_wait: bool, timeout: int | None) -> int:
     """
     s = settings()
     return run_job(lambda: commands.health(s), "health", as_json, no_wait, timeout, render_health)
+
+
+def dry_run_option(f: Callable) -> Callable:
+    return click.option("--dry-run/--no-dry-run", "dry_run", default=None,
+                        help="Report what would change and change nothing (default: DRY_RUN).")(f)
+
+
+@cli.group(invoke_without_command=True)
+@dry_run_option
+@output_options()
+@click.pass_context
+def migrate(ctx: click.Context, dry_run: bool | None, as_json: bool, no_wait: bool, timeout: int | None) -> int:
+    """Apply pending migrations in version order (a job on the workers).
+
+    With --dry-run (or DRY_RUN=true), print the SQL that would run from the current revision.
+
+    \b
+    Examples:
+      worktask migrate
+      worktask migrate --dry-run > pending.sql
+      worktask migrate status
+    """
+    if ctx.invoked_subcommand:
+        return 0
+    s = settings()
+    dry = s.dry_run if dry_run is None else dry_run
+    return run_job(lambda: commands.migrate(s, "upgrade", None, dry), "migrate", as_json, no_wait, timeout,
+                   render_migrate)
+
+
+@migrate.command("status")
+@output_options(wait=False)
+def migrate_status(as_json: bool) -> int:
+    """List applied and pending migrations (version, name, description, applied-at) and drift.
+
+    Exit 1 when a migration file changed after it was applied.
+
+    \b
+    Example:
+      worktask migrate status --json
+    """
+    data = commands.migrate_status(settings())
+    if as_json:
+        emit_json(data)
+    else:
+        table = Table("version", "name", "description", "applied at", title=f"current: {data['current'] or 'base'}")
+        for m in data["applied"]:
+            flag = " [red](drift)[/]" if m["version"] in data["drift"] else ""
+            table.add_row(m["version"] + flag, escape(m["name"]), escape(m["description"]), m["applied_at"] or "?")
+        for m in data["pending"]:
+            table.add_row(m["version"], escape(m["name"]), escape(m["description"]), "[yellow]pending[/]")
+        out.print(table)
+        if data["drift"]:
+            err.print(f"drift: {', '.join(data['drift'])} changed after being applied", markup=False)
+    return 1 if data["drift"] else 0
+
+
+@migrate.command("rollback")
+@click.argument("version", required=False)
+@dry_run_option
+@output_options()
+def migrate_rollback(version: str | None, dry_run: bool | None, as_json: bool, no_wait: bool,
+                     timeout: int | None) -> int:
+    """Roll back down to VERSION (it stays applied); default one step; `base` rolls back everything.
+
+    \b
+    Examples:
+      worktask migrate rollback
+      worktask migrate rollback 20261124100100
+      worktask migrate rollback base --dry-run
+    """
+    s = settings()
+    dry = s.dry_run if dry_run is None else dry_run
+    return run_job(lambda: commands.migrate(s, "downgrade", version or "-1", dry), "migrate", as_json, no_wait,
+                   timeout, render_migrate)
+
+
+@migrate.command("create")
+@click.argument("name")
+@click.argument("description", required=False, default="")
+def migrate_create(name: str, description: str) -> int:
+    """Write migrations/versions/<YYYYMMDDHHMMSS>_<name>.py with upgrade(), downgrade() and validate().
+
+    \b
+    Example:
+      worktask migrate create add_task_labels "labels on work tasks"
+    """
+    out.print(commands.migrate_create(settings(), name, description), markup=False)
+    return 0
+
+
+@cli.command()
+@click.option("--config-only", is_flag=True, help="Only the three work-task configuration sets (PostgreSQL).")
+@click.option("--skip-existing/--no-skip-existing", default=None,
+              help="Leave items that exist as they are (default: SKIP_EXISTING).")
+@click.option("--overwrite", is_flag=True, help="Replace items that differ from their seed.")
+@dry_run_option
+@output_options()
+def seed(config_only: bool, skip_existing: bool | None, overwrite: bool, dry_run: bool | None, as_json: bool,
+         no_wait: bool, timeout: int | None) -> int:
+    """Seed the default configuration: quality standards, artifact types, workgroup skills (PostgreSQL),
+    rules, templates, personas and teams (DynamoDB), from seeds/*.yaml.
+
+    An existing item that differs from its seed is a conflict (exit 1), never silently overwritten.
+
+    \b
+    Examples:
+      worktask seed
+      worktask seed --config-only --dry-run
+      SKIP_EXISTING=true worktask seed
+    """
+    s = settings()
+    skip = s.skip_existing if skip_existing is None else skip_existing
+    if skip and overwrite:
+        raise click.UsageError("--overwrite and --skip-existing (SKIP_EXISTING) exclude each other")
+    mode = "overwrite" if overwrite else "skip" if skip else "conflict"
+    dry = s.dry_run if dry_run is None else dry_run
+    return run_job(lambda: commands.seed(s, config_only, mode, dry), "seed", as_json, no_wait, timeout, render_seed)
 
 
 @cli.command()

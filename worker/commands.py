@@ -7,7 +7,8 @@ from typing import Any
 
 from worker import jobs
 from worker.connections import check_redis
-from worker.constants import TASK_HEALTH_START
+from worker import migrator
+from worker.constants import TASK_HEALTH_START, TASK_MIGRATE_START, TASK_SEED_START
 from worker.errors import BadInput
 from worker.reports import Progress
 from worker.settings import Settings
@@ -36,6 +37,31 @@ def wait(settings: Settings, job_id: str, timeout: float | None = None,
 
 def health(settings: Settings) -> str:
     return submit(settings, "health", TASK_HEALTH_START, {})
+
+
+def migrate(settings: Settings, action: str, target: str | None, dry_run: bool) -> str:
+    """Enqueue an upgrade or rollback; the migrations folder is checked here, before anything runs."""
+    path = migrator.script_path(settings)
+    if target and action == "upgrade" and target != "head":
+        raise BadInput("migrate applies everything pending; to stop earlier, roll back afterwards")
+    if target and target not in ("base", "-1"):
+        known = {s.revision for s in migrator.scripts(path, settings).walk_revisions()}
+        if target not in known:
+            raise BadInput(f"version {target} is not a migration in {path}; see worktask migrate status")
+    return submit(settings, "migrate", TASK_MIGRATE_START,
+                  {"action": action, "target": target, "dry_run": dry_run, "migrations_path": str(path)})
+
+
+def migrate_status(settings: Settings) -> dict[str, Any]:
+    return migrator.status(settings, migrator.script_path(settings))
+
+
+def migrate_create(settings: Settings, name: str, description: str) -> str:
+    return str(migrator.create(settings, migrator.script_path(settings), name, description))
+
+
+def seed(settings: Settings, config_only: bool, mode: str, dry_run: bool) -> str:
+    return submit(settings, "seed", TASK_SEED_START, {"config_only": config_only, "mode": mode, "dry_run": dry_run})
 
 
 def job_show(settings: Settings, job_id: str) -> dict[str, Any]:

@@ -5,11 +5,15 @@ QUEUE_BULK = "bulk"  # per-table, per-chunk work
 
 # Task names are worktask.<family>.<step>. Coordinators go to `control`, the rest to `bulk`.
 CONTROL_STEPS = ("start", "finalize", "fail")
-TASK_MODULES = ["tasks.health"]
+TASK_MODULES = ["tasks.health", "tasks.migrate", "tasks.seed"]
 
 TASK_HEALTH_START = "worktask.health.start"
 TASK_HEALTH_CHECK = "worktask.health.check"
 TASK_HEALTH_FINALIZE = "worktask.health.finalize"
+TASK_MIGRATE_START = "worktask.migrate.start"
+TASK_SEED_START = "worktask.seed.start"
+TASK_SEED_SET = "worktask.seed.seed_set"
+TASK_SEED_FINALIZE = "worktask.seed.finalize"
 
 # Redis keys (all under one prefix so that an operator can find them).
 KEY_PREFIX = "worktask:"

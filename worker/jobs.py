@@ -59,6 +59,10 @@ def start(r: redis.Redis, job_id: str, chunks_total: int) -> bool:
     return True
 
 
+def set_total(r: redis.Redis, job_id: str, chunks_total: int) -> None:
+    r.hset(_key(job_id), "chunks_total", chunks_total)
+
+
 def add(r: redis.Redis, job_id: str, chunks: int = 1, rows: int = 0, nbytes: int = 0, failed: int = 0) -> None:
     with r.pipeline() as p:
         p.hincrby(_key(job_id), "chunks_done", chunks)

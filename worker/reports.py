@@ -59,3 +59,31 @@ class Progress(BaseModel):
     @property
     def finished(self) -> bool:
         return self.state in ("succeeded", "failed")
+
+
+class MigrateReport(JobReport):
+    kind: str = "migrate"
+    action: Literal["upgrade", "downgrade"]
+    before: str | None = None
+    after: str | None = None
+    versions: list[str] = Field(default_factory=list)  # applied or rolled back, in order
+    pending: list[str] = Field(default_factory=list)
+    drift: list[str] = Field(default_factory=list)
+    sql: str | None = None  # a dry run's SQL
+    migrations_path: str = ""
+
+
+class SeedSet(BaseModel):
+    name: str
+    created: int = 0
+    skipped: int = 0
+    unchanged: int = 0
+    conflicts: int = 0
+    updated: int = 0
+    conflict_keys: list[str] = Field(default_factory=list)
+
+
+class SeedReport(JobReport):
+    kind: str = "seed"
+    config_only: bool = False
+    sets: list[SeedSet] = Field(default_factory=list)

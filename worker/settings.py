@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     visibility_timeout: int = _f(7200, "seconds, above TASK_TIME_LIMIT", ge=60, le=7 * 86_400)
     max_chunk_attempts: int = _f(4, "deliveries of one chunk before the job fails, 1-20", ge=1, le=20)
     job_timeout: int = _f(3600, "seconds the CLI waits for a job, 5-604800", ge=5, le=604_800)
+    migration_lock_timeout: float = _f(5, "seconds a migration waits for a table lock, 0.1-600", ge=0.1, le=600)
+    migration_lock_wait: float = _f(60, "seconds a migrate waits for another migrate to finish, 0-3600", ge=0, le=3600)
     health_interval_minutes: int = _f(15, "minutes between scheduled health checks, 1-1440", ge=1, le=1440)
     flower_basic_auth: SecretStr | None = _f(None, "user:password for Flower's basic auth")
     worktask_state_dir: Path = _f(Path(".worktask"), "a folder for the embedded stack's state and logs")
