@@ -18,15 +18,23 @@ test: install
 	$(BIN)/pytest -q
 
 # Starts the stack (embedded services where the configured ones do not answer), migrates, seeds,
-# runs the main job, prints its report, stops the stack whatever happened.
+# checks health, backs up with progress, lists and validates the backup, then stops the stack
+# whatever happened. Without BACKUP_ENCRYPTION_KEY the demo makes one and keeps it in the state folder.
+STATE ?= $(or $(WORKTASK_STATE_DIR),.worktask)
 demo: install
-	$(BIN)/worktask stack up
-	@rc=0; \
+	@mkdir -p $(STATE); [ -s $(STATE)/demo-backup.key ] || $(BIN)/worktask keygen > $(STATE)/demo-backup.key
+	@export BACKUP_ENCRYPTION_KEY="$${BACKUP_ENCRYPTION_KEY:-$$(cat $(STATE)/demo-backup.key)}"; \
+	$(BIN)/worktask stack up || exit $$?; \
+	rc=0; \
 	( set -e; \
 	  $(BIN)/worktask migrate; \
 	  $(BIN)/worktask migrate status; \
 	  $(BIN)/worktask seed --skip-existing; \
-	  $(BIN)/worktask health ) || rc=$$?; \
+	  $(BIN)/worktask health; \
+	  $(BIN)/worktask backup; \
+	  $(BIN)/worktask backup list; \
+	  id=$$($(BIN)/worktask backup list --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)[0]["backup_id"])'); \
+	  $(BIN)/worktask backup validate "$$id" ) || rc=$$?; \
 	$(BIN)/worktask stack down; \
 	exit $$rc
 

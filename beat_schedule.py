@@ -9,7 +9,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from worker.constants import TASK_HEALTH_START
+from celery.schedules import crontab
+
+from worker.constants import TASK_CLEANUP_START, TASK_HEALTH_START
 
 
 def build(settings: Any) -> dict[str, dict[str, Any]]:
@@ -17,6 +19,11 @@ def build(settings: Any) -> dict[str, dict[str, Any]]:
         "health-check": {
             "task": TASK_HEALTH_START,
             "schedule": timedelta(minutes=settings.health_interval_minutes),
+            "kwargs": {"job_id": None, "options": {"scheduled": True}},
+        },
+        "backup-retention-cleanup": {
+            "task": TASK_CLEANUP_START,
+            "schedule": crontab(minute=settings.cleanup_minute, hour=settings.cleanup_hour),
             "kwargs": {"job_id": None, "options": {"scheduled": True}},
         },
     }

@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from worker import jobs, migrator
 from worker.app import app
 from worker.connections import aws_client, pg_connect, redis_client
-from worker.constants import (BEAT_SLOT_KEY, QUEUE_BULK, QUEUE_CONTROL, TASK_HEALTH_CHECK,
+from worker.constants import (QUEUE_BULK, QUEUE_CONTROL, TASK_HEALTH_CHECK,
                               TASK_HEALTH_FINALIZE, TASK_HEALTH_START)
 from worker.errors import WorktaskError
 from worker.reports import Check, HealthReport, utcnow
@@ -48,7 +48,8 @@ def check_dynamodb(settings: Settings) -> str:
         table = client.describe_table(TableName=settings.dynamo_table_name)["Table"]
     except ClientError as err:
         if err.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
-            return f"DynamoDB at {where} answers; table {settings.dynamo_table_name} not created yet (worktask migrate creates it)"
+            raise WorktaskError(f"DynamoDB at {where} answers but table {settings.dynamo_table_name} does not exist: "
+                                "run worktask migrate") from None
         raise
     return f"table {settings.dynamo_table_name} {table['TableStatus']} at {where}, {table.get('ItemCount', 0)} items"
 
@@ -106,10 +107,9 @@ def health_report(job_id: str, checks: list[Check], started_at: Any) -> HealthRe
 @app.task(name=TASK_HEALTH_START, base=JobTask, bind=True)
 def start(self: JobTask, job_id: str | None, options: dict[str, Any]) -> dict[str, Any]:
     if job_id is None:  # from beat: one run per schedule slot, however many beats fire
-        slot = int(time.time() // (self.settings.health_interval_minutes * 60))
-        if not self.redis.set(BEAT_SLOT_KEY.format(name="health", slot=slot), "1", nx=True, ex=86_400):
+        job_id = jobs.scheduled(self.redis, "health", self.settings.health_interval_minutes * 60, options)
+        if job_id is None:
             return {"skipped": "slot already run"}
-        job_id = jobs.create(self.redis, "health", options)
     if not jobs.start(self.redis, job_id, len(CHECKS)):
         return {"job_id": job_id, "skipped": "already planned"}
     header = [check.s(job_id=job_id, name=name) for name in CHECKS]

@@ -32,12 +32,13 @@ def run_migrate(settings: Settings, options: dict[str, Any], on_total: Any = Non
     else:
         versions = migrator.downgrade(settings, path, target or "-1", settings.migration_lock_wait,
                                       settings.migration_lock_timeout, on_step)
+    ensured = migrator.ensure(settings, path) if action == "upgrade" and not dry_run else []
     after = migrator.status(settings, path) if not dry_run else before
     return MigrateReport(job_id=options.get("job_id", ""), state="succeeded", ok=True, action=action,
                          dry_run=dry_run, started_at=started, finished_at=utcnow(), before=before["current"],
                          after=after["current"], versions=versions, sql=sql,
                          pending=[p["version"] for p in after["pending"]], drift=after["drift"],
-                         migrations_path=str(path))
+                         migrations_path=str(path), ensured=ensured)
 
 
 @app.task(name=TASK_MIGRATE_START, base=JobTask, bind=True, max_retries=0)

@@ -10,6 +10,7 @@ Flower), with its own database (dropped at the end) and its own Redis database n
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -55,6 +56,7 @@ def session_env(state: Path) -> dict[str, str]:
         "BACKUP_DIR": str(state / "backups"),
         "DYNAMO_TABLE_NAME": "worktask-test",
         "AWS_REGION": "us-east-1",
+        "BACKUP_ENCRYPTION_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
     }
     local_pg, local_redis = answers("127.0.0.1", 5432), answers("127.0.0.1", 6379)
     if MODE == "local" and not (local_pg and local_redis):
@@ -66,7 +68,8 @@ def session_env(state: Path) -> dict[str, str]:
     else:
         env["CELERY_BROKER_URL"] = f"redis://127.0.0.1:6379/{pick_redis_db()}"
     for var in ("AWS_ENDPOINT_URL", "S3_BUCKET_NAME", "CELERY_RESULT_BACKEND", "POSTGRES_SECRET_ARN",
-                "POSTGRES_PASSWORD", "WORKTASK_IGNORE_STACK", "DRY_RUN", "TABLES_ONLY"):
+                "POSTGRES_PASSWORD", "WORKTASK_IGNORE_STACK", "DRY_RUN", "TABLES_ONLY", "BACKUP_KMS_KEY_ID",
+                "COMPRESSION_ENABLED", "ENCRYPTION_ENABLED", "BACKUP_RATE_LIMIT", "CHUNK_ROWS", "BACKUP_PREFIX"):
         os.environ.pop(var, None)
     return env
 

@@ -22,10 +22,13 @@ from rich.table import Table
 
 from worker import commands
 from worker.errors import WorktaskError
+from worker.reports import JobReport
 from worker.reports import Progress as JobProgress
 from worker.settings import Settings, get_settings
 
 out = Console(highlight=False, soft_wrap=True)
+if not out.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
+    out = Console(highlight=False, soft_wrap=True, width=160)
 err = Console(stderr=True, highlight=False)
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -89,7 +92,8 @@ def run_job(submit: Callable[[], str], kind: str, as_json: bool, no_wait: bool, 
     if as_json:
         emit_json(report)
     else:
-        render(report)
+        if set(report) - set(JobReport.model_fields):  # a job that failed early has only the common fields
+            render(report)
         if report.get("error"):
             err.print(f"[red]error:[/] {escape(report['error'])}", soft_wrap=True)
     return 0 if report.get("ok") else 1
@@ -115,6 +119,8 @@ def render_migrate(report: dict[str, Any]) -> None:
     verb = "applied" if report["action"] == "upgrade" else "rolled back"
     out.print(f"{verb}: {', '.join(report['versions']) or 'nothing'}; now at {report['after'] or 'base'}"
               + (f"; pending: {', '.join(report['pending'])}" if report["pending"] else ""), markup=False)
+    for line in report.get("ensured", []):
+        out.print(line, markup=False)
     if report.get("drift"):
         out.print(f"drift (changed after they were applied): {', '.join(report['drift'])}", markup=False)
 
@@ -131,8 +137,40 @@ def render_seed(report: dict[str, Any]) -> None:
         out.print("nothing created: everything seeded already")
 
 
-RENDERERS: dict[str, Callable[[dict[str, Any]], None]] = {"health": render_health, "migrate": render_migrate,
-                                                          "seed": render_seed}
+def render_backup(report: dict[str, Any]) -> None:
+    table = Table("table", "store", "rows", "chunks", "raw", "stored", "s", title=f"backup {report['backup_id']}")
+    for t in report["tables"]:
+        table.add_row(t["name"], t["store"], f"{t['rows']:,}", str(t["chunks"]), human_bytes(t["bytes_raw"]),
+                      human_bytes(t["bytes_stored"]), f"{t['seconds']:.1f}")
+    tot = report["totals"]
+    out.print(table)
+    out.print(f"total: {tot['rows']:,} rows in {tot['chunks']} chunks, {human_bytes(tot['bytes_raw'])} raw, "
+              f"{human_bytes(tot['bytes_stored'])} stored, {tot['seconds']:.1f} s"
+              + (f", {tot['rows_per_s']:,.0f} rows/s, {tot['mb_raw_per_s']} MB/s" if tot.get("rows_per_s") else "")
+              + f"; encrypted={report['encrypted']} compressed={report['compressed']}", markup=False)
+
+
+def render_backup_validate(report: dict[str, Any]) -> None:
+    out.print(f"backup {report['backup_id']}: {report['chunks_checked']} chunks checked, "
+              f"{report['rows_checked']:,} rows, {len(report['bad_chunks'])} bad", markup=False)
+    if report["bad_chunks"]:
+        table = Table("table", "chunk", "path", "reason", title="bad chunks")
+        for b in report["bad_chunks"]:
+            table.add_row(b["table"], str(b["chunk"]), escape(b["path"]), escape(b["reason"]))
+        out.print(table)
+
+
+def render_cleanup(report: dict[str, Any]) -> None:
+    verb = "would delete" if report["dry_run"] else "deleted"
+    out.print(f"{verb} {len(report['deleted'])} backup(s), kept {report['kept']} "
+              f"(retention {report['retention_days']} days)", markup=False)
+    for b in report["deleted"]:
+        out.print(f"  {b['backup_id']}  {b['state']}  {human_bytes(b['bytes_stored'])}  {b['reason']}", markup=False)
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "health": render_health, "migrate": render_migrate, "seed": render_seed, "backup": render_backup,
+    "backup_validate": render_backup_validate, "backup_cleanup": render_cleanup}
 
 
 @click.group(context_settings=CONTEXT)
@@ -301,6 +339,96 @@ def seed(config_only: bool, skip_existing: bool | None, overwrite: bool, dry_run
     mode = "overwrite" if overwrite else "skip" if skip else "conflict"
     dry = s.dry_run if dry_run is None else dry_run
     return run_job(lambda: commands.seed(s, config_only, mode, dry), "seed", as_json, no_wait, timeout, render_seed)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--compress/--no-compress", default=None, help="zstd (default: COMPRESSION_ENABLED).")
+@click.option("--encrypt/--no-encrypt", default=None, help="AES-256-GCM (default: ENCRYPTION_ENABLED).")
+@click.option("--chunk-rows", type=click.IntRange(1000), default=None, help="Rows per chunk (default: CHUNK_ROWS).")
+@output_options()
+@click.pass_context
+def backup(ctx: click.Context, compress: bool | None, encrypt: bool | None, chunk_rows: int | None, as_json: bool,
+           no_wait: bool, timeout: int | None) -> int:
+    """Back up every PostgreSQL table and the DynamoDB table: one task per key range and scan segment,
+    through one snapshot, compressed, encrypted and checksummed; the manifest is written last.
+
+    \b
+    Examples:
+      export BACKUP_ENCRYPTION_KEY=$(worktask keygen)   # keep it: restores need it
+      worktask backup
+      worktask backup list
+      worktask backup validate 20261124T101500Z-backup-1a2b3c
+    """
+    if ctx.invoked_subcommand:
+        return 0
+    s = settings()
+    comp = s.compression_enabled if compress is None else compress
+    enc = s.encryption_enabled if encrypt is None else encrypt
+    return run_job(lambda: commands.backup(s, comp, enc, chunk_rows), "backup", as_json, no_wait, timeout,
+                   render_backup)
+
+
+@backup.command("list")
+@output_options(wait=False)
+def backup_list(as_json: bool) -> int:
+    """List backups newest first: id, time, state (complete/incomplete/failed), tables, rows, size.
+
+    \b
+    Example:
+      worktask backup list --json
+    """
+    rows = commands.backup_list(settings())
+    if as_json:
+        emit_json([{k: r[k] for k in ("backup_id", "state", "created_at", "tables", "rows", "bytes_stored",
+                                      "encrypted", "compressed", "duration_s")} for r in rows])
+        return 0
+    table = Table("backup id", "created (UTC)", "state", "tables", "rows", "size", "duration", "enc", "zstd")
+    for r in rows:
+        colour = {"complete": "green", "failed": "red"}.get(r["state"], "yellow")
+        table.add_row(r["backup_id"], r["created_at"][:19], f"[{colour}]{r['state']}[/]", str(r["tables"]),
+                      f"{r['rows']:,}", human_bytes(r["bytes_stored"]),
+                      f"{r['duration_s']:.1f} s" if r["duration_s"] is not None else "-",
+                      str(r["encrypted"]) if r["encrypted"] is not None else "-",
+                      str(r["compressed"]) if r["compressed"] is not None else "-")
+    out.print(table)
+    return 0
+
+
+@backup.command("validate")
+@click.argument("backup_id")
+@output_options()
+def backup_validate(backup_id: str, as_json: bool, no_wait: bool, timeout: int | None) -> int:
+    """Re-read every chunk (one task each): checksum, decryption, decompression, row count.
+    Names each bad chunk; exit 1 if any, 2 for a malformed or unknown id.
+
+    \b
+    Example:
+      worktask backup validate 20261124T101500Z-backup-1a2b3c --json
+    """
+    s = settings()
+    return run_job(lambda: commands.backup_validate(s, backup_id), "backup_validate", as_json, no_wait, timeout,
+                   render_backup_validate)
+
+
+@backup.command("cleanup")
+@click.option("--retention-days", type=click.IntRange(1), default=None, help="Days to keep (default: RETENTION_DAYS).")
+@dry_run_option
+@output_options()
+def backup_cleanup(retention_days: int | None, dry_run: bool | None, as_json: bool, no_wait: bool,
+                   timeout: int | None) -> int:
+    """Delete complete backups older than the retention (never the newest complete one) and failed or
+    abandoned leftovers untouched for a day. Beat runs it nightly.
+
+    \b
+    Examples:
+      worktask backup cleanup --dry-run
+      RETENTION_DAYS=7 worktask backup cleanup
+    """
+    s = settings()
+    dry = s.dry_run if dry_run is None else dry_run
+    days = retention_days or s.retention_days
+    return run_job(lambda: commands.backup_cleanup(s, days, dry), "backup_cleanup", as_json, no_wait, timeout,
+                   render_cleanup)
 
 
 @cli.command()

@@ -7,8 +7,9 @@ from typing import Any
 
 from worker import jobs
 from worker.connections import check_redis
-from worker import migrator
-from worker.constants import TASK_HEALTH_START, TASK_MIGRATE_START, TASK_SEED_START
+from worker import backups, migrator
+from worker.constants import (TASK_BACKUP_START, TASK_CLEANUP_START, TASK_HEALTH_START, TASK_MIGRATE_START,
+                              TASK_SEED_START, TASK_VALIDATE_START)
 from worker.errors import BadInput
 from worker.reports import Progress
 from worker.settings import Settings
@@ -62,6 +63,36 @@ def migrate_create(settings: Settings, name: str, description: str) -> str:
 
 def seed(settings: Settings, config_only: bool, mode: str, dry_run: bool) -> str:
     return submit(settings, "seed", TASK_SEED_START, {"config_only": config_only, "mode": mode, "dry_run": dry_run})
+
+
+def backup(settings: Settings, compress: bool, encrypt: bool, chunk_rows: int | None) -> str:
+    """Enqueue a full backup; exit 2 when encryption is on without a key, 3 when the store is unreachable."""
+    backups.require_key(settings, encrypt)
+    opts = backups.store_options(settings)
+    backups.store_for(settings, opts).check()
+    return submit(settings, "backup", TASK_BACKUP_START, {
+        **opts, "compress": compress, "encrypt": encrypt, "chunk_rows": chunk_rows or settings.chunk_rows,
+        "dynamo_segments": settings.dynamo_segments, "kms_key_id": settings.backup_kms_key_id,
+        "rate_limit": settings.backup_rate_limit})
+
+
+def backup_list(settings: Settings) -> list[dict[str, Any]]:
+    opts = backups.store_options(settings)
+    return backups.list_backups(backups.store_for(settings, opts), opts)
+
+
+def backup_validate(settings: Settings, backup_id: str) -> str:
+    """Refuse a malformed or unknown id (exit 2) before anything is enqueued."""
+    backups.check_backup_id(backup_id)
+    opts = backups.store_options(settings)
+    backups.read_manifest(backups.store_for(settings, opts), opts, backup_id)
+    return submit(settings, "backup_validate", TASK_VALIDATE_START, {**opts, "backup_id": backup_id})
+
+
+def backup_cleanup(settings: Settings, retention_days: int, dry_run: bool) -> str:
+    opts = backups.store_options(settings)
+    return submit(settings, "backup_cleanup", TASK_CLEANUP_START,
+                  {**opts, "retention_days": retention_days, "dry_run": dry_run})
 
 
 def job_show(settings: Settings, job_id: str) -> dict[str, Any]:

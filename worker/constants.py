@@ -5,7 +5,7 @@ QUEUE_BULK = "bulk"  # per-table, per-chunk work
 
 # Task names are worktask.<family>.<step>. Coordinators go to `control`, the rest to `bulk`.
 CONTROL_STEPS = ("start", "finalize", "fail")
-TASK_MODULES = ["tasks.health", "tasks.migrate", "tasks.seed"]
+TASK_MODULES = ["tasks.health", "tasks.migrate", "tasks.seed", "tasks.backup", "tasks.verify"]
 
 TASK_HEALTH_START = "worktask.health.start"
 TASK_HEALTH_CHECK = "worktask.health.check"
@@ -14,6 +14,14 @@ TASK_MIGRATE_START = "worktask.migrate.start"
 TASK_SEED_START = "worktask.seed.start"
 TASK_SEED_SET = "worktask.seed.seed_set"
 TASK_SEED_FINALIZE = "worktask.seed.finalize"
+TASK_BACKUP_START = "worktask.backup.start"
+TASK_BACKUP_DUMP_PG = "worktask.backup.dump_chunk"
+TASK_BACKUP_DUMP_DYNAMO = "worktask.backup.dump_segment"
+TASK_BACKUP_FINALIZE = "worktask.backup.finalize"
+TASK_VALIDATE_START = "worktask.backup_validate.start"
+TASK_VALIDATE_CHUNK = "worktask.backup_validate.check_chunk"
+TASK_VALIDATE_FINALIZE = "worktask.backup_validate.finalize"
+TASK_CLEANUP_START = "worktask.backup_cleanup.start"
 
 # Redis keys (all under one prefix so that an operator can find them).
 KEY_PREFIX = "worktask:"

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from worker.constants import ID_PATTERN, JOB_KEY, JOB_TTL_SECONDS, QUEUE_BULK, QUEUE_CONTROL
+from worker.constants import BEAT_SLOT_KEY, ID_PATTERN, JOB_KEY, JOB_TTL_SECONDS, QUEUE_BULK, QUEUE_CONTROL
 from worker.errors import BadInput, JobTimeout, ServiceUnavailable
 from worker.reports import Progress, utcnow
 from worker.settings import Settings, mask_url
@@ -49,6 +49,14 @@ def create(r: redis.Redis, kind: str, options: dict[str, Any], job_id: str | Non
     return job_id
 
 
+def scheduled(r: redis.Redis, kind: str, period_s: int, options: dict[str, Any]) -> str | None:
+    """A job for a beat trigger, or None when this schedule slot has run already (a second beat)."""
+    slot = int(time.time() // period_s)
+    if not r.set(BEAT_SLOT_KEY.format(name=kind, slot=slot), "1", nx=True, ex=max(period_s * 2, 3600)):
+        return None
+    return create(r, kind, options)
+
+
 def start(r: redis.Redis, job_id: str, chunks_total: int) -> bool:
     """Mark the job planned and running; False when a redelivered start task finds it planned already."""
     if not r.hsetnx(_key(job_id), "planned", "1"):
@@ -77,7 +85,10 @@ def add(r: redis.Redis, job_id: str, chunks: int = 1, rows: int = 0, nbytes: int
 
 
 def fail(r: redis.Redis, job_id: str, error: str) -> None:
-    """Mark the job failed, keeping the first error (the one that names the chunk)."""
+    """Mark the job failed, keeping the first error (the one that names the chunk). A job that already
+    succeeded stays so: a late duplicate of one of its chunks does not undo its report."""
+    if r.hget(_key(job_id), "state") == "succeeded":
+        return
     with r.pipeline() as p:
         p.hsetnx(_key(job_id), "error", error.splitlines()[0][:500] if error else "failed")
         p.hincrby(_key(job_id), "chunks_failed", 1)

@@ -242,6 +242,23 @@ def upgrade(settings: Settings, path: Path, target: str = "head", lock_wait: flo
                 pending)
 
 
+def ensure(settings: Settings, path: Path) -> list[str]:
+    """Run ensure(settings) of every applied migration that has one: state outside PostgreSQL that can
+    vanish on its own (a DynamoDB table on a restarted moto) is put back. Returns what each one did."""
+    script = scripts(path, settings)
+    with connect(settings) as conn:
+        current = current_revision(conn)
+        conn.rollback()
+    done = []
+    for s in script.iterate_revisions(current, "base") if current else []:
+        fn = getattr(s.module, "ensure", None)
+        if fn is not None:
+            what = fn(settings)
+            if what:
+                done.append(f"{s.revision}: {what}")
+    return done
+
+
 def downgrade(settings: Settings, path: Path, target: str = "-1", lock_wait: float = 60,
               lock_timeout_s: float = 5, on_step: Callable[[str], None] | None = None) -> list[str]:
     """Roll back down to `target` (a version stays applied; `base` removes all; `-1` one step)."""

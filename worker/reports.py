@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -71,6 +71,7 @@ class MigrateReport(JobReport):
     drift: list[str] = Field(default_factory=list)
     sql: str | None = None  # a dry run's SQL
     migrations_path: str = ""
+    ensured: list[str] = Field(default_factory=list)  # state outside PostgreSQL put back
 
 
 class SeedSet(BaseModel):
@@ -87,3 +88,44 @@ class SeedReport(JobReport):
     kind: str = "seed"
     config_only: bool = False
     sets: list[SeedSet] = Field(default_factory=list)
+
+
+class BackupTable(BaseModel):
+    name: str
+    store: Literal["postgres", "dynamodb"]
+    rows: int
+    chunks: int
+    bytes_raw: int
+    bytes_stored: int
+    seconds: float = 0.0
+
+
+class BackupReport(JobReport):
+    kind: str = "backup"
+    backup_id: str
+    tables: list[BackupTable] = Field(default_factory=list)
+    totals: dict[str, Any] = Field(default_factory=dict)
+    encrypted: bool = True
+    compressed: bool = True
+
+
+class BadChunk(BaseModel):
+    table: str
+    chunk: int
+    path: str
+    reason: str
+
+
+class ValidateBackupReport(JobReport):
+    kind: str = "backup_validate"
+    backup_id: str
+    chunks_checked: int = 0
+    rows_checked: int = 0
+    bad_chunks: list[BadChunk] = Field(default_factory=list)
+
+
+class CleanupReport(JobReport):
+    kind: str = "backup_cleanup"
+    retention_days: int
+    deleted: list[dict[str, Any]] = Field(default_factory=list)
+    kept: int = 0

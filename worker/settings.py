@@ -28,7 +28,7 @@ def _f(default: Any, accepts: str, **kw: Any) -> Any:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True)
 
     # The guide's variables, with its defaults.
     aws_region: str = _f("us-east-1", "an AWS region name such as us-east-1", min_length=1)
@@ -74,10 +74,14 @@ class Settings(BaseSettings):
     dynamo_segments: int = _f(4, "parallel scan segments, 1-256", ge=1, le=256)
     task_time_limit: int = _f(1800, "seconds a chunk task may run, 10-86400", ge=10, le=86_400)
     visibility_timeout: int = _f(7200, "seconds, above TASK_TIME_LIMIT", ge=60, le=7 * 86_400)
+    snapshot_max_lifetime: int = _f(4 * 3600, "seconds a backup may hold its snapshot, 60-86400", ge=60, le=86_400)
+    backup_rate_limit: int = _f(0, "raw bytes per second per chunk stream, 0 for no limit", ge=0)
     max_chunk_attempts: int = _f(4, "deliveries of one chunk before the job fails, 1-20", ge=1, le=20)
     job_timeout: int = _f(3600, "seconds the CLI waits for a job, 5-604800", ge=5, le=604_800)
     migration_lock_timeout: float = _f(5, "seconds a migration waits for a table lock, 0.1-600", ge=0.1, le=600)
     migration_lock_wait: float = _f(60, "seconds a migrate waits for another migrate to finish, 0-3600", ge=0, le=3600)
+    cleanup_hour: int = _f(3, "hour (UTC, 0-23) of the nightly backup retention clean-up", ge=0, le=23)
+    cleanup_minute: int = _f(30, "minute (0-59) of the nightly backup retention clean-up", ge=0, le=59)
     health_interval_minutes: int = _f(15, "minutes between scheduled health checks, 1-1440", ge=1, le=1440)
     flower_basic_auth: SecretStr | None = _f(None, "user:password for Flower's basic auth")
     worktask_state_dir: Path = _f(Path(".worktask"), "a folder for the embedded stack's state and logs")

@@ -108,9 +108,7 @@ class LocalStore(ObjectStore):
         if not self.root.exists():
             return
         for dirpath, _dirs, files in os.walk(self.root):
-            for name in sorted(files):
-                if name.startswith(".") and name.endswith(".part"):
-                    continue
+            for name in sorted(files):  # .part files of unfinished writers too: leftovers to clean
                 full = Path(dirpath) / name
                 key = full.relative_to(self.root).as_posix()
                 if key.startswith(prefix):

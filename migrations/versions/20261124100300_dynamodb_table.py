@@ -41,6 +41,16 @@ def downgrade() -> None:
     drop_table(client, table)
 
 
+def ensure(settings) -> str | None:
+    """Run by every `worktask migrate`: the table is outside PostgreSQL and may vanish (moto restarted)."""
+    from worker.connections import aws_client
+    from worker.dynamo import ensure_table
+
+    if ensure_table(aws_client(settings, "dynamodb"), settings.dynamo_table_name):
+        return f"re-created missing DynamoDB table {settings.dynamo_table_name}"
+    return None
+
+
 def validate() -> bool:
     if context.is_offline_mode():
         return True

@@ -1,0 +1,308 @@
+"""`worktask backup`: plan on `control`, one task per PostgreSQL key range and per DynamoDB scan segment
+on `bulk`, then finalize writes the manifest last (DESIGN §9).
+
+Every PostgreSQL chunk reads through the snapshot exported at planning time by the snapshot holder,
+so the backup is one point in time across tables and workers. Each run of a chunk writes its own
+object (an attempt token in the key); the manifest lists exactly the objects of the results the chord
+kept, and finalize removes the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import secrets
+import time
+from typing import Any
+
+import asyncpg
+import psycopg
+from celery import chord
+
+from worker import backups, jobs, snapshot
+from worker.app import app
+from worker.archive import ChunkWriter
+from worker.connections import aws_client, pg_connect, pg_params
+from worker.constants import (TASK_BACKUP_DUMP_DYNAMO, TASK_BACKUP_DUMP_PG, TASK_BACKUP_FINALIZE,
+                              TASK_BACKUP_START)
+from worker.dynamo import exists as dynamo_exists
+from worker.errors import JobFailed
+from worker.reports import BackupReport, BackupTable, utcnow
+from worker.settings import Settings
+from worker.taskbase import JobTask
+
+SKIP_TABLES = ("alembic_version", "worktask_migrations")
+
+
+class SnapshotLost(JobFailed):
+    """The exported snapshot is gone (its holder ended): the chunk cannot be read consistently."""
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+# planning --------------------------------------------------------------------------------------------
+
+def plan_postgres(settings: Settings, snap: str, chunk_rows: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Tables, columns and key-range chunks, read through the exported snapshot."""
+    with pg_connect(settings) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.execute(f"set transaction snapshot '{snap}'")
+        source = {"server_version": conn.execute("show server_version").fetchone()[0],
+                  "database": conn.info.dbname,
+                  "migration_head": _migration_head(conn)}
+        rows = conn.execute("""
+            select c.relname,
+                   array_agg(a.attname::text order by a.attnum),
+                   array_agg(format_type(a.atttypid, a.atttypmod) order by a.attnum),
+                   (select array_agg(pa.attname::text order by k.ord)
+                      from pg_index i, unnest(i.indkey) with ordinality k(attnum, ord), pg_attribute pa
+                     where i.indrelid = c.oid and i.indisprimary and pa.attrelid = c.oid and pa.attnum = k.attnum),
+                   (select format_type(pa.atttypid, null) from pg_index i join pg_attribute pa
+                      on pa.attrelid = c.oid and pa.attnum = i.indkey[0] where i.indrelid = c.oid and i.indisprimary)
+            from pg_class c join pg_namespace n on n.oid = c.relnamespace
+            join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+            where n.nspname = 'public' and c.relkind in ('r', 'p') and not (c.relname = any(%s))
+            group by c.oid, c.relname order by c.relname""", (list(SKIP_TABLES),)).fetchall()
+        tables = []
+        for name, cols, types, pk, lead_type in rows:
+            table = {"name": name, "store": "postgres", "columns": [{"name": c, "type": t} for c, t in zip(cols, types)],
+                     "primary_key": pk or [], "chunks": []}
+            if pk and lead_type in ("bigint", "integer", "smallint"):
+                lo, hi, count = conn.execute(psycopg.sql.SQL("select min({k}), max({k}), count(*) from {t}").format(
+                    k=psycopg.sql.Identifier(pk[0]), t=psycopg.sql.Identifier(name))).fetchone()
+                table["key"] = pk[0]
+                if count:
+                    n = max(1, math.ceil(count / chunk_rows))
+                    step = max(1, math.ceil((hi - lo + 1) / n))
+                    table["chunks"] = [{"n": i, "lo": lo + i * step, "hi": min(lo + (i + 1) * step, hi + 1)}
+                                       for i in range(n) if lo + i * step <= hi]
+            if not table["chunks"]:
+                table["chunks"] = [{"n": 0, "lo": None, "hi": None}]
+            tables.append(table)
+        conn.rollback()
+    return tables, source
+
+
+def _migration_head(conn: psycopg.Connection) -> str | None:
+    if conn.execute("select to_regclass('alembic_version')").fetchone()[0] is None:
+        return None
+    row = conn.execute("select version_num from alembic_version").fetchone()
+    return row[0] if row else None
+
+
+def plan_dynamo(settings: Settings, segments: int) -> dict[str, Any] | None:
+    client = aws_client(settings, "dynamodb")
+    name = settings.dynamo_table_name
+    if not dynamo_exists(client, name):
+        return None
+    schema = client.describe_table(TableName=name)["Table"]["KeySchema"]
+    return {"name": name, "store": "dynamodb", "key_schema": schema,
+            "chunks": [{"n": i, "segment": i, "segments": segments} for i in range(segments)]}
+
+
+# per chunk ---------------------------------------------------------------------------------------------
+
+def dump_postgres_chunk(settings: Settings, options: dict[str, Any], backup_id: str, snap: str, table: dict[str, Any],
+                        chunk: dict[str, Any], key: bytes | None) -> dict[str, Any]:
+    """COPY one key range TO STDOUT through the snapshot -> zstd -> AES-GCM -> the store (asyncpg, DESIGN §12)."""
+    store = backups.store_for(settings, options)
+    obj = backups.chunk_key(options, backup_id, "postgres", table["name"], chunk["n"], secrets.token_hex(3))
+    cols = ", ".join(quote(c["name"]) for c in table["columns"])
+    query, args = f"select {cols} from {quote(table['name'])}", []
+    if chunk["lo"] is not None:
+        query += f" where {quote(table['key'])} >= $1 and {quote(table['key'])} < $2"
+        args = [chunk["lo"], chunk["hi"]]
+    rate = options.get("rate_limit") or 0
+    began = time.monotonic()
+    with store.writer(obj) as out:
+        writer = ChunkWriter(out, backups.chunk_aad(backup_id, "postgres", table["name"], chunk["n"]),
+                             options["compress"], key)
+        rows = asyncio.run(_copy_out(settings, snap, query, args, writer, rate))
+        stats = writer.close()
+    return {"table": table["name"], "store": "postgres", "n": chunk["n"], "key": obj, "rows": rows,
+            "range": [chunk["lo"], chunk["hi"]], "seconds": round(time.monotonic() - began, 3), **stats}
+
+
+async def _copy_out(settings: Settings, snap: str, query: str, args: list[Any], writer: ChunkWriter,
+                    rate: int) -> int:
+    p = pg_params(settings)
+    conn = await asyncpg.connect(host=p["host"], port=int(p["port"]), user=p["user"], password=p.get("password"),
+                                 database=p["dbname"], timeout=settings.postgres_connect_timeout,
+                                 server_settings={"application_name": "worktask-backup"})
+    rows = 0
+    began = time.monotonic()
+
+    async def sink(data: bytes) -> None:
+        nonlocal rows
+        rows += data.count(b"\n")  # text COPY: one newline per row, newlines in values are escaped
+        writer.write(data)
+        if rate:
+            ahead = writer.raw / rate - (time.monotonic() - began)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            try:
+                await conn.execute(f"set transaction snapshot '{snap}'")
+            except asyncpg.InvalidParameterValueError as err:
+                raise SnapshotLost(f"snapshot {snap} is gone ({err}); run the backup again") from None
+            await conn.copy_from_query(query, *args, output=sink)
+    finally:
+        await conn.close()
+    return rows
+
+
+def dump_dynamo_segment(settings: Settings, options: dict[str, Any], backup_id: str, table: dict[str, Any],
+                        chunk: dict[str, Any], key: bytes | None) -> dict[str, Any]:
+    """One parallel Scan segment as DynamoDB export JSON lines ({"Item": {...}})."""
+    client = aws_client(settings, "dynamodb")
+    store = backups.store_for(settings, options)
+    obj = backups.chunk_key(options, backup_id, "dynamodb", table["name"], chunk["n"], secrets.token_hex(3))
+    began, rows = time.monotonic(), 0
+    pages = client.get_paginator("scan").paginate(TableName=table["name"], Segment=chunk["segment"],
+                                                  TotalSegments=chunk["segments"], ConsistentRead=True)
+    with store.writer(obj) as out:
+        writer = ChunkWriter(out, backups.chunk_aad(backup_id, "dynamodb", table["name"], chunk["n"]),
+                             options["compress"], key)
+        for page in pages:
+            for item in page.get("Items", []):
+                writer.write(json.dumps({"Item": item}, separators=(",", ":")).encode() + b"\n")
+                rows += 1
+        stats = writer.close()
+    return {"table": table["name"], "store": "dynamodb", "n": chunk["n"], "key": obj, "rows": rows,
+            "seconds": round(time.monotonic() - began, 3), **stats}
+
+
+# finalize -------------------------------------------------------------------------------------------------
+
+def build_manifest(backup_id: str, plan: dict[str, Any], results: list[dict[str, Any]], started: float) -> dict[str, Any]:
+    by_table: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        by_table.setdefault((r["store"], r["table"]), []).append(r)
+    tables = []
+    for t in plan["tables"]:
+        chunks = sorted(by_table.get((t["store"], t["name"]), []), key=lambda c: c["n"])
+        if len(chunks) != len(t["chunks"]):
+            raise JobFailed(f"table {t['name']}: {len(chunks)} of {len(t['chunks'])} chunks came back")
+        tables.append({**{k: v for k, v in t.items() if k != "chunks"},
+                       "rows": sum(c["rows"] for c in chunks), "bytes_raw": sum(c["bytes_raw"] for c in chunks),
+                       "bytes_stored": sum(c["bytes_stored"] for c in chunks),
+                       "seconds": round(sum(c["seconds"] for c in chunks), 3),
+                       "chunks": [{k: c[k] for k in ("n", "key", "rows", "bytes_raw", "bytes_stored", "sha256")}
+                                  | ({"range": c["range"]} if "range" in c else {}) for c in chunks]})
+    totals = {k: sum(t[k] for t in tables) for k in ("rows", "bytes_raw", "bytes_stored")}
+    totals["chunks"] = sum(len(t["chunks"]) for t in tables)
+    return {"format_version": backups.FORMAT_VERSION, "backup_id": backup_id, "created_at": plan["created_at"],
+            "finished_at": utcnow().isoformat(), "duration_s": round(time.time() - started, 3),
+            "source": plan["source"], "options": {k: plan["options"][k] for k in ("compress", "encrypt", "chunk_rows")},
+            "encryption": plan["encryption"], "tables": tables, "totals": totals}
+
+
+def backup_report(job_id: str, manifest: dict[str, Any], started_at: Any) -> BackupReport:
+    duration = manifest["duration_s"] or 0.0
+    tables = [BackupTable(name=t["name"], store=t["store"], rows=t["rows"], chunks=len(t["chunks"]),
+                          bytes_raw=t["bytes_raw"], bytes_stored=t["bytes_stored"], seconds=t["seconds"])
+              for t in manifest["tables"]]
+    totals = {**manifest["totals"], "seconds": duration,
+              "rows_per_s": round(manifest["totals"]["rows"] / duration, 1) if duration else None,
+              "mb_raw_per_s": round(manifest["totals"]["bytes_raw"] / duration / 1e6, 2) if duration else None}
+    return BackupReport(job_id=job_id, state="succeeded", ok=True, backup_id=manifest["backup_id"], tables=tables,
+                        totals=totals, started_at=started_at, finished_at=utcnow(),
+                        encrypted=manifest["options"]["encrypt"], compressed=manifest["options"]["compress"])
+
+
+# tasks -------------------------------------------------------------------------------------------------------
+
+class BackupTask(JobTask):
+    """A failed backup releases its snapshot and says so in the store (failed.json)."""
+
+    abstract = True
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        super().on_failure(exc, task_id, args, kwargs, einfo)
+        job_id = (kwargs or {}).get("job_id")
+        if not job_id:
+            return
+        snapshot.release(self.redis, job_id)
+        try:
+            opts = jobs.options(self.redis, job_id)
+            error = self.redis.hget(jobs.JOB_KEY.format(job_id=job_id), "error")
+            backups.store_for(self.settings, opts).put(
+                backups.prefix(opts, job_id) + "failed.json", json.dumps({"error": error}).encode())
+        except Exception:  # noqa: BLE001 - the job is failed already; cleanup removes leftovers
+            pass
+
+
+def _plan(self: JobTask, job_id: str) -> dict[str, Any]:
+    return json.loads(self.redis.hget(jobs.JOB_KEY.format(job_id=job_id), "plan"))
+
+
+@app.task(name=TASK_BACKUP_START, base=BackupTask, bind=True, max_retries=0)
+def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]:
+    r, s = self.redis, self.settings
+    if r.hget(jobs.JOB_KEY.format(job_id=job_id), "planned"):
+        return {"job_id": job_id, "skipped": "already planned"}
+    backups.require_key(s, options["encrypt"])
+    snap = snapshot.start_holder(r, job_id, s.snapshot_max_lifetime)
+    pg_tables, source = plan_postgres(s, snap, options["chunk_rows"])
+    dyn = plan_dynamo(s, options["dynamo_segments"])
+    source["dynamodb"] = {"table": dyn["name"], "key_schema": dyn["key_schema"]} if dyn else None
+    _, encryption = backups.make_data_key(s, job_id, options.get("kms_key_id")) if options["encrypt"] else (None, None)
+    tables = pg_tables + ([dyn] if dyn else [])
+    plan = {"created_at": utcnow().isoformat(), "started": time.time(), "source": source, "options": options,
+            "encryption": encryption, "tables": tables}
+    r.hset(jobs.JOB_KEY.format(job_id=job_id), "plan", json.dumps(plan, default=str))
+    header = [dump_pg.s(job_id=job_id, table=t["name"], chunk=c["n"]) for t in pg_tables for c in t["chunks"]]
+    if dyn:
+        header += [dump_dynamo.s(job_id=job_id, table=dyn["name"], chunk=c["n"]) for c in dyn["chunks"]]
+    if not jobs.start(r, job_id, len(header)):
+        return {"job_id": job_id, "skipped": "already planned"}
+    chord(header)(finalize.s(job_id=job_id))
+    return {"job_id": job_id, "chunks": len(header)}
+
+
+def _chunk_context(self: JobTask, job_id: str, table: str, chunk: int) -> tuple[dict, dict, dict, bytes | None]:
+    plan = _plan(self, job_id)
+    t = next(t for t in plan["tables"] if t["name"] == table)
+    c = next(c for c in t["chunks"] if c["n"] == chunk)
+    return plan, t, c, backups.data_key(self.settings, job_id, plan["encryption"])
+
+
+@app.task(name=TASK_BACKUP_DUMP_PG, base=BackupTask, bind=True)
+def dump_pg(self: JobTask, job_id: str, table: str, chunk: int) -> dict[str, Any]:
+    plan, t, c, key = _chunk_context(self, job_id, table, chunk)
+    snap = snapshot.snapshot_id(self.redis, job_id)
+    if not snap:
+        raise SnapshotLost("the snapshot holder is gone; run the backup again")
+    result = dump_postgres_chunk(self.settings, plan["options"], job_id, snap, t, c, key)
+    jobs.add(self.redis, job_id, rows=result["rows"], nbytes=result["bytes_stored"])
+    return result
+
+
+@app.task(name=TASK_BACKUP_DUMP_DYNAMO, base=BackupTask, bind=True)
+def dump_dynamo(self: JobTask, job_id: str, table: str, chunk: int) -> dict[str, Any]:
+    plan, t, c, key = _chunk_context(self, job_id, table, chunk)
+    result = dump_dynamo_segment(self.settings, plan["options"], job_id, t, c, key)
+    jobs.add(self.redis, job_id, rows=result["rows"], nbytes=result["bytes_stored"])
+    return result
+
+
+@app.task(name=TASK_BACKUP_FINALIZE, base=BackupTask, bind=True)
+def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
+    plan = _plan(self, job_id)
+    snapshot.release(self.redis, job_id)
+    options = plan["options"]
+    manifest = build_manifest(job_id, plan, results, plan["started"])
+    store = backups.store_for(self.settings, options)
+    backups.write_manifest(store, options, manifest)
+    kept = {c["key"] for t in manifest["tables"] for c in t["chunks"]}
+    strays = [o.key for o in store.list(backups.prefix(options, job_id))
+              if o.key not in kept and not o.key.endswith("/manifest.json")]
+    store.delete(strays)  # other attempts of redelivered chunks
+    progress = jobs.read(self.redis, job_id)
+    report = backup_report(job_id, manifest, progress.started_at if progress else None)
+    jobs.finish(self.redis, job_id, report.model_dump(mode="json"))
+    return {"job_id": job_id, "rows": manifest["totals"]["rows"]}
