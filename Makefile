@@ -18,7 +18,8 @@ test: install
 	$(BIN)/pytest -q
 
 # Starts the stack (embedded services where the configured ones do not answer), migrates, seeds,
-# checks health, backs up with progress, lists and validates the backup, then stops the stack
+# checks health, backs up with progress, lists and validates the backup, restores it as a dry run and
+# one table for real, then stops the stack
 # whatever happened. Without BACKUP_ENCRYPTION_KEY the demo makes one and keeps it in the state folder.
 STATE ?= $(or $(WORKTASK_STATE_DIR),.worktask)
 demo: install
@@ -34,7 +35,9 @@ demo: install
 	  $(BIN)/worktask backup; \
 	  $(BIN)/worktask backup list; \
 	  id=$$($(BIN)/worktask backup list --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)[0]["backup_id"])'); \
-	  $(BIN)/worktask backup validate "$$id" ) || rc=$$?; \
+	  $(BIN)/worktask backup validate "$$id"; \
+	  $(BIN)/worktask restore "$$id" --dry-run; \
+	  $(BIN)/worktask restore "$$id" --tables quality_standards ) || rc=$$?; \
 	$(BIN)/worktask stack down; \
 	exit $$rc
 

@@ -168,7 +168,18 @@ def render_cleanup(report: dict[str, Any]) -> None:
         out.print(f"  {b['backup_id']}  {b['state']}  {human_bytes(b['bytes_stored'])}  {b['reason']}", markup=False)
 
 
-RENDERERS: dict[str, Callable[[dict[str, Any]], None]] = {
+def render_restore(report: dict[str, Any]) -> None:
+    title = f"restore of {report['backup_id']}" + (" (dry run: nothing changed)" if report["dry_run"] else "")
+    verb = "would write" if report["dry_run"] else "rows restored"
+    table = Table("table", "store", verb, "chunks", "removed" if report["dry_run"] else "deleted", "s", title=title)
+    for t in report["tables"]:
+        table.add_row(t["name"], t["store"], f"{t['rows']:,}", str(t["chunks"]), f"{t['removed']:,}", f"{t['seconds']:.1f}")
+    out.print(table)
+    for sk in report["skipped"]:
+        out.print(f"skipped {sk['name']}: {sk['reason']}", markup=False)
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], None]] = {"restore": render_restore,
     "health": render_health, "migrate": render_migrate, "seed": render_seed, "backup": render_backup,
     "backup_validate": render_backup_validate, "backup_cleanup": render_cleanup}
 
@@ -429,6 +440,32 @@ def backup_cleanup(retention_days: int | None, dry_run: bool | None, as_json: bo
     days = retention_days or s.retention_days
     return run_job(lambda: commands.backup_cleanup(s, days, dry), "backup_cleanup", as_json, no_wait, timeout,
                    render_cleanup)
+
+
+@cli.command()
+@click.argument("backup_id")
+@click.option("--tables", default=None, help="Comma-separated tables to restore (default: TABLES_ONLY, else all).")
+@click.option("--exact", is_flag=True, help="DynamoDB: also delete items that are not in the backup.")
+@click.option("--allow-schema-mismatch", is_flag=True, help="Restore although the migration heads differ.")
+@dry_run_option
+@output_options()
+def restore(backup_id: str, tables: str | None, exact: bool, allow_schema_mismatch: bool, dry_run: bool | None,
+            as_json: bool, no_wait: bool, timeout: int | None) -> int:
+    """Restore all tables of a backup, or the named ones. Every chunk of a table is verified before the
+    table is touched; PostgreSQL tables load beside the live ones and swap in by rename in one transaction.
+
+    \b
+    Examples:
+      worktask restore 20261124T101500Z-backup-1a2b3c --dry-run
+      TABLES_ONLY=services,dependencies worktask restore 20261124T101500Z-backup-1a2b3c
+    """
+    s = settings()
+    names = [n.strip() for n in tables.split(",")] if tables else s.tables
+    if any(not n for n in names):
+        raise click.UsageError("--tables has an empty name; e.g. --tables services,dependencies")
+    dry = s.dry_run if dry_run is None else dry_run
+    return run_job(lambda: commands.restore(s, backup_id, names, exact, dry, allow_schema_mismatch), "restore",
+                   as_json, no_wait, timeout, render_restore)
 
 
 @cli.command()

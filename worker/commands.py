@@ -9,7 +9,7 @@ from worker import jobs
 from worker.connections import check_redis
 from worker import backups, migrator
 from worker.constants import (TASK_BACKUP_START, TASK_CLEANUP_START, TASK_HEALTH_START, TASK_MIGRATE_START,
-                              TASK_SEED_START, TASK_VALIDATE_START)
+                              TASK_RESTORE_START, TASK_SEED_START, TASK_VALIDATE_START)
 from worker.errors import BadInput
 from worker.reports import Progress
 from worker.settings import Settings
@@ -93,6 +93,25 @@ def backup_cleanup(settings: Settings, retention_days: int, dry_run: bool) -> st
     opts = backups.store_options(settings)
     return submit(settings, "backup_cleanup", TASK_CLEANUP_START,
                   {**opts, "retention_days": retention_days, "dry_run": dry_run})
+
+
+def restore(settings: Settings, backup_id: str, tables: list[str], exact: bool, dry_run: bool,
+            allow_schema_mismatch: bool) -> str:
+    """Check the id, the table names and the schema against the backup (exit 2), then enqueue."""
+    backups.check_backup_id(backup_id)
+    opts = backups.store_options(settings)
+    manifest = backups.read_manifest(backups.store_for(settings, opts), opts, backup_id)
+    held = [t["name"] for t in manifest["tables"]]
+    unknown = [t for t in tables if t not in held]
+    if unknown:
+        raise BadInput(f"backup {backup_id} holds no table {', '.join(map(repr, unknown))}; it holds: {', '.join(held)}")
+    head = migrator.current(settings)
+    theirs = manifest["source"].get("migration_head")
+    if head != theirs and not allow_schema_mismatch:
+        raise BadInput(f"schema mismatch: the database is at migration {head or 'base'}, the backup at "
+                       f"{theirs or 'base'}; migrate to match, or pass --allow-schema-mismatch")
+    return submit(settings, "restore", TASK_RESTORE_START, {**opts, "backup_id": backup_id, "tables": tables,
+                                                            "exact": exact, "dry_run": dry_run})
 
 
 def job_show(settings: Settings, job_id: str) -> dict[str, Any]:

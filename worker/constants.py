@@ -4,8 +4,9 @@ QUEUE_CONTROL = "control"  # planning, coordinating, finalising
 QUEUE_BULK = "bulk"  # per-table, per-chunk work
 
 # Task names are worktask.<family>.<step>. Coordinators go to `control`, the rest to `bulk`.
-CONTROL_STEPS = ("start", "finalize", "fail")
-TASK_MODULES = ["tasks.health", "tasks.migrate", "tasks.seed", "tasks.backup", "tasks.verify"]
+CONTROL_STEPS = ("start", "finalize", "fail", "after_verify", "after_load")
+TASK_MODULES = ["tasks.health", "tasks.migrate", "tasks.seed", "tasks.backup", "tasks.verify",
+                "tasks.restore"]
 
 TASK_HEALTH_START = "worktask.health.start"
 TASK_HEALTH_CHECK = "worktask.health.check"
@@ -22,6 +23,13 @@ TASK_VALIDATE_START = "worktask.backup_validate.start"
 TASK_VALIDATE_CHUNK = "worktask.backup_validate.check_chunk"
 TASK_VALIDATE_FINALIZE = "worktask.backup_validate.finalize"
 TASK_CLEANUP_START = "worktask.backup_cleanup.start"
+TASK_RESTORE_START = "worktask.restore.start"
+TASK_RESTORE_VERIFY = "worktask.restore.verify_chunk"
+TASK_RESTORE_AFTER_VERIFY = "worktask.restore.after_verify"
+TASK_RESTORE_LOAD = "worktask.restore.load_chunk"
+TASK_RESTORE_AFTER_LOAD = "worktask.restore.after_load"
+TASK_RESTORE_BUILD = "worktask.restore.build_table"
+TASK_RESTORE_FINALIZE = "worktask.restore.finalize"
 
 # Redis keys (all under one prefix so that an operator can find them).
 KEY_PREFIX = "worktask:"

@@ -104,6 +104,14 @@ def recorded(conn: Connection) -> dict[str, dict[str, Any]]:
     return {r["version"]: dict(r) for r in rows}
 
 
+def current(settings: Settings) -> str | None:
+    """The database's migration revision (None: base)."""
+    with connect(settings) as conn:
+        rev = current_revision(conn)
+        conn.rollback()
+    return rev
+
+
 def status(settings: Settings, path: Path) -> dict[str, Any]:
     script = scripts(path, settings)
     ordered = list(reversed(list(script.walk_revisions())))  # base -> head
@@ -111,7 +119,11 @@ def status(settings: Settings, path: Path) -> dict[str, Any]:
         current = current_revision(conn)
         rec = recorded(conn)
         conn.rollback()
-    applied_ids = {s.revision for s in script.iterate_revisions(current, "base")} if current else set()
+    try:
+        applied_ids = {s.revision for s in script.iterate_revisions(current, "base")} if current else set()
+    except CommandError:
+        raise BadInput(f"the database is at migration {current}, which {path} does not have: "
+                       "use the migrations it was migrated with (MIGRATIONS_PATH)") from None
     applied, pending, drift = [], [], []
     for s in ordered:
         info = describe(s)

@@ -129,3 +129,20 @@ class CleanupReport(JobReport):
     retention_days: int
     deleted: list[dict[str, Any]] = Field(default_factory=list)
     kept: int = 0
+
+
+class RestoreTable(BaseModel):
+    name: str
+    store: Literal["postgres", "dynamodb"]
+    rows: int  # restored (a dry run: that would be written)
+    chunks: int
+    removed: int = 0  # rows replaced (PostgreSQL, dry run) or items deleted (DynamoDB --exact)
+    seconds: float = 0.0
+
+
+class RestoreReport(JobReport):
+    kind: str = "restore"
+    backup_id: str
+    tables: list[RestoreTable] = Field(default_factory=list)
+    skipped: list[dict[str, str]] = Field(default_factory=list)
+    totals: dict[str, Any] = Field(default_factory=dict)

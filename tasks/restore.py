@@ -1,0 +1,315 @@
+"""`worktask restore`: verify every chunk, load in parallel beside the live tables, build, swap (DESIGN §9).
+
+    start -> chord(verify one task per chunk) -> after_verify
+          -> chord(load one task per chunk: COPY into the replacement / BatchWriteItem) -> after_load
+          -> chord(build one task per table: keys, checks, indexes) -> finalize (one swap transaction)
+
+A table with a bad chunk is skipped before anything is written. Until the swap commits, the live
+tables keep their rows; a failed restore drops its replacement tables, and the next restore drops
+those of one that was killed. One restore runs at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import asyncpg
+from celery import chord
+
+from worker import backups, jobs, swap
+from worker.app import app
+from worker.archive import read_chunk
+from worker.connections import aws_client, pg_connect, pg_params
+from worker.constants import (KEY_PREFIX, TASK_RESTORE_AFTER_LOAD, TASK_RESTORE_AFTER_VERIFY, TASK_RESTORE_BUILD,
+                              TASK_RESTORE_FINALIZE, TASK_RESTORE_LOAD, TASK_RESTORE_START, TASK_RESTORE_VERIFY)
+from worker.errors import JobFailed
+from worker.reports import RestoreReport, RestoreTable, utcnow
+from worker.settings import Settings
+from worker.taskbase import JobTask
+from tasks.backup import quote
+from tasks.verify import check_chunk
+
+RUNNING_KEY = KEY_PREFIX + "restore:running"
+BATCH = 25  # BatchWriteItem's limit
+
+
+def plain_blocks(settings: Settings, plan: dict[str, Any], table: dict[str, Any], chunk: dict[str, Any]) -> Any:
+    store = backups.store_for(settings, plan["options"])
+    key = backups.data_key(settings, plan["backup_id"], plan["encryption"])
+    src = store.open(chunk["key"])
+    blocks, _ = read_chunk(src, backups.chunk_aad(plan["backup_id"], table["store"], table["name"], chunk["n"]),
+                           plan["compress"], key)
+    return src, blocks
+
+
+def load_postgres_chunk(settings: Settings, plan: dict[str, Any], table: dict[str, Any], chunk: dict[str, Any]) -> int:
+    """COPY one chunk into the replacement table; deleting its key range first makes a rerun harmless."""
+    target = swap.replacement(table["name"], plan["tag"])
+    src, blocks = plain_blocks(settings, plan, table, chunk)
+    with src:
+        return asyncio.run(_copy_in(settings, target, table, chunk, blocks))
+
+
+async def _copy_in(settings: Settings, target: str, table: dict[str, Any], chunk: dict[str, Any], blocks: Any) -> int:
+    p = pg_params(settings)
+    conn = await asyncpg.connect(host=p["host"], port=int(p["port"]), user=p["user"], password=p.get("password"),
+                                 database=p["dbname"], timeout=settings.postgres_connect_timeout)
+    rows = 0
+
+    async def source() -> Any:
+        nonlocal rows
+        for block in blocks:
+            rows += block.count(b"\n")
+            yield block
+    try:
+        async with conn.transaction():
+            rng = chunk.get("range") or [None, None]
+            if rng[0] is not None:
+                key = table["key"] if "key" in table else table["primary_key"][0]
+                await conn.execute(f"delete from {quote(target)} where {quote(key)} >= $1 and {quote(key)} < $2",
+                                   rng[0], rng[1])
+            else:
+                await conn.execute(f"truncate {quote(target)}")
+            await conn.copy_to_table(target, source=source(), columns=[c["name"] for c in table["columns"]],
+                                     schema_name="public")
+    finally:
+        await conn.close()
+    return rows
+
+
+def load_dynamo_chunk(settings: Settings, plan: dict[str, Any], table: dict[str, Any], chunk: dict[str, Any]) -> int:
+    """BatchWriteItem the chunk's items (an upsert), retrying UnprocessedItems with a bounded backoff."""
+    client = aws_client(settings, "dynamodb")
+    src, blocks = plain_blocks(settings, plan, table, chunk)
+    count, pending, buf = 0, [], b""
+
+    def flush(items: list[dict[str, Any]]) -> None:
+        requests = [{"PutRequest": {"Item": i}} for i in items]
+        for attempt in range(10):
+            out = client.batch_write_item(RequestItems={table["name"]: requests})
+            requests = out.get("UnprocessedItems", {}).get(table["name"], [])
+            if not requests:
+                return
+            time.sleep(min(0.05 * 2 ** attempt, 5))
+        raise JobFailed(f"DynamoDB kept {len(requests)} items unprocessed after 10 tries (throttled)")
+    with src:
+        for block in blocks:
+            buf += block
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                if line:
+                    pending.append(json.loads(line)["Item"])
+                    if len(pending) == BATCH:
+                        flush(pending)
+                        count += len(pending)
+                        pending = []
+    if pending:
+        flush(pending)
+        count += len(pending)
+    return count
+
+
+def backup_keys(settings: Settings, plan: dict[str, Any], table: dict[str, Any]) -> set[tuple[str, str]]:
+    keys = set()
+    for chunk in table["chunks"]:
+        src, blocks = plain_blocks(settings, plan, table, chunk)
+        with src:
+            for line in b"".join(blocks).splitlines():
+                item = json.loads(line)["Item"]
+                keys.add((item["PK"]["S"], item["SK"]["S"]))
+    return keys
+
+
+def extra_items(settings: Settings, plan: dict[str, Any], table: dict[str, Any]) -> list[tuple[str, str]]:
+    """Items in the live DynamoDB table that the backup does not have (what --exact deletes)."""
+    keep = backup_keys(settings, plan, table)
+    client = aws_client(settings, "dynamodb")
+    live = [(i["PK"]["S"], i["SK"]["S"]) for page in client.get_paginator("scan").paginate(
+        TableName=table["name"], ProjectionExpression="PK, SK") for i in page.get("Items", [])]
+    return [k for k in live if k not in keep]
+
+
+def delete_items(settings: Settings, table: str, keys: list[tuple[str, str]]) -> None:
+    client = aws_client(settings, "dynamodb")
+    for i in range(0, len(keys), BATCH):
+        requests = [{"DeleteRequest": {"Key": {"PK": {"S": pk}, "SK": {"S": sk}}}} for pk, sk in keys[i:i + BATCH]]
+        for attempt in range(10):
+            out = client.batch_write_item(RequestItems={table: requests})
+            requests = out.get("UnprocessedItems", {}).get(table, [])
+            if not requests:
+                break
+            time.sleep(min(0.05 * 2 ** attempt, 5))
+
+
+def live_rows(settings: Settings, table: str) -> int:
+    with pg_connect(settings) as conn:
+        return conn.execute(f"select count(*) from {swap.qi(conn, table)}").fetchone()[0]
+
+
+# tasks --------------------------------------------------------------------------------------------------------
+
+class RestoreTask(JobTask):
+    """A failed restore drops its replacement tables (the live ones were never touched) and lets go."""
+
+    abstract = True
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        super().on_failure(exc, task_id, args, kwargs, einfo)
+        job_id = (kwargs or {}).get("job_id")
+        if job_id:
+            release(self, job_id)
+
+
+def release(self: JobTask, job_id: str) -> None:
+    plan = _plan(self, job_id)
+    if plan:
+        try:
+            with pg_connect(self.settings, autocommit=True) as conn:
+                swap.drop_replacements(conn, plan["tag"])
+        except Exception:  # noqa: BLE001 - the next restore drops them
+            pass
+    if self.redis.get(RUNNING_KEY) == job_id:
+        self.redis.delete(RUNNING_KEY)
+
+
+def _plan(self: JobTask, job_id: str) -> dict[str, Any] | None:
+    raw = self.redis.hget(jobs.JOB_KEY.format(job_id=job_id), "plan")
+    return json.loads(raw) if raw else None
+
+
+def _table(plan: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(t for t in plan["tables"] if t["name"] == name)
+
+
+@app.task(name=TASK_RESTORE_START, base=RestoreTask, bind=True, max_retries=0)
+def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]:
+    r, s = self.redis, self.settings
+    if _plan(self, job_id):
+        return {"job_id": job_id, "skipped": "already planned"}
+    holder = r.get(RUNNING_KEY)
+    if holder and holder != job_id and jobs.read(r, holder) and jobs.read(r, holder).state == "running":
+        raise JobFailed(f"another restore is running (job {holder}); wait for it")
+    r.set(RUNNING_KEY, job_id, ex=s.job_timeout)
+    manifest = backups.read_manifest(backups.store_for(s, options), options, options["backup_id"])
+    wanted = options.get("tables") or [t["name"] for t in manifest["tables"]]
+    plan = {"backup_id": manifest["backup_id"], "tag": job_id.rsplit("-", 1)[-1], "options": options,
+            "encryption": manifest["encryption"], "compress": manifest["options"]["compress"],
+            "started": time.time(), "tables": [t for t in manifest["tables"] if t["name"] in wanted]}
+    if not options.get("dry_run"):
+        with pg_connect(s, autocommit=True) as conn:
+            swap.drop_replacements(conn)  # of restores that were killed; only one runs at a time
+    r.hset(jobs.JOB_KEY.format(job_id=job_id), "plan", json.dumps(plan))
+    header = [verify.s(job_id=job_id, table=t["name"], chunk=c["n"]) for t in plan["tables"] for c in t["chunks"]]
+    jobs.start(r, job_id, 2 * len(header))
+    chord(header)(after_verify.s(job_id=job_id))
+    return {"job_id": job_id, "chunks": len(header)}
+
+
+@app.task(name=TASK_RESTORE_VERIFY, base=RestoreTask, bind=True)
+def verify(self: JobTask, job_id: str, table: str, chunk: int) -> dict[str, Any]:
+    plan = _plan(self, job_id)
+    t = _table(plan, table)
+    c = next(c for c in t["chunks"] if c["n"] == chunk)
+    reason = check_chunk(self.settings, plan["options"], plan["backup_id"], plan["encryption"], plan["compress"],
+                         t["store"], table, c)
+    jobs.add(self.redis, job_id, nbytes=c["bytes_stored"])
+    return {"table": table, "chunk": chunk, "path": c["key"], "reason": reason}
+
+
+@app.task(name=TASK_RESTORE_AFTER_VERIFY, base=RestoreTask, bind=True)
+def after_verify(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
+    plan = _plan(self, job_id)
+    bad: dict[str, str] = {}
+    for r in sorted(results, key=lambda r: (r["table"], r["chunk"])):
+        if r["reason"] and r["table"] not in bad:
+            bad[r["table"]] = f"chunk {r['chunk']} ({r['path']}): {r['reason']}"
+    plan["skipped"] = [{"name": n, "reason": f"not touched: {why}"} for n, why in bad.items()]
+    plan["ok_tables"] = [t["name"] for t in plan["tables"] if t["name"] not in bad]
+    self.redis.hset(jobs.JOB_KEY.format(job_id=job_id), "plan", json.dumps(plan))
+    if plan["options"].get("dry_run") or not plan["ok_tables"]:
+        return finalize.run([], job_id=job_id)
+    pg_ok = [t for t in plan["tables"] if t["name"] in plan["ok_tables"] and t["store"] == "postgres"]
+    with pg_connect(self.settings, autocommit=True) as conn:
+        for t in pg_ok:
+            swap.create_replacement(conn, t["name"], plan["tag"])
+    header = [load.s(job_id=job_id, table=t["name"], chunk=c["n"])
+              for t in plan["tables"] if t["name"] in plan["ok_tables"] for c in t["chunks"]]
+    chord(header)(after_load.s(job_id=job_id))
+    return {"job_id": job_id, "loading": len(header)}
+
+
+@app.task(name=TASK_RESTORE_LOAD, base=RestoreTask, bind=True)
+def load(self: JobTask, job_id: str, table: str, chunk: int) -> dict[str, Any]:
+    plan = _plan(self, job_id)
+    t = _table(plan, table)
+    c = next(c for c in t["chunks"] if c["n"] == chunk)
+    began = time.monotonic()
+    if t["store"] == "postgres":
+        rows = load_postgres_chunk(self.settings, plan, t, c)
+    else:
+        rows = load_dynamo_chunk(self.settings, plan, t, c)
+    if rows != c["rows"]:
+        raise JobFailed(f"loaded {rows} rows, the manifest says {c['rows']}")
+    jobs.add(self.redis, job_id, rows=rows, nbytes=c["bytes_stored"])
+    return {"table": table, "chunk": chunk, "rows": rows, "seconds": round(time.monotonic() - began, 3)}
+
+
+@app.task(name=TASK_RESTORE_AFTER_LOAD, base=RestoreTask, bind=True)
+def after_load(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
+    self.redis.hset(jobs.JOB_KEY.format(job_id=job_id), "loaded", json.dumps(results))
+    plan = _plan(self, job_id)
+    pg_ok = [t["name"] for t in plan["tables"] if t["name"] in plan["ok_tables"] and t["store"] == "postgres"]
+    if not pg_ok:
+        return finalize.run([], job_id=job_id)
+    chord([build.s(job_id=job_id, table=name) for name in pg_ok])(finalize.s(job_id=job_id))
+    return {"job_id": job_id, "building": len(pg_ok)}
+
+
+@app.task(name=TASK_RESTORE_BUILD, base=RestoreTask, bind=True)
+def build(self: JobTask, job_id: str, table: str) -> dict[str, Any]:
+    plan = _plan(self, job_id)
+    with pg_connect(self.settings, autocommit=True) as conn:
+        swap.build(conn, swap.catalog(conn, table), plan["tag"])
+    return {"table": table}
+
+
+@app.task(name=TASK_RESTORE_FINALIZE, base=RestoreTask, bind=True)
+def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
+    plan = _plan(self, job_id)
+    s, opts = self.settings, plan["options"]
+    dry = bool(opts.get("dry_run"))
+    loaded = json.loads(self.redis.hget(jobs.JOB_KEY.format(job_id=job_id), "loaded") or "[]")
+    ok = [t for t in plan["tables"] if t["name"] in plan["ok_tables"]]
+    removed: dict[str, int] = {}
+    pg_ok = [t["name"] for t in ok if t["store"] == "postgres"]
+    for t in ok:
+        if t["store"] == "postgres":
+            removed[t["name"]] = live_rows(s, t["name"]) if dry else 0
+        elif opts.get("exact"):
+            extra = extra_items(s, plan, t)
+            removed[t["name"]] = len(extra)
+            if not dry:
+                delete_items(s, t["name"], extra)
+    if pg_ok and not dry:
+        with pg_connect(s) as conn:
+            conn.execute("set lock_timeout = '30s'")
+            cats = [swap.catalog(conn, name) for name in pg_ok]
+            swap.swap(conn, cats, plan["tag"])
+            conn.commit()
+    tables = [RestoreTable(name=t["name"], store=t["store"], rows=t["rows"], chunks=len(t["chunks"]),
+                           removed=removed.get(t["name"], 0),
+                           seconds=round(sum(r["seconds"] for r in loaded if r["table"] == t["name"]), 3))
+              for t in ok]
+    progress = jobs.read(self.redis, job_id)
+    error = ("skipped: " + "; ".join(f"{x['name']} {x['reason']}" for x in plan["skipped"])) if plan["skipped"] else None
+    report = RestoreReport(job_id=job_id, state="succeeded", ok=not plan["skipped"], dry_run=dry,
+                           backup_id=plan["backup_id"], tables=tables, skipped=plan["skipped"],
+                           totals={"rows": sum(t.rows for t in tables), "tables": len(tables),
+                                   "seconds": round(time.time() - plan["started"], 3)},
+                           started_at=progress.started_at if progress else None, finished_at=utcnow(), error=error)
+    jobs.finish(self.redis, job_id, report.model_dump(mode="json"))
+    release(self, job_id)
+    return {"job_id": job_id, "tables": len(tables)}
