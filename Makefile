@@ -18,7 +18,7 @@ test: install
 	$(BIN)/pytest -q
 
 # Starts the stack (embedded services where the configured ones do not answer), migrates, seeds,
-# checks health, backs up with progress, lists and validates the backup, restores it as a dry run and
+# generates test data and validates it, checks health, backs up with progress, lists and validates the backup, restores it as a dry run and
 # one table for real, then stops the stack
 # whatever happened. Without BACKUP_ENCRYPTION_KEY the demo makes one and keeps it in the state folder.
 STATE ?= $(or $(WORKTASK_STATE_DIR),.worktask)
@@ -31,6 +31,8 @@ demo: install
 	  $(BIN)/worktask migrate; \
 	  $(BIN)/worktask migrate status; \
 	  $(BIN)/worktask seed --skip-existing; \
+	  $(BIN)/worktask testdata generate 200 --seed 1; \
+	  $(BIN)/worktask validate; \
 	  $(BIN)/worktask health; \
 	  $(BIN)/worktask backup; \
 	  $(BIN)/worktask backup list; \

@@ -148,7 +148,7 @@ async def _copy_out(settings: Settings, snap: str, query: str, args: list[Any], 
             try:
                 await conn.execute(f"set transaction snapshot '{snap}'")
             except asyncpg.InvalidParameterValueError as err:
-                raise SnapshotLost(f"snapshot {snap} is gone ({err}); run the backup again") from None
+                raise SnapshotLost(f"snapshot {snap} is gone ({err})") from None
             await conn.copy_from_query(query, *args, output=sink)
     finally:
         await conn.close()
@@ -216,17 +216,47 @@ def backup_report(job_id: str, manifest: dict[str, Any], started_at: Any) -> Bac
 
 # tasks -------------------------------------------------------------------------------------------------------
 
+MAX_RESTARTS = 2  # fresh snapshots a backup may take after losing one
+
+
+def generation(r: Any, job_id: str) -> int:
+    return int(r.hget(jobs.JOB_KEY.format(job_id=job_id), "generation") or 0)
+
+
+def restart(self: JobTask, job_id: str, gen: int) -> bool:
+    """Start the backup over from a fresh snapshot (once per lost generation, a bounded number of times).
+    Chunks of the old generation that still run are ignored; finalize removes their objects."""
+    r, key = self.redis, jobs.JOB_KEY.format(job_id=job_id)
+    progress = jobs.read(r, job_id)
+    if progress is None or progress.state != "running":
+        return True  # the job ended (failed or succeeded) and released its snapshot on purpose
+    if gen >= MAX_RESTARTS or not r.set(f"{key}:restart:{gen}", "1", nx=True, ex=86_400):
+        return gen < MAX_RESTARTS  # another chunk of this generation restarted it already
+    snapshot.release(r, job_id, gen)
+    with r.pipeline() as p:
+        p.hset(key, mapping={"generation": gen + 1, "chunks_done": 0, "rows": 0, "bytes": 0})
+        p.hdel(key, "planned", "plan")
+        p.execute()
+    app.send_task(TASK_BACKUP_START, kwargs={"job_id": job_id, "options": jobs.options(r, job_id)})
+    return True
+
+
 class BackupTask(JobTask):
-    """A failed backup releases its snapshot and says so in the store (failed.json)."""
+    """A failed backup releases its snapshot and says so in the store (failed.json); a lost snapshot
+    starts it over instead, a bounded number of times."""
 
     abstract = True
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        super().on_failure(exc, task_id, args, kwargs, einfo)
         job_id = (kwargs or {}).get("job_id")
+        gen = (kwargs or {}).get("gen", 0)
+        if job_id and isinstance(exc, SnapshotLost):
+            if gen != generation(self.redis, job_id) or restart(self, job_id, gen):
+                return
+        super().on_failure(exc, task_id, args, kwargs, einfo)
         if not job_id:
             return
-        snapshot.release(self.redis, job_id)
+        snapshot.release(self.redis, job_id, generation(self.redis, job_id))
         try:
             opts = jobs.options(self.redis, job_id)
             error = self.redis.hget(jobs.JOB_KEY.format(job_id=job_id), "error")
@@ -246,21 +276,26 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
     if r.hget(jobs.JOB_KEY.format(job_id=job_id), "planned"):
         return {"job_id": job_id, "skipped": "already planned"}
     backups.require_key(s, options["encrypt"])
-    snap = snapshot.start_holder(r, job_id, s.snapshot_max_lifetime)
+    gen = generation(r, job_id)
+    snap = snapshot.start_holder(r, job_id, gen, s.snapshot_max_lifetime)
     pg_tables, source = plan_postgres(s, snap, options["chunk_rows"])
     dyn = plan_dynamo(s, options["dynamo_segments"])
     source["dynamodb"] = {"table": dyn["name"], "key_schema": dyn["key_schema"]} if dyn else None
-    _, encryption = backups.make_data_key(s, job_id, options.get("kms_key_id")) if options["encrypt"] else (None, None)
+    encryption = None
+    if options["encrypt"]:  # one data key for the backup, kept across restarts
+        _, fresh = backups.make_data_key(s, job_id, options.get("kms_key_id"))
+        r.hsetnx(jobs.JOB_KEY.format(job_id=job_id), "encryption", json.dumps(fresh))
+        encryption = json.loads(r.hget(jobs.JOB_KEY.format(job_id=job_id), "encryption"))
     tables = pg_tables + ([dyn] if dyn else [])
     plan = {"created_at": utcnow().isoformat(), "started": time.time(), "source": source, "options": options,
             "encryption": encryption, "tables": tables}
     r.hset(jobs.JOB_KEY.format(job_id=job_id), "plan", json.dumps(plan, default=str))
-    header = [dump_pg.s(job_id=job_id, table=t["name"], chunk=c["n"]) for t in pg_tables for c in t["chunks"]]
+    header = [dump_pg.s(job_id=job_id, table=t["name"], chunk=c["n"], gen=gen) for t in pg_tables for c in t["chunks"]]
     if dyn:
-        header += [dump_dynamo.s(job_id=job_id, table=dyn["name"], chunk=c["n"]) for c in dyn["chunks"]]
+        header += [dump_dynamo.s(job_id=job_id, table=dyn["name"], chunk=c["n"], gen=gen) for c in dyn["chunks"]]
     if not jobs.start(r, job_id, len(header)):
         return {"job_id": job_id, "skipped": "already planned"}
-    chord(header)(finalize.s(job_id=job_id))
+    chord(header)(finalize.s(job_id=job_id, gen=gen))
     return {"job_id": job_id, "chunks": len(header)}
 
 
@@ -272,28 +307,36 @@ def _chunk_context(self: JobTask, job_id: str, table: str, chunk: int) -> tuple[
 
 
 @app.task(name=TASK_BACKUP_DUMP_PG, base=BackupTask, bind=True)
-def dump_pg(self: JobTask, job_id: str, table: str, chunk: int) -> dict[str, Any]:
+def dump_pg(self: JobTask, job_id: str, table: str, chunk: int, gen: int = 0) -> dict[str, Any]:
+    if gen != generation(self.redis, job_id):
+        return {"stale": gen}  # the backup started over from a fresh snapshot
     plan, t, c, key = _chunk_context(self, job_id, table, chunk)
-    snap = snapshot.snapshot_id(self.redis, job_id)
+    snap = snapshot.snapshot_id(self.redis, job_id, gen)
     if not snap:
-        raise SnapshotLost("the snapshot holder is gone; run the backup again")
+        raise SnapshotLost("the snapshot holder is gone")
     result = dump_postgres_chunk(self.settings, plan["options"], job_id, snap, t, c, key)
-    jobs.add(self.redis, job_id, rows=result["rows"], nbytes=result["bytes_stored"])
+    if gen == generation(self.redis, job_id):
+        jobs.add(self.redis, job_id, rows=result["rows"], nbytes=result["bytes_stored"])
     return result
 
 
 @app.task(name=TASK_BACKUP_DUMP_DYNAMO, base=BackupTask, bind=True)
-def dump_dynamo(self: JobTask, job_id: str, table: str, chunk: int) -> dict[str, Any]:
+def dump_dynamo(self: JobTask, job_id: str, table: str, chunk: int, gen: int = 0) -> dict[str, Any]:
+    if gen != generation(self.redis, job_id):
+        return {"stale": gen}
     plan, t, c, key = _chunk_context(self, job_id, table, chunk)
     result = dump_dynamo_segment(self.settings, plan["options"], job_id, t, c, key)
-    jobs.add(self.redis, job_id, rows=result["rows"], nbytes=result["bytes_stored"])
+    if gen == generation(self.redis, job_id):
+        jobs.add(self.redis, job_id, rows=result["rows"], nbytes=result["bytes_stored"])
     return result
 
 
 @app.task(name=TASK_BACKUP_FINALIZE, base=BackupTask, bind=True)
-def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
+def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str, gen: int = 0) -> dict[str, Any]:
+    if gen != generation(self.redis, job_id) or any("stale" in r for r in results):
+        return {"job_id": job_id, "stale": gen}
     plan = _plan(self, job_id)
-    snapshot.release(self.redis, job_id)
+    snapshot.release(self.redis, job_id, gen)
     options = plan["options"]
     manifest = build_manifest(job_id, plan, results, plan["started"])
     store = backups.store_for(self.settings, options)
@@ -304,5 +347,6 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
     store.delete(strays)  # other attempts of redelivered chunks
     progress = jobs.read(self.redis, job_id)
     report = backup_report(job_id, manifest, progress.started_at if progress else None)
+    report.restarts = generation(self.redis, job_id)
     jobs.finish(self.redis, job_id, report.model_dump(mode="json"))
     return {"job_id": job_id, "rows": manifest["totals"]["rows"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -14,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from worker import jobs, migrator
 from worker.app import app
 from worker.connections import aws_client, pg_connect, redis_client
-from worker.constants import (QUEUE_BULK, QUEUE_CONTROL, TASK_HEALTH_CHECK,
+from worker.constants import (LAST_VALIDATION_KEY, QUEUE_BULK, QUEUE_CONTROL, TASK_HEALTH_CHECK,
                               TASK_HEALTH_FINALIZE, TASK_HEALTH_START)
 from worker.errors import WorktaskError
 from worker.reports import Check, HealthReport, utcnow
@@ -22,7 +23,7 @@ from worker.settings import Settings, mask_url
 from worker.store import get_store
 from worker.taskbase import JobTask
 
-CHECKS = ("postgres", "redis", "dynamodb", "backup_store", "workers", "migrations")
+CHECKS = ("postgres", "redis", "dynamodb", "backup_store", "workers", "migrations", "validation")
 CRITICAL = {"postgres", "redis"}  # without these nothing works: unhealthy, not degraded
 
 
@@ -79,8 +80,21 @@ def check_migrations(settings: Settings) -> str:
     return f"at head {st['current']}, {len(st['applied'])} applied, no drift"
 
 
+def check_validation(settings: Settings) -> str:
+    raw = redis_client(settings).get(LAST_VALIDATION_KEY)
+    if not raw:
+        return "no validation has run yet (worktask validate)"
+    last = json.loads(raw)
+    line = (f"last run {last['finished_at'][:19]}Z ({last['job_id']}): {last['records_checked']:,} records, "
+            f"issues {last['by_severity'] or 'none'}, {last['fixed']} fixed")
+    if not last["ok"]:
+        raise WorktaskError(f"{line}; {last['error']}")
+    return line
+
+
 RUNNERS = {"postgres": check_postgres, "redis": check_redis, "dynamodb": check_dynamodb,
-           "backup_store": check_backup_store, "workers": check_workers, "migrations": check_migrations}
+           "backup_store": check_backup_store, "workers": check_workers, "migrations": check_migrations,
+           "validation": check_validation}
 
 
 def run_check(name: str, settings: Settings) -> Check:

@@ -40,20 +40,21 @@ def plain_blocks(settings: Settings, plan: dict[str, Any], table: dict[str, Any]
     store = backups.store_for(settings, plan["options"])
     key = backups.data_key(settings, plan["backup_id"], plan["encryption"])
     src = store.open(chunk["key"])
-    blocks, _ = read_chunk(src, backups.chunk_aad(plan["backup_id"], table["store"], table["name"], chunk["n"]),
-                           plan["compress"], key)
-    return src, blocks
+    blocks, hashed = read_chunk(src, backups.chunk_aad(plan["backup_id"], table["store"], table["name"], chunk["n"]),
+                                plan["compress"], key)
+    return src, blocks, hashed
 
 
 def load_postgres_chunk(settings: Settings, plan: dict[str, Any], table: dict[str, Any], chunk: dict[str, Any]) -> int:
     """COPY one chunk into the replacement table; deleting its key range first makes a rerun harmless."""
     target = swap.replacement(table["name"], plan["tag"])
-    src, blocks = plain_blocks(settings, plan, table, chunk)
+    src, blocks, hashed = plain_blocks(settings, plan, table, chunk)
     with src:
-        return asyncio.run(_copy_in(settings, target, table, chunk, blocks))
+        return asyncio.run(_copy_in(settings, target, table, chunk, blocks, hashed))
 
 
-async def _copy_in(settings: Settings, target: str, table: dict[str, Any], chunk: dict[str, Any], blocks: Any) -> int:
+async def _copy_in(settings: Settings, target: str, table: dict[str, Any], chunk: dict[str, Any], blocks: Any,
+                   hashed: Any) -> int:
     p = pg_params(settings)
     conn = await asyncpg.connect(host=p["host"], port=int(p["port"]), user=p["user"], password=p.get("password"),
                                  database=p["dbname"], timeout=settings.postgres_connect_timeout)
@@ -75,6 +76,8 @@ async def _copy_in(settings: Settings, target: str, table: dict[str, Any], chunk
                 await conn.execute(f"truncate {quote(target)}")
             await conn.copy_to_table(target, source=source(), columns=[c["name"] for c in table["columns"]],
                                      schema_name="public")
+            if hashed.sha.hexdigest() != chunk["sha256"]:  # changed since it was verified: roll this load back
+                raise JobFailed(f"chunk {chunk['n']} changed in the store after it was verified")
     finally:
         await conn.close()
     return rows
@@ -83,14 +86,14 @@ async def _copy_in(settings: Settings, target: str, table: dict[str, Any], chunk
 def load_dynamo_chunk(settings: Settings, plan: dict[str, Any], table: dict[str, Any], chunk: dict[str, Any]) -> int:
     """BatchWriteItem the chunk's items (an upsert), retrying UnprocessedItems with a bounded backoff."""
     client = aws_client(settings, "dynamodb")
-    src, blocks = plain_blocks(settings, plan, table, chunk)
+    src, blocks, _ = plain_blocks(settings, plan, table, chunk)
     count, pending, buf = 0, [], b""
 
     def flush(items: list[dict[str, Any]]) -> None:
         requests = [{"PutRequest": {"Item": i}} for i in items]
         for attempt in range(10):
-            out = client.batch_write_item(RequestItems={table["name"]: requests})
-            requests = out.get("UnprocessedItems", {}).get(table["name"], [])
+            out = client.batch_write_item(RequestItems={settings.dynamo_table_name: requests})
+            requests = out.get("UnprocessedItems", {}).get(settings.dynamo_table_name, [])
             if not requests:
                 return
             time.sleep(min(0.05 * 2 ** attempt, 5))
@@ -115,7 +118,7 @@ def load_dynamo_chunk(settings: Settings, plan: dict[str, Any], table: dict[str,
 def backup_keys(settings: Settings, plan: dict[str, Any], table: dict[str, Any]) -> set[tuple[str, str]]:
     keys = set()
     for chunk in table["chunks"]:
-        src, blocks = plain_blocks(settings, plan, table, chunk)
+        src, blocks, _ = plain_blocks(settings, plan, table, chunk)
         with src:
             for line in b"".join(blocks).splitlines():
                 item = json.loads(line)["Item"]
@@ -142,6 +145,8 @@ def delete_items(settings: Settings, table: str, keys: list[tuple[str, str]]) ->
             if not requests:
                 break
             time.sleep(min(0.05 * 2 ** attempt, 5))
+        if requests:
+            raise JobFailed(f"DynamoDB kept {len(requests)} deletes unprocessed after 10 tries (throttled)")
 
 
 def live_rows(settings: Settings, table: str) -> int:
@@ -175,6 +180,24 @@ def release(self: JobTask, job_id: str) -> None:
         self.redis.delete(RUNNING_KEY)
 
 
+STALE_AFTER = 30 * 60  # a restore whose counters have not moved for this long was killed
+
+
+def take_lock(r: Any, job_id: str) -> None:
+    """One restore at a time (SET NX); a holder that stopped moving long ago is taken over."""
+    if r.set(RUNNING_KEY, job_id, nx=True, ex=7 * 86_400):
+        return
+    holder = r.get(RUNNING_KEY)
+    if holder == job_id:
+        return
+    p = jobs.read(r, holder) if holder else None
+    moving = p is not None and p.state == "running" and p.updated_at and \
+        (utcnow() - p.updated_at).total_seconds() < STALE_AFTER
+    if moving:
+        raise JobFailed(f"another restore is running (job {holder}); wait for it")
+    r.set(RUNNING_KEY, job_id, ex=7 * 86_400)
+
+
 def _plan(self: JobTask, job_id: str) -> dict[str, Any] | None:
     raw = self.redis.hget(jobs.JOB_KEY.format(job_id=job_id), "plan")
     return json.loads(raw) if raw else None
@@ -189,10 +212,7 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
     r, s = self.redis, self.settings
     if _plan(self, job_id):
         return {"job_id": job_id, "skipped": "already planned"}
-    holder = r.get(RUNNING_KEY)
-    if holder and holder != job_id and jobs.read(r, holder) and jobs.read(r, holder).state == "running":
-        raise JobFailed(f"another restore is running (job {holder}); wait for it")
-    r.set(RUNNING_KEY, job_id, ex=s.job_timeout)
+    take_lock(r, job_id)
     manifest = backups.read_manifest(backups.store_for(s, options), options, options["backup_id"])
     wanted = options.get("tables") or [t["name"] for t in manifest["tables"]]
     plan = {"backup_id": manifest["backup_id"], "tag": job_id.rsplit("-", 1)[-1], "options": options,
@@ -271,8 +291,9 @@ def after_load(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dic
 @app.task(name=TASK_RESTORE_BUILD, base=RestoreTask, bind=True)
 def build(self: JobTask, job_id: str, table: str) -> dict[str, Any]:
     plan = _plan(self, job_id)
-    with pg_connect(self.settings, autocommit=True) as conn:
+    with pg_connect(self.settings) as conn:  # one transaction: a retry starts from a clean replacement
         swap.build(conn, swap.catalog(conn, table), plan["tag"])
+        conn.commit()
     return {"table": table}
 
 
@@ -285,20 +306,23 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
     ok = [t for t in plan["tables"] if t["name"] in plan["ok_tables"]]
     removed: dict[str, int] = {}
     pg_ok = [t["name"] for t in ok if t["store"] == "postgres"]
+    key = jobs.JOB_KEY.format(job_id=job_id)
     for t in ok:
-        if t["store"] == "postgres":
-            removed[t["name"]] = live_rows(s, t["name"]) if dry else 0
-        elif opts.get("exact"):
-            extra = extra_items(s, plan, t)
-            removed[t["name"]] = len(extra)
-            if not dry:
-                delete_items(s, t["name"], extra)
-    if pg_ok and not dry:
+        if t["store"] == "postgres" and dry:
+            removed[t["name"]] = live_rows(s, t["name"])
+    if pg_ok and not dry and not self.redis.hget(key, "swapped"):
         with pg_connect(s) as conn:
             conn.execute("set lock_timeout = '30s'")
             cats = [swap.catalog(conn, name) for name in pg_ok]
             swap.swap(conn, cats, plan["tag"])
             conn.commit()
+        self.redis.hset(key, "swapped", "1")  # a redelivered finalize does not swap twice
+    for t in ok:  # after the swap: a failed swap leaves DynamoDB as it was too
+        if t["store"] == "dynamodb" and opts.get("exact"):
+            extra = extra_items(s, plan, t)
+            removed[t["name"]] = len(extra)
+            if not dry:
+                delete_items(s, t["name"], extra)
     tables = [RestoreTable(name=t["name"], store=t["store"], rows=t["rows"], chunks=len(t["chunks"]),
                            removed=removed.get(t["name"], 0),
                            seconds=round(sum(r["seconds"] for r in loaded if r["table"] == t["name"]), 3))

@@ -50,10 +50,12 @@ def make_data(settings: Any) -> None:
                       select id, %s, 'deliverable of ' || id, 'files/' || id from work_tasks where id %% 10 = 0""", (art,))
         pg.execute("""insert into quality_checks (deliverable_id, standard_id, score, passed, details)
                       select id, %s, 81.5, true, '{"by": "test"}' from deliverables""", (std,))
+        task_ids = [r[0] for r in pg.execute("select id from work_tasks order by id limit 40")]
     client = aws_client(settings, "dynamodb")
-    for i in range(40):
-        client.put_item(TableName=settings.dynamo_table_name,
-                        Item=to_item({"PK": f"TASK#{i}", "SK": "ANALYSIS", "score": i / 4, "note": ODD}))
+    for i, tid in enumerate(task_ids):  # valid analysis items (worktask validate checks them)
+        client.put_item(TableName=settings.dynamo_table_name, Item=to_item({
+            "PK": f"TASK#{tid}", "SK": "ANALYSIS", "type": "analysis", "work_task_id": tid, "complexity": 1 + i % 13,
+            "risk": "low", "summary": ODD, "estimated_hours": i / 4}))
 
 
 @pytest.fixture()
@@ -285,3 +287,25 @@ def test_list_states_and_cleanup_by_retention(data: Any, tmp_path: Path) -> None
     assert [b["backup_id"] for b in backups.cleanup_plan(commands.backup_list(s), 1,
                                                          now=datetime.now(timezone.utc) + timedelta(days=90))] \
         == [young]
+
+
+def test_losing_the_snapshot_holder_starts_the_backup_over_from_a_fresh_snapshot(data: Any) -> None:
+    from worker.snapshot import HOLD_KEY
+
+    r = redis_client(data)
+    s = data.model_copy(update={"backup_rate_limit": 100_000})
+    job_id = commands.backup(s, True, True, 1000)
+    deadline, pid = time.monotonic() + 60, None
+    while pid is None and time.monotonic() < deadline:
+        pid = r.hget(HOLD_KEY.format(job_id=job_id, gen=0), "pid")
+        time.sleep(0.05)
+    assert pid, "no snapshot holder was seen"
+    time.sleep(0.5)  # some chunks are running through the snapshot
+    os.kill(int(pid), signal.SIGKILL)  # its session ends: the snapshot is gone
+    report = jobs.wait(r, job_id, timeout=300)
+    assert report["ok"] and report["restarts"] == 1, report
+    assert validate(data, job_id)["ok"]
+    manifest = manifest_of(data, job_id)
+    keys = {c["key"] for t in manifest["tables"] for c in t["chunks"]}
+    stored = {o.key for o in backups.store_for(data, backups.store_options(data)).list(f"backups/{job_id}/")}
+    assert stored == keys | {f"backups/{job_id}/manifest.json"}  # no object of the lost generation is left

@@ -143,12 +143,17 @@ def test_a_corrupted_chunk_refuses_its_table_and_touches_nothing(dressed: Any) -
     raw = bytearray(path.read_bytes())
     raw[100] ^= 0xFF
     path.write_bytes(bytes(raw))
-    scramble(dressed)
-    scrambled = hashes(dressed)
-    code, restored = cli_json("restore", report["backup_id"], "--tables", "work_tasks")
-    assert code == 1 and restored["tables"] == []
-    assert restored["skipped"][0]["name"] == "work_tasks" and victim["key"] in restored["skipped"][0]["reason"]
-    assert hashes(dressed) == scrambled
+    with pg_connect(dressed, autocommit=True) as pg:
+        pg.execute("update work_tasks set title = title || ' (edited)' where id % 13 = 0")
+    try:
+        edited = hashes(dressed)
+        code, restored = cli_json("restore", report["backup_id"], "--tables", "work_tasks")
+        assert code == 1 and restored["tables"] == []
+        assert restored["skipped"][0]["name"] == "work_tasks" and victim["key"] in restored["skipped"][0]["reason"]
+        assert hashes(dressed) == edited
+    finally:
+        with pg_connect(dressed, autocommit=True) as pg:
+            pg.execute("update work_tasks set title = left(title, -9) where id % 13 = 0")
 
 
 def test_a_restore_that_fails_at_the_swap_leaves_the_live_tables_whole(dressed: Any) -> None:

@@ -25,7 +25,7 @@ from worker.store import LocalStore, ObjectStore, S3Store
 
 FORMAT_VERSION = 1
 ID_RE = re.compile(r"^(\d{8}T\d{6}Z)-[0-9A-Za-z-]{1,60}$")
-_key_cache: dict[str, bytes] = {}
+_key_cache: dict[tuple[str, str], bytes] = {}
 
 
 def new_backup_id() -> str:
@@ -102,9 +102,9 @@ def data_key(settings: Settings, backup_id: str, encryption: dict[str, Any] | No
     """Unwrap a backup's data key (cached per process)."""
     if not encryption:
         return None
-    cached = _key_cache.get(backup_id)
-    if cached:
-        return cached
+    cache = (backup_id, encryption["wrapped_key"])
+    if cache in _key_cache:
+        return _key_cache[cache]
     if encryption["wrapping"] == "kms":
         key = aws_client(settings, "kms").decrypt(
             CiphertextBlob=base64.b64decode(encryption["wrapped_key"]),
@@ -114,7 +114,7 @@ def data_key(settings: Settings, backup_id: str, encryption: dict[str, Any] | No
             raise BadInput("backup is encrypted with a key: set BACKUP_ENCRYPTION_KEY on the workers")
         key = unwrap_key(encryption["wrapped_key"],
                          base64.b64decode(settings.backup_encryption_key.get_secret_value()), backup_id)
-    _key_cache[backup_id] = key
+    _key_cache[cache] = key
     return key
 
 

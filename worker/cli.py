@@ -179,7 +179,32 @@ def render_restore(report: dict[str, Any]) -> None:
         out.print(f"skipped {sk['name']}: {sk['reason']}", markup=False)
 
 
-RENDERERS: dict[str, Callable[[dict[str, Any]], None]] = {"restore": render_restore,
+def render_validate(report: dict[str, Any]) -> None:
+    out.print(f"Validation Output: {report['records_checked']:,} records checked, {report['records_valid']:,} valid, "
+              f"{len(report['issues'])} issue(s) {report['by_severity']}, {report['fixed']} fixed", markup=False)
+    if report["issues"]:
+        table = Table("severity", "category", "table", "key", "message", "fixed")
+        colour = {"error": "red", "warning": "yellow", "info": "blue"}
+        for i in report["issues"][:200]:
+            table.add_row(f"[{colour[i['severity']]}]{i['severity']}[/]", i["category"], i["table"], escape(i["key"]),
+                          escape(i["message"]), "yes" if i["fixed"] else ("fixable" if i["fixable"] else "-"))
+        out.print(table)
+        if len(report["issues"]) > 200:
+            out.print(f"… and {len(report['issues']) - 200} more (--json has them all)")
+    out.print(f"by category: {report['by_category']}; by table: {report['by_table']}", markup=False)
+
+
+def render_testdata(report: dict[str, Any]) -> None:
+    verb = "removed" if report["kind"] == "testdata_cleanup" else "generated"
+    out.print(f"{verb}: {report['tasks']:,} work tasks, {report['todos']:,} todos, {report['deliverables']:,} "
+              f"deliverables, {report['quality_checks']:,} quality checks, {report['analysis_items']:,} analysis items, "
+              f"{report['files']:,} files" + (f" (seed {report['seed']})" if report.get("seed") is not None and
+                                              verb == "generated" else ""), markup=False)
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "restore": render_restore, "validate": render_validate, "testdata_generate": render_testdata,
+    "testdata_cleanup": render_testdata,
     "health": render_health, "migrate": render_migrate, "seed": render_seed, "backup": render_backup,
     "backup_validate": render_backup_validate, "backup_cleanup": render_cleanup}
 
@@ -466,6 +491,62 @@ def restore(backup_id: str, tables: str | None, exact: bool, allow_schema_mismat
     dry = s.dry_run if dry_run is None else dry_run
     return run_job(lambda: commands.restore(s, backup_id, names, exact, dry, allow_schema_mismatch), "restore",
                    as_json, no_wait, timeout, render_restore)
+
+
+@cli.command()
+@click.option("--fix/--no-fix", default=None, help="Repair the fixable issues (default: FIX_ISSUES).")
+@output_options()
+def validate(fix: bool | None, as_json: bool, no_wait: bool, timeout: int | None) -> int:
+    """Validate the data: schema, referential (incl. DynamoDB -> PostgreSQL), consistency and performance
+    checks, one task per table, key, range or scan segment. Exit 1 while errors remain.
+
+    \b
+    Examples:
+      worktask validate
+      worktask validate --fix --json
+    """
+    s = settings()
+    do_fix = s.fix_issues if fix is None else fix
+    return run_job(lambda: commands.validate(s, do_fix), "validate", as_json, no_wait, timeout, render_validate)
+
+
+@cli.group()
+def testdata() -> None:
+    """Realistic, marked test data: generate it, clean it up."""
+
+
+@testdata.command("generate")
+@click.argument("count", type=click.IntRange(1, 10_000_000), required=False)
+@click.option("--seed", type=int, default=None, help="Make the data reproducible.")
+@click.option("--no-files", is_flag=True, help="Leave the deliverables' files out (large counts).")
+@output_options()
+def testdata_generate(count: int | None, seed: int | None, no_files: bool, as_json: bool, no_wait: bool,
+                      timeout: int | None) -> int:
+    """Generate COUNT work tasks (default TEST_DATA_COUNT), each with 3-7 todos (a DAG), 1-3 deliverables
+    with quality checks, an analysis item in DynamoDB and the deliverable's file under test-data/.
+
+    \b
+    Examples:
+      worktask testdata generate 50 --seed 7
+      worktask testdata generate 100000 --no-files
+    """
+    s = settings()
+    return run_job(lambda: commands.testdata(s, "generate", count or s.test_data_count, seed, no_files),
+                   "testdata_generate", as_json, no_wait, timeout, render_testdata)
+
+
+@testdata.command("cleanup")
+@output_options()
+def testdata_cleanup(as_json: bool, no_wait: bool, timeout: int | None) -> int:
+    """Remove exactly the test data (marked rows, items and test-data/ files); nothing else.
+
+    \b
+    Example:
+      worktask testdata cleanup
+    """
+    s = settings()
+    return run_job(lambda: commands.testdata(s, "cleanup"), "testdata_cleanup", as_json, no_wait, timeout,
+                   render_testdata)
 
 
 @cli.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -9,7 +10,8 @@ from worker import jobs
 from worker.connections import check_redis
 from worker import backups, migrator
 from worker.constants import (TASK_BACKUP_START, TASK_CLEANUP_START, TASK_HEALTH_START, TASK_MIGRATE_START,
-                              TASK_RESTORE_START, TASK_SEED_START, TASK_VALIDATE_START)
+                              TASK_RESTORE_START, TASK_SEED_START, TASK_TESTDATA_START, TASK_VALIDATE_DATA_START,
+                              TASK_VALIDATE_START)
 from worker.errors import BadInput
 from worker.reports import Progress
 from worker.settings import Settings
@@ -105,6 +107,10 @@ def restore(settings: Settings, backup_id: str, tables: list[str], exact: bool, 
     unknown = [t for t in tables if t not in held]
     if unknown:
         raise BadInput(f"backup {backup_id} holds no table {', '.join(map(repr, unknown))}; it holds: {', '.join(held)}")
+    dyn = next((t["name"] for t in manifest["tables"] if t["store"] == "dynamodb"), None)
+    if dyn and dyn != settings.dynamo_table_name and (not tables or dyn in tables):
+        raise BadInput(f"the backup's DynamoDB table is {dyn}, DYNAMO_TABLE_NAME is {settings.dynamo_table_name}: "
+                       f"restore into the same table, or leave it out with --tables")
     head = migrator.current(settings)
     theirs = manifest["source"].get("migration_head")
     if head != theirs and not allow_schema_mismatch:
@@ -112,6 +118,17 @@ def restore(settings: Settings, backup_id: str, tables: list[str], exact: bool, 
                        f"{theirs or 'base'}; migrate to match, or pass --allow-schema-mismatch")
     return submit(settings, "restore", TASK_RESTORE_START, {**opts, "backup_id": backup_id, "tables": tables,
                                                             "exact": exact, "dry_run": dry_run})
+
+
+def validate(settings: Settings, fix: bool) -> str:
+    return submit(settings, "validate", TASK_VALIDATE_DATA_START, {"fix": fix})
+
+
+def testdata(settings: Settings, action: str, count: int | None = None, seed: int | None = None,
+             no_files: bool = False) -> str:
+    opts = {**backups.store_options(settings), "action": action, "count": count, "seed_given": seed is not None,
+            "seed": seed if seed is not None else secrets.randbelow(2**31), "no_files": no_files}
+    return submit(settings, f"testdata_{action}", TASK_TESTDATA_START, opts)
 
 
 def job_show(settings: Settings, job_id: str) -> dict[str, Any]:

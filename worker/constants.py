@@ -6,7 +6,7 @@ QUEUE_BULK = "bulk"  # per-table, per-chunk work
 # Task names are worktask.<family>.<step>. Coordinators go to `control`, the rest to `bulk`.
 CONTROL_STEPS = ("start", "finalize", "fail", "after_verify", "after_load")
 TASK_MODULES = ["tasks.health", "tasks.migrate", "tasks.seed", "tasks.backup", "tasks.verify",
-                "tasks.restore"]
+                "tasks.restore", "tasks.testdata", "tasks.validate"]
 
 TASK_HEALTH_START = "worktask.health.start"
 TASK_HEALTH_CHECK = "worktask.health.check"
@@ -30,11 +30,19 @@ TASK_RESTORE_LOAD = "worktask.restore.load_chunk"
 TASK_RESTORE_AFTER_LOAD = "worktask.restore.after_load"
 TASK_RESTORE_BUILD = "worktask.restore.build_table"
 TASK_RESTORE_FINALIZE = "worktask.restore.finalize"
+TASK_TESTDATA_START = "worktask.testdata.start"
+TASK_TESTDATA_CHUNK = "worktask.testdata.generate_chunk"
+TASK_TESTDATA_CLEAN = "worktask.testdata.cleanup_chunk"
+TASK_TESTDATA_FINALIZE = "worktask.testdata.finalize"
+TASK_VALIDATE_DATA_START = "worktask.validate.start"
+TASK_VALIDATE_DATA_CHECK = "worktask.validate.check"
+TASK_VALIDATE_DATA_FINALIZE = "worktask.validate.finalize"
 
 # Redis keys (all under one prefix so that an operator can find them).
 KEY_PREFIX = "worktask:"
 JOB_KEY = KEY_PREFIX + "job:{job_id}"  # hash: kind, state, counters, report
 JOB_ATTEMPTS_KEY = KEY_PREFIX + "job:{job_id}:attempts"  # hash: task id -> deliveries
+LAST_VALIDATION_KEY = KEY_PREFIX + "validation:last"  # the last `worktask validate` report
 BEAT_SLOT_KEY = KEY_PREFIX + "beat:{name}:{slot}"  # SET NX per schedule slot: one run per slot
 JOB_TTL_SECONDS = 14 * 24 * 3600
 

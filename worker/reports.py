@@ -107,6 +107,7 @@ class BackupReport(JobReport):
     totals: dict[str, Any] = Field(default_factory=dict)
     encrypted: bool = True
     compressed: bool = True
+    restarts: int = 0  # fresh snapshots taken after the holder was lost
 
 
 class BadChunk(BaseModel):
@@ -146,3 +147,37 @@ class RestoreReport(JobReport):
     tables: list[RestoreTable] = Field(default_factory=list)
     skipped: list[dict[str, str]] = Field(default_factory=list)
     totals: dict[str, Any] = Field(default_factory=dict)
+
+
+class TestDataReport(JobReport):
+    __test__ = False  # not a pytest class
+    kind: str = "testdata_generate"
+    seed: int | None = None
+    tasks: int = 0
+    todos: int = 0
+    deliverables: int = 0
+    quality_checks: int = 0
+    analysis_items: int = 0
+    files: int = 0
+
+
+class Issue(BaseModel):
+    severity: Literal["error", "warning", "info"]
+    category: Literal["schema", "referential", "consistency", "performance"]
+    table: str
+    key: str
+    message: str
+    fixable: bool = False
+    fixed: bool = False
+
+
+class ValidationReport(JobReport):
+    kind: str = "validate"
+    fix: bool = False
+    records_checked: int = 0
+    records_valid: int = 0
+    issues: list[Issue] = Field(default_factory=list)
+    by_severity: dict[str, int] = Field(default_factory=dict)
+    by_category: dict[str, int] = Field(default_factory=dict)
+    by_table: dict[str, int] = Field(default_factory=dict)
+    fixed: int = 0

@@ -166,6 +166,8 @@ def describe_error(err: ValidationError) -> str:
     shown = first.get("input")
     if name in SECRET_FIELDS:
         shown = "********"
+    elif isinstance(shown, str) and "://" in shown:
+        shown = mask_url(shown)
     value = f"={shown!r}" if isinstance(shown, (str, int, float)) else ""
     return f"{name.upper()}{value} is not valid: expects {accepts}"
 

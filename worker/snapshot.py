@@ -6,7 +6,7 @@ lease is deleted (finalize or failure), when the lease expires, at a hard maximu
 Redis stops answering. While it holds the snapshot, VACUUM cannot remove rows deleted after it began:
 SNAPSHOT_MAX_LIFETIME bounds that cost.
 
-    python -m worker.snapshot JOB_ID MAX_SECONDS
+    python -m worker.snapshot JOB_ID GENERATION MAX_SECONDS
 """
 
 from __future__ import annotations
@@ -24,22 +24,25 @@ import redis
 from worker.constants import KEY_PREFIX
 from worker.errors import ServiceUnavailable
 
-HOLD_KEY = KEY_PREFIX + "job:{job_id}:snapshot"  # hash: snapshot, pid, since | error; TTL = heartbeat
-LEASE_KEY = KEY_PREFIX + "job:{job_id}:snapshot-lease"  # exists while the backup wants the snapshot
+# One pair of keys per generation of a backup (a restart takes a fresh snapshot under new keys, so an
+# old holder sees its own lease go and cannot touch the new one's keys).
+HOLD_KEY = KEY_PREFIX + "job:{job_id}:snapshot:{gen}"  # hash: snapshot, pid, since | error; TTL = heartbeat
+LEASE_KEY = KEY_PREFIX + "job:{job_id}:snapshot-lease:{gen}"  # exists while the backup wants the snapshot
 HEARTBEAT_TTL = 30
 
 
-def start_holder(r: redis.Redis, job_id: str, max_seconds: int, wait: float = 30.0) -> str:
+def start_holder(r: redis.Redis, job_id: str, gen: int, max_seconds: int, wait: float = 30.0) -> str:
     """Spawn the holder and return the exported snapshot id; ServiceUnavailable if it does not come."""
-    r.delete(HOLD_KEY.format(job_id=job_id))
-    r.set(LEASE_KEY.format(job_id=job_id), "1", ex=max_seconds)
-    proc = subprocess.Popen([sys.executable, "-m", "worker.snapshot", job_id, str(max_seconds)],
+    hold_key = HOLD_KEY.format(job_id=job_id, gen=gen)
+    r.delete(hold_key)
+    r.set(LEASE_KEY.format(job_id=job_id, gen=gen), "1", ex=max_seconds)
+    proc = subprocess.Popen([sys.executable, "-m", "worker.snapshot", job_id, str(gen), str(max_seconds)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, env=dict(os.environ))
     threading.Thread(target=proc.wait, name=f"reap-holder-{job_id}", daemon=True).start()  # no zombie
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        held = r.hgetall(HOLD_KEY.format(job_id=job_id))
+        held = r.hgetall(hold_key)
         if held.get("snapshot"):
             return held["snapshot"]
         if held.get("error"):
@@ -51,21 +54,21 @@ def start_holder(r: redis.Redis, job_id: str, max_seconds: int, wait: float = 30
     raise ServiceUnavailable(f"snapshot holder did not export a snapshot within {wait:.0f} s")
 
 
-def snapshot_id(r: redis.Redis, job_id: str) -> str | None:
-    return r.hget(HOLD_KEY.format(job_id=job_id), "snapshot")
+def snapshot_id(r: redis.Redis, job_id: str, gen: int) -> str | None:
+    return r.hget(HOLD_KEY.format(job_id=job_id, gen=gen), "snapshot")
 
 
-def release(r: redis.Redis, job_id: str) -> None:
-    r.delete(LEASE_KEY.format(job_id=job_id))
+def release(r: redis.Redis, job_id: str, gen: int) -> None:
+    r.delete(LEASE_KEY.format(job_id=job_id, gen=gen))
 
 
-def hold(job_id: str, max_seconds: int) -> None:
+def hold(job_id: str, gen: int, max_seconds: int) -> None:
     from worker.connections import pg_params, redis_client
     from worker.settings import get_settings
 
     settings = get_settings()
     r = redis_client(settings)
-    hold_key, lease_key = HOLD_KEY.format(job_id=job_id), LEASE_KEY.format(job_id=job_id)
+    hold_key, lease_key = HOLD_KEY.format(job_id=job_id, gen=gen), LEASE_KEY.format(job_id=job_id, gen=gen)
     params: dict[str, Any] = {**pg_params(settings), "application_name": f"worktask-snapshot {job_id}"[:63]}
     if not str(params["host"]).startswith("/"):
         params |= {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
@@ -88,16 +91,22 @@ def hold(job_id: str, max_seconds: int) -> None:
             try:
                 if not r.exists(lease_key):
                     break
+                conn.execute("select 1")  # the session (and so the snapshot) is still there
                 r.expire(hold_key, HEARTBEAT_TTL)
                 misses = 0
             except redis.RedisError:
                 misses += 1
                 if misses * 2 > HEARTBEAT_TTL:
                     break
+            except psycopg.Error:  # terminated: say so at once, chunks will start the backup over
+                break
             time.sleep(2)
     finally:
-        conn.rollback()
-        conn.close()
+        try:
+            conn.rollback()
+            conn.close()
+        except psycopg.Error:
+            pass
         try:
             r.delete(hold_key)
         except redis.RedisError:
@@ -105,4 +114,4 @@ def hold(job_id: str, max_seconds: int) -> None:
 
 
 if __name__ == "__main__":
-    hold(sys.argv[1], int(sys.argv[2]))
+    hold(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

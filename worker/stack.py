@@ -79,6 +79,19 @@ def spawn(name: str, argv: list[str], env: dict[str, str], logs: Path) -> tuple[
     return proc.pid, log
 
 
+def started_at(pid: int | None) -> float | None:
+    try:
+        return psutil.Process(pid).create_time() if pid else None
+    except psutil.Error:
+        return None
+
+
+def ours(service: dict[str, Any]) -> bool:
+    """The recorded pid is still the process the stack started (not a reused pid after a reboot)."""
+    pid, born = service.get("pid"), service.get("started_at")
+    return alive(pid) and (born is None or started_at(pid) == born)
+
+
 def stop_pid(pid: int | None, timeout: float = 15.0) -> None:
     """SIGTERM the process group, SIGKILL what is left after `timeout`."""
     if not alive(pid):
@@ -209,6 +222,8 @@ class Stack:
             self.write(state)  # so that down() stops what did start
             self.down()
             raise
+        for s in services:
+            s["started_at"] = started_at(s["pid"]) if s.get("started") else None
         self.write(state)
         return state
 
@@ -284,9 +299,9 @@ class Stack:
             return []
         stopped = []
         for s in reversed(state["services"]):
-            if not s.get("started"):
+            if not s.get("started") or not ours(s):
                 continue
-            if s["name"] == "postgres" and alive(s["pid"]):
+            if s["name"] == "postgres":
                 self._stop_postgres(s)
             else:
                 stop_pid(s["pid"])
@@ -309,7 +324,7 @@ class Stack:
         settings = self.settings
         out = []
         for s in state["services"]:
-            ok = alive(s["pid"]) if s.get("started") else True
+            ok = ours(s) if s.get("started") else True
             if ok:
                 ok = self._probe(s, settings)
             out.append({"name": s["name"], "url": s["url"], "pid": s["pid"], "ok": ok})

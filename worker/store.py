@@ -22,7 +22,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.connections import aws_client
-from worker.errors import ServiceUnavailable
+from worker.errors import BadInput, ServiceUnavailable
 from worker.settings import Settings
 
 PART_SIZE = 8 * 1024 * 1024  # multipart above this; S3 needs parts of at least 5 MiB
@@ -230,19 +230,33 @@ class S3Store(ObjectStore):
         if failed:
             raise failed[0]
 
+    def _error(self, err: Exception) -> Exception:
+        """botocore's errors as the project's: a missing bucket is bad input, the rest unreachable."""
+        if isinstance(err, ClientError):
+            code = err.response.get("Error", {}).get("Code", "?")
+            if code == "NoSuchBucket":
+                return BadInput(f"bucket {self.bucket} does not exist: create it or fix S3_BUCKET_NAME")
+            return ServiceUnavailable(f"S3 refused {self.url()} ({code}): check the credentials and the bucket policy")
+        return ServiceUnavailable(f"cannot reach S3 for bucket {self.bucket}: {err}")
+
     def open(self, key: str) -> IO[bytes]:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise FileNotFoundError(self.url(key)) from None
-            raise
+            raise self._error(err) from None
+        except BotoCoreError as err:
+            raise self._error(err) from None
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
-        for page in pages:
-            for obj in page.get("Contents", []):
-                yield ObjectInfo(obj["Key"], obj["Size"], obj["LastModified"])
+        try:
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(obj["Key"], obj["Size"], obj["LastModified"])
+        except (ClientError, BotoCoreError) as err:
+            raise self._error(err) from None
 
     def delete(self, keys: list[str]) -> None:
         for i in range(0, len(keys), 1000):

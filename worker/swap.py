@@ -145,10 +145,11 @@ def swap(conn: psycopg.Connection, cats: list[dict[str, Any]], tag: str) -> None
 
 def drop_replacements(conn: psycopg.Connection, tag: str | None = None) -> list[str]:
     """Drop replacement tables left by a restore (one tag, or every restore's)."""
-    pattern = f"%{SUFFIX}_{tag}" if tag else f"%{SUFFIX}_%"
+    literal = f"{SUFFIX}_{tag}" if tag else f"{SUFFIX}_"
+    pattern = "%" + literal.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%") + ("" if tag else "%")
     names = [r[0] for r in conn.execute(
         "select relname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
-        "where n.nspname = 'public' and c.relkind = 'r' and relname like %s", (pattern,))]
+        "where n.nspname = 'public' and c.relkind = 'r' and relname like %s escape '\\'", (pattern,))]
     for name in names:
         conn.execute(sql.SQL("drop table if exists {}").format(sql.Identifier(name)))
     return names

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 import psycopg
 import redis
 from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
@@ -23,12 +24,14 @@ log = logging.getLogger(__name__)
 
 # Worth another try: the service may answer in a moment. Everything else fails at once.
 TRANSIENT = (psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError,
-             EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError)
+             EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError,
+             asyncpg.TooManyConnectionsError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
+             ConnectionRefusedError, ConnectionResetError)
 
 
 def describe(kwargs: dict[str, Any]) -> str:
     """The chunk a task works on, from its small arguments (never rows, never secrets)."""
-    parts = [f"{k}={v}" for k, v in kwargs.items() if k not in ("job_id", "options")]
+    parts = [f"{k}={v}" for k, v in kwargs.items() if k not in ("job_id", "options", "gen")]
     return " ".join(parts)
 
 
