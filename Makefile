@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test demo clean
+.PHONY: install test demo bench clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is needed, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -42,6 +42,11 @@ demo: install
 	  $(BIN)/worktask restore "$$id" --tables quality_standards ) || rc=$$?; \
 	$(BIN)/worktask stack down; \
 	exit $$rc
+
+# Ratios against pg_dump / pg_restore / a plain COPY on the same data (bench/README.md); needs
+# `worktask stack up` first. COUNT work tasks (default 100000).
+bench: install
+	$(BIN)/python bench/run.py $(COUNT)
 
 clean:
 	rm -rf $(VENV) .worktask

@@ -309,3 +309,20 @@ def test_losing_the_snapshot_holder_starts_the_backup_over_from_a_fresh_snapshot
     keys = {c["key"] for t in manifest["tables"] for c in t["chunks"]}
     stored = {o.key for o in backups.store_for(data, backups.store_options(data)).list(f"backups/{job_id}/")}
     assert stored == keys | {f"backups/{job_id}/manifest.json"}  # no object of the lost generation is left
+
+
+def test_a_chunk_that_keeps_failing_fails_the_backup_naming_it_and_releases_the_snapshot(data: Any) -> None:
+    from worker.snapshot import LEASE_KEY
+
+    name = f"worktask-vanishing-{time.time_ns()}"
+    s3 = aws_client(data, "s3")
+    s3.create_bucket(Bucket=name)
+    s = data.model_copy(update={"s3_bucket_name": name, "backup_rate_limit": 0})
+    job_id = commands.backup(s, True, True, 1000)  # the CLI's checks pass: the bucket exists
+    s3.delete_bucket(Bucket=name)  # then it goes: every chunk's upload fails (NoSuchBucket, not transient)
+    report = jobs.wait(redis_client(data), job_id, timeout=120)
+    assert report["state"] == "failed" and not report["ok"]
+    assert "worktask.backup.dump_" in report["error"] and "chunk=" in report["error"] and "table=" in report["error"]
+    assert "NoSuchBucket" in report["error"] or "bucket" in report["error"].lower()
+    assert not redis_client(data).exists(LEASE_KEY.format(job_id=job_id, gen=0))  # the snapshot is let go
+    assert jobs.read(redis_client(data), job_id).chunks_failed >= 1

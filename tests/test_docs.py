@@ -58,3 +58,10 @@ def run_cli_celery(args: list[str]):
     import subprocess
     return subprocess.run([sys.executable, "-m", "celery", "-A", "worker", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
+
+
+def test_every_setting_is_in_the_readme_configuration_table() -> None:
+    from worker.settings import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    assert [n.upper() for n in Settings.model_fields if f"`{n.upper()}`" not in readme] == []

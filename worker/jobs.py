@@ -84,27 +84,48 @@ def add(r: redis.Redis, job_id: str, chunks: int = 1, rows: int = 0, nbytes: int
         p.execute()
 
 
+def _transition(r: redis.Redis, job_id: str, decide: Callable[[str | None], dict[str, Any] | None]) -> None:
+    """Read the state and write the next one atomically (WATCH/MULTI): a failing duplicate chunk and a
+    finalize racing each other cannot leave a failed job with a report that says ok."""
+    key = _key(job_id)
+    with r.pipeline() as p:
+        while True:
+            try:
+                p.watch(key)
+                fields = decide(p.hget(key, "state"))
+                if fields is None:
+                    p.unwatch()
+                    return
+                p.multi()
+                p.hset(key, mapping=fields)
+                p.execute()
+                return
+            except redis.WatchError:
+                continue
+
+
 def fail(r: redis.Redis, job_id: str, error: str) -> None:
     """Mark the job failed, keeping the first error (the one that names the chunk). A job that already
     succeeded stays so: a late duplicate of one of its chunks does not undo its report."""
-    if r.hget(_key(job_id), "state") == "succeeded":
-        return
-    with r.pipeline() as p:
-        p.hsetnx(_key(job_id), "error", error.splitlines()[0][:500] if error else "failed")
-        p.hincrby(_key(job_id), "chunks_failed", 1)
-        now = utcnow().isoformat()
-        p.hset(_key(job_id), mapping={"state": "failed", "updated_at": now, "finished_at": now})
-        p.execute()
+    line = error.splitlines()[0][:500] if error else "failed"
+    r.hsetnx(_key(job_id), "error", line)
+    r.hincrby(_key(job_id), "chunks_failed", 1)
+    now = utcnow().isoformat()
+    _transition(r, job_id, lambda state: None if state in ("succeeded", "failed") else
+                {"state": "failed", "updated_at": now, "finished_at": now})
 
 
 def finish(r: redis.Redis, job_id: str, report: dict[str, Any]) -> None:
     """Store the final report. A job already failed by a chunk stays failed."""
     now = utcnow().isoformat()
-    state = r.hget(_key(job_id), "state")
-    if state == "failed":
-        report = {**report, "state": "failed", "ok": False, "error": r.hget(_key(job_id), "error")}
-    r.hset(_key(job_id), mapping={"state": report["state"], "report": json.dumps(report, default=str),
-                                  "updated_at": now, "finished_at": now})
+
+    def decide(state: str | None) -> dict[str, Any]:
+        final = report
+        if state == "failed":
+            final = {**report, "state": "failed", "ok": False, "error": r.hget(_key(job_id), "error")}
+        return {"state": final["state"], "report": json.dumps(final, default=str), "updated_at": now,
+                "finished_at": now}
+    _transition(r, job_id, decide)
 
 
 def options(r: redis.Redis, job_id: str) -> dict[str, Any]:

@@ -1,0 +1,300 @@
+"""The `worktask` commands that run data jobs: migrate, seed, backup, restore, validate, testdata.
+
+They register on the group of worker/cli.py, which imports this module.
+"""
+
+from __future__ import annotations
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from worker import commands
+from worker.cli import cli, dry_run_option, emit_json, output_options, run_job, settings
+from worker.render import (err, human_bytes, out, render_backup, render_backup_validate, render_cleanup,
+                           render_migrate, render_restore, render_seed, render_testdata, render_validate)
+
+
+@cli.group(invoke_without_command=True)
+@dry_run_option
+@output_options()
+@click.pass_context
+def migrate(ctx: click.Context, dry_run: bool | None, as_json: bool, no_wait: bool, timeout: int | None) -> int:
+    """Apply pending migrations in version order (a job on the workers).
+
+    With --dry-run (or DRY_RUN=true), print the SQL that would run from the current revision.
+
+    \b
+    Examples:
+      worktask migrate
+      worktask migrate --dry-run > pending.sql
+      worktask migrate status
+    """
+    if ctx.invoked_subcommand:
+        return 0
+    s = settings()
+    dry = s.dry_run if dry_run is None else dry_run
+    return run_job(lambda: commands.migrate(s, "upgrade", None, dry), "migrate", as_json, no_wait, timeout,
+                   render_migrate)
+
+
+@migrate.command("status")
+@output_options(wait=False)
+def migrate_status(as_json: bool) -> int:
+    """List applied and pending migrations (version, name, description, applied-at) and drift.
+
+    Exit 1 when a migration file changed after it was applied.
+
+    \b
+    Example:
+      worktask migrate status --json
+    """
+    data = commands.migrate_status(settings())
+    if as_json:
+        emit_json(data)
+    else:
+        table = Table("version", "name", "description", "applied at", title=f"current: {data['current'] or 'base'}")
+        for m in data["applied"]:
+            flag = " [red](drift)[/]" if m["version"] in data["drift"] else ""
+            table.add_row(m["version"] + flag, escape(m["name"]), escape(m["description"]), m["applied_at"] or "?")
+        for m in data["pending"]:
+            table.add_row(m["version"], escape(m["name"]), escape(m["description"]), "[yellow]pending[/]")
+        out.print(table)
+        if data["drift"]:
+            err.print(f"drift: {', '.join(data['drift'])} changed after being applied", markup=False)
+    return 1 if data["drift"] else 0
+
+
+@migrate.command("rollback")
+@click.argument("version", required=False)
+@dry_run_option
+@output_options()
+def migrate_rollback(version: str | None, dry_run: bool | None, as_json: bool, no_wait: bool,
+                     timeout: int | None) -> int:
+    """Roll back down to VERSION (it stays applied); default one step; `base` rolls back everything.
+
+    \b
+    Examples:
+      worktask migrate rollback
+      worktask migrate rollback 20261124100100
+      worktask migrate rollback base --dry-run
+    """
+    s = settings()
+    dry = s.dry_run if dry_run is None else dry_run
+    return run_job(lambda: commands.migrate(s, "downgrade", version or "-1", dry), "migrate", as_json, no_wait,
+                   timeout, render_migrate)
+
+
+@migrate.command("create")
+@click.argument("name")
+@click.argument("description", required=False, default="")
+def migrate_create(name: str, description: str) -> int:
+    """Write migrations/versions/<YYYYMMDDHHMMSS>_<name>.py with upgrade(), downgrade() and validate().
+
+    \b
+    Example:
+      worktask migrate create add_task_labels "labels on work tasks"
+    """
+    out.print(commands.migrate_create(settings(), name, description), markup=False)
+    return 0
+
+
+@cli.command()
+@click.option("--config-only", is_flag=True, help="Only the three work-task configuration sets (PostgreSQL).")
+@click.option("--skip-existing/--no-skip-existing", default=None,
+              help="Leave items that exist as they are (default: SKIP_EXISTING).")
+@click.option("--overwrite", is_flag=True, help="Replace items that differ from their seed.")
+@dry_run_option
+@output_options()
+def seed(config_only: bool, skip_existing: bool | None, overwrite: bool, dry_run: bool | None, as_json: bool,
+         no_wait: bool, timeout: int | None) -> int:
+    """Seed the default configuration: quality standards, artifact types, workgroup skills (PostgreSQL),
+    rules, templates, personas and teams (DynamoDB), from seeds/*.yaml.
+
+    An existing item that differs from its seed is a conflict (exit 1), never silently overwritten.
+
+    \b
+    Examples:
+      worktask seed
+      worktask seed --config-only --dry-run
+      SKIP_EXISTING=true worktask seed
+    """
+    s = settings()
+    skip = s.skip_existing if skip_existing is None else skip_existing
+    if skip and overwrite:
+        raise click.UsageError("--overwrite and --skip-existing (SKIP_EXISTING) exclude each other")
+    mode = "overwrite" if overwrite else "skip" if skip else "conflict"
+    dry = s.dry_run if dry_run is None else dry_run
+    return run_job(lambda: commands.seed(s, config_only, mode, dry), "seed", as_json, no_wait, timeout, render_seed)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--compress/--no-compress", default=None, help="zstd (default: COMPRESSION_ENABLED).")
+@click.option("--encrypt/--no-encrypt", default=None, help="AES-256-GCM (default: ENCRYPTION_ENABLED).")
+@click.option("--chunk-rows", type=click.IntRange(1000), default=None, help="Rows per chunk (default: CHUNK_ROWS).")
+@output_options()
+@click.pass_context
+def backup(ctx: click.Context, compress: bool | None, encrypt: bool | None, chunk_rows: int | None, as_json: bool,
+           no_wait: bool, timeout: int | None) -> int:
+    """Back up every PostgreSQL table and the DynamoDB table: one task per key range and scan segment,
+    through one snapshot, compressed, encrypted and checksummed; the manifest is written last.
+
+    \b
+    Examples:
+      export BACKUP_ENCRYPTION_KEY=$(worktask keygen)   # keep it: restores need it
+      worktask backup
+      worktask backup list
+      worktask backup validate 20261124T101500Z-backup-1a2b3c
+    """
+    if ctx.invoked_subcommand:
+        return 0
+    s = settings()
+    comp = s.compression_enabled if compress is None else compress
+    enc = s.encryption_enabled if encrypt is None else encrypt
+    return run_job(lambda: commands.backup(s, comp, enc, chunk_rows), "backup", as_json, no_wait, timeout,
+                   render_backup)
+
+
+@backup.command("list")
+@output_options(wait=False)
+def backup_list(as_json: bool) -> int:
+    """List backups newest first: id, time, state (complete/incomplete/failed), tables, rows, size.
+
+    \b
+    Example:
+      worktask backup list --json
+    """
+    rows = commands.backup_list(settings())
+    if as_json:
+        emit_json([{k: r[k] for k in ("backup_id", "state", "created_at", "tables", "rows", "bytes_stored",
+                                      "encrypted", "compressed", "duration_s")} for r in rows])
+        return 0
+    table = Table("backup id", "created (UTC)", "state", "tables", "rows", "size", "duration", "enc", "zstd")
+    for r in rows:
+        colour = {"complete": "green", "failed": "red"}.get(r["state"], "yellow")
+        table.add_row(r["backup_id"], r["created_at"][:19], f"[{colour}]{r['state']}[/]", str(r["tables"]),
+                      f"{r['rows']:,}", human_bytes(r["bytes_stored"]),
+                      f"{r['duration_s']:.1f} s" if r["duration_s"] is not None else "-",
+                      str(r["encrypted"]) if r["encrypted"] is not None else "-",
+                      str(r["compressed"]) if r["compressed"] is not None else "-")
+    out.print(table)
+    return 0
+
+
+@backup.command("validate")
+@click.argument("backup_id")
+@output_options()
+def backup_validate(backup_id: str, as_json: bool, no_wait: bool, timeout: int | None) -> int:
+    """Re-read every chunk (one task each): checksum, decryption, decompression, row count.
+    Names each bad chunk; exit 1 if any, 2 for a malformed or unknown id.
+
+    \b
+    Example:
+      worktask backup validate 20261124T101500Z-backup-1a2b3c --json
+    """
+    s = settings()
+    return run_job(lambda: commands.backup_validate(s, backup_id), "backup_validate", as_json, no_wait, timeout,
+                   render_backup_validate)
+
+
+@backup.command("cleanup")
+@click.option("--retention-days", type=click.IntRange(1), default=None, help="Days to keep (default: RETENTION_DAYS).")
+@dry_run_option
+@output_options()
+def backup_cleanup(retention_days: int | None, dry_run: bool | None, as_json: bool, no_wait: bool,
+                   timeout: int | None) -> int:
+    """Delete complete backups older than the retention (never the newest complete one) and failed or
+    abandoned leftovers untouched for a day. Beat runs it nightly.
+
+    \b
+    Examples:
+      worktask backup cleanup --dry-run
+      RETENTION_DAYS=7 worktask backup cleanup
+    """
+    s = settings()
+    dry = s.dry_run if dry_run is None else dry_run
+    days = retention_days or s.retention_days
+    return run_job(lambda: commands.backup_cleanup(s, days, dry), "backup_cleanup", as_json, no_wait, timeout,
+                   render_cleanup)
+
+
+@cli.command()
+@click.argument("backup_id")
+@click.option("--tables", default=None, help="Comma-separated tables to restore (default: TABLES_ONLY, else all).")
+@click.option("--exact", is_flag=True, help="DynamoDB: also delete items that are not in the backup.")
+@click.option("--allow-schema-mismatch", is_flag=True, help="Restore although the migration heads differ.")
+@dry_run_option
+@output_options()
+def restore(backup_id: str, tables: str | None, exact: bool, allow_schema_mismatch: bool, dry_run: bool | None,
+            as_json: bool, no_wait: bool, timeout: int | None) -> int:
+    """Restore all tables of a backup, or the named ones. Every chunk of a table is verified before the
+    table is touched; PostgreSQL tables load beside the live ones and swap in by rename in one transaction.
+
+    \b
+    Examples:
+      worktask restore 20261124T101500Z-backup-1a2b3c --dry-run
+      TABLES_ONLY=services,dependencies worktask restore 20261124T101500Z-backup-1a2b3c
+    """
+    s = settings()
+    names = [n.strip() for n in tables.split(",")] if tables else s.tables
+    if any(not n for n in names):
+        raise click.UsageError("--tables has an empty name; e.g. --tables services,dependencies")
+    dry = s.dry_run if dry_run is None else dry_run
+    return run_job(lambda: commands.restore(s, backup_id, names, exact, dry, allow_schema_mismatch), "restore",
+                   as_json, no_wait, timeout, render_restore)
+
+
+@cli.command()
+@click.option("--fix/--no-fix", default=None, help="Repair the fixable issues (default: FIX_ISSUES).")
+@output_options()
+def validate(fix: bool | None, as_json: bool, no_wait: bool, timeout: int | None) -> int:
+    """Validate the data: schema, referential (incl. DynamoDB -> PostgreSQL), consistency and performance
+    checks, one task per table, key, range or scan segment. Exit 1 while errors remain.
+
+    \b
+    Examples:
+      worktask validate
+      worktask validate --fix --json
+    """
+    s = settings()
+    do_fix = s.fix_issues if fix is None else fix
+    return run_job(lambda: commands.validate(s, do_fix), "validate", as_json, no_wait, timeout, render_validate)
+
+
+@cli.group()
+def testdata() -> None:
+    """Realistic, marked test data: generate it, clean it up."""
+
+
+@testdata.command("generate")
+@click.argument("count", type=click.IntRange(1, 10_000_000), required=False)
+@click.option("--seed", type=int, default=None, help="Make the data reproducible.")
+@click.option("--no-files", is_flag=True, help="Leave the deliverables' files out (large counts).")
+@output_options()
+def testdata_generate(count: int | None, seed: int | None, no_files: bool, as_json: bool, no_wait: bool,
+                      timeout: int | None) -> int:
+    """Generate COUNT work tasks (default TEST_DATA_COUNT), each with 3-7 todos (a DAG), 1-3 deliverables
+    with quality checks, an analysis item in DynamoDB and the deliverable's file under test-data/.
+
+    \b
+    Examples:
+      worktask testdata generate 50 --seed 7
+      worktask testdata generate 100000 --no-files
+    """
+    s = settings()
+    return run_job(lambda: commands.testdata(s, "generate", count or s.test_data_count, seed, no_files),
+                   "testdata_generate", as_json, no_wait, timeout, render_testdata)
+
+
+@testdata.command("cleanup")
+@output_options()
+def testdata_cleanup(as_json: bool, no_wait: bool, timeout: int | None) -> int:
+    """Remove exactly the test data (marked rows, items and test-data/ files); nothing else.
+
+    \b
+    Example:
+      worktask testdata cleanup
+    """
+    s = settings()
+    return run_job(lambda: commands.testdata(s, "cleanup"), "testdata_cleanup", as_json, no_wait, timeout,
+                   render_testdata)

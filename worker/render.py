@@ -1,0 +1,163 @@
+"""How the CLI shows things: the progress bar (stderr) and one renderer per report kind (stdout)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from worker.reports import Progress as JobProgress
+
+out = Console(highlight=False, soft_wrap=True)
+if not out.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
+    out = Console(highlight=False, soft_wrap=True, width=160)
+err = Console(stderr=True, highlight=False)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def progress_bar(kind: str) -> tuple[Progress, Callable[[JobProgress], None]]:
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=err, transient=False)
+    task = bar.add_task(kind, total=None, detail="queued")
+
+    def update(p: JobProgress) -> None:
+        detail = p.state
+        if p.rows or p.bytes:
+            detail = f"{p.rows:,} rows" + (f", {human_bytes(p.bytes)}" if p.bytes else "")
+        if p.rate_rows_per_s:
+            detail += f", {p.rate_rows_per_s:,.0f} rows/s"
+        if p.eta_seconds is not None and not p.finished:
+            detail += f", ETA {p.eta_seconds:.0f} s"
+        bar.update(task, total=p.chunks_total or None, completed=p.chunks_done, detail=detail)
+    return bar, update
+
+
+def render_health(report: dict[str, Any]) -> None:
+    table = Table(title=f"health: {report['status']}  (job {report['job_id']})")
+    for col in ("check", "ok", "detail", "s"):
+        table.add_column(col)
+    for c in report["checks"]:
+        table.add_row(c["name"], "[green]ok[/]" if c["ok"] else "[red]FAIL[/]", escape(c["detail"]), f"{c['seconds']:.2f}")
+    out.print(table)
+
+
+def render_any(report: dict[str, Any]) -> None:
+    out.print_json(json.dumps(report, default=str))
+
+
+def render_migrate(report: dict[str, Any]) -> None:
+    if report.get("sql") is not None:
+        out.print(report["sql"] or "-- nothing to run: the database is at the target", markup=False)
+        return
+    verb = "applied" if report["action"] == "upgrade" else "rolled back"
+    out.print(f"{verb}: {', '.join(report['versions']) or 'nothing'}; now at {report['after'] or 'base'}"
+              + (f"; pending: {', '.join(report['pending'])}" if report["pending"] else ""), markup=False)
+    for line in report.get("ensured", []):
+        out.print(line, markup=False)
+    if report.get("drift"):
+        out.print(f"drift (changed after they were applied): {', '.join(report['drift'])}", markup=False)
+
+
+def render_seed(report: dict[str, Any]) -> None:
+    title = "seed" + (" (dry run: nothing changed)" if report["dry_run"] else "")
+    table = Table("set", "created", "skipped", "unchanged", "updated", "conflicts", title=title)
+    for st in report["sets"]:
+        table.add_row(st["name"], str(st["created"]), str(st["skipped"]), str(st["unchanged"]), str(st["updated"]),
+                      f"[red]{st['conflicts']}[/]" if st["conflicts"] else "0")
+    out.print(table)
+    if all(st["unchanged"] or st["skipped"] for st in report["sets"]) and not any(
+            st["created"] or st["updated"] or st["conflicts"] for st in report["sets"]):
+        out.print("nothing created: everything seeded already")
+
+
+def render_backup(report: dict[str, Any]) -> None:
+    table = Table("table", "store", "rows", "chunks", "raw", "stored", "s", title=f"backup {report['backup_id']}")
+    for t in report["tables"]:
+        table.add_row(t["name"], t["store"], f"{t['rows']:,}", str(t["chunks"]), human_bytes(t["bytes_raw"]),
+                      human_bytes(t["bytes_stored"]), f"{t['seconds']:.1f}")
+    tot = report["totals"]
+    out.print(table)
+    out.print(f"total: {tot['rows']:,} rows in {tot['chunks']} chunks, {human_bytes(tot['bytes_raw'])} raw, "
+              f"{human_bytes(tot['bytes_stored'])} stored, {tot['seconds']:.1f} s"
+              + (f", {tot['rows_per_s']:,.0f} rows/s, {tot['mb_raw_per_s']} MB/s" if tot.get("rows_per_s") else "")
+              + f"; encrypted={report['encrypted']} compressed={report['compressed']}", markup=False)
+
+
+def render_backup_validate(report: dict[str, Any]) -> None:
+    out.print(f"backup {report['backup_id']}: {report['chunks_checked']} chunks checked, "
+              f"{report['rows_checked']:,} rows, {len(report['bad_chunks'])} bad", markup=False)
+    if report["bad_chunks"]:
+        table = Table("table", "chunk", "path", "reason", title="bad chunks")
+        for b in report["bad_chunks"]:
+            table.add_row(b["table"], str(b["chunk"]), escape(b["path"]), escape(b["reason"]))
+        out.print(table)
+
+
+def render_cleanup(report: dict[str, Any]) -> None:
+    verb = "would delete" if report["dry_run"] else "deleted"
+    out.print(f"{verb} {len(report['deleted'])} backup(s), kept {report['kept']} "
+              f"(retention {report['retention_days']} days)", markup=False)
+    for b in report["deleted"]:
+        out.print(f"  {b['backup_id']}  {b['state']}  {human_bytes(b['bytes_stored'])}  {b['reason']}", markup=False)
+
+
+def render_restore(report: dict[str, Any]) -> None:
+    title = f"restore of {report['backup_id']}" + (" (dry run: nothing changed)" if report["dry_run"] else "")
+    verb = "would write" if report["dry_run"] else "rows restored"
+    table = Table("table", "store", verb, "chunks", "removed" if report["dry_run"] else "deleted", "s", title=title)
+    for t in report["tables"]:
+        table.add_row(t["name"], t["store"], f"{t['rows']:,}", str(t["chunks"]), f"{t['removed']:,}", f"{t['seconds']:.1f}")
+    out.print(table)
+    for sk in report["skipped"]:
+        out.print(f"skipped {sk['name']}: {sk['reason']}", markup=False)
+
+
+def render_validate(report: dict[str, Any]) -> None:
+    out.print(f"Validation Output: {report['records_checked']:,} records checked, {report['records_valid']:,} valid, "
+              f"{len(report['issues'])} issue(s) {report['by_severity']}, {report['fixed']} fixed", markup=False)
+    if report["issues"]:
+        table = Table("severity", "category", "table", "key", "message", "fixed")
+        colour = {"error": "red", "warning": "yellow", "info": "blue"}
+        for i in report["issues"][:200]:
+            table.add_row(f"[{colour[i['severity']]}]{i['severity']}[/]", i["category"], i["table"], escape(i["key"]),
+                          escape(i["message"]), "yes" if i["fixed"] else ("fixable" if i["fixable"] else "-"))
+        out.print(table)
+        if len(report["issues"]) > 200:
+            out.print(f"… and {len(report['issues']) - 200} more (--json has them all)")
+    out.print(f"by category: {report['by_category']}; by table: {report['by_table']}", markup=False)
+
+
+def render_testdata(report: dict[str, Any]) -> None:
+    verb = "removed" if report["kind"] == "testdata_cleanup" else "generated"
+    out.print(f"{verb}: {report['tasks']:,} work tasks, {report['todos']:,} todos, {report['deliverables']:,} "
+              f"deliverables, {report['quality_checks']:,} quality checks, {report['analysis_items']:,} analysis items, "
+              f"{report['files']:,} files" + (f" (seed {report['seed']})" if report.get("seed") is not None and
+                                              verb == "generated" else ""), markup=False)
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "restore": render_restore, "validate": render_validate, "testdata_generate": render_testdata,
+    "testdata_cleanup": render_testdata,
+    "health": render_health, "migrate": render_migrate, "seed": render_seed, "backup": render_backup,
+    "backup_validate": render_backup_validate, "backup_cleanup": render_cleanup}
+
+
+def render_services(services: list[dict[str, Any]]) -> None:
+    table = Table("service", "ok", "pid", "url")
+    for s in services:
+        table.add_row(s["name"], "[green]ok[/]" if s["ok"] else "[red]down[/]", str(s["pid"] or "-"), escape(s["url"]))
+    out.print(table)
+
+
