@@ -147,7 +147,7 @@ async def _copy_out(settings: Settings, snap: str, query: str, args: list[Any], 
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             try:
                 await conn.execute(f"set transaction snapshot '{snap}'")
-            except asyncpg.InvalidParameterValueError as err:
+            except (asyncpg.InvalidParameterValueError, asyncpg.UndefinedObjectError) as err:  # 22023 / 42704 (PG 18)
                 raise SnapshotLost(f"snapshot {snap} is gone ({err})") from None
             await conn.copy_from_query(query, *args, output=sink)
     finally:

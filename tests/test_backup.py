@@ -303,7 +303,7 @@ def test_losing_the_snapshot_holder_starts_the_backup_over_from_a_fresh_snapshot
     time.sleep(0.5)  # some chunks are running through the snapshot
     os.kill(int(pid), signal.SIGKILL)  # its session ends: the snapshot is gone
     report = jobs.wait(r, job_id, timeout=300)
-    assert report["ok"] and report["restarts"] == 1, report
+    assert report["ok"] and report["restarts"] == 1, report.get("error")
     assert validate(data, job_id)["ok"]
     manifest = manifest_of(data, job_id)
     keys = {c["key"] for t in manifest["tables"] for c in t["chunks"]}
