@@ -123,7 +123,8 @@ def dump_postgres_chunk(settings: Settings, options: dict[str, Any], backup_id: 
         rows = asyncio.run(_copy_out(settings, snap, query, args, writer, rate))
         stats = writer.close()
     return {"table": table["name"], "store": "postgres", "n": chunk["n"], "key": obj, "rows": rows,
-            "range": [chunk["lo"], chunk["hi"]], "seconds": round(time.monotonic() - began, 3), **stats}
+            "range": [chunk["lo"], chunk["hi"]], "seconds": round(time.monotonic() - began, 3),
+            "ended_at": time.time(), **stats}
 
 
 async def _copy_out(settings: Settings, snap: str, query: str, args: list[Any], writer: ChunkWriter,
@@ -173,7 +174,7 @@ def dump_dynamo_segment(settings: Settings, options: dict[str, Any], backup_id: 
                 rows += 1
         stats = writer.close()
     return {"table": table["name"], "store": "dynamodb", "n": chunk["n"], "key": obj, "rows": rows,
-            "seconds": round(time.monotonic() - began, 3), **stats}
+            "seconds": round(time.monotonic() - began, 3), "ended_at": time.time(), **stats}
 
 
 # finalize -------------------------------------------------------------------------------------------------
@@ -195,6 +196,10 @@ def build_manifest(backup_id: str, plan: dict[str, Any], results: list[dict[str,
                                   | ({"range": c["range"]} if "range" in c else {}) for c in chunks]})
     totals = {k: sum(t[k] for t in tables) for k in ("rows", "bytes_raw", "bytes_stored")}
     totals["chunks"] = sum(len(t["chunks"]) for t in tables)
+    for store in ("postgres", "dynamodb"):  # wall time from the first chunk's start to the last one's end, per store
+        ends = [(r["ended_at"] - r["seconds"], r["ended_at"]) for r in results if r["store"] == store]
+        if ends:
+            totals[f"{store}_wall_s"] = round(max(e for _, e in ends) - min(b for b, _ in ends), 3)
     return {"format_version": backups.FORMAT_VERSION, "backup_id": backup_id, "created_at": plan["created_at"],
             "finished_at": utcnow().isoformat(), "duration_s": round(time.time() - started, 3),
             "source": plan["source"], "options": {k: plan["options"][k] for k in ("compress", "encrypt", "chunk_rows")},

@@ -25,6 +25,7 @@ from worker.archive import read_chunk
 from worker.connections import aws_client, pg_connect, pg_params
 from worker.constants import (KEY_PREFIX, TASK_RESTORE_AFTER_LOAD, TASK_RESTORE_AFTER_VERIFY, TASK_RESTORE_BUILD,
                               TASK_RESTORE_FINALIZE, TASK_RESTORE_LOAD, TASK_RESTORE_START, TASK_RESTORE_VERIFY)
+from worker.dynamo import batch_write
 from worker.errors import JobFailed
 from worker.reports import RestoreReport, RestoreTable, utcnow
 from worker.settings import Settings
@@ -90,14 +91,7 @@ def load_dynamo_chunk(settings: Settings, plan: dict[str, Any], table: dict[str,
     count, pending, buf = 0, [], b""
 
     def flush(items: list[dict[str, Any]]) -> None:
-        requests = [{"PutRequest": {"Item": i}} for i in items]
-        for attempt in range(10):
-            out = client.batch_write_item(RequestItems={settings.dynamo_table_name: requests})
-            requests = out.get("UnprocessedItems", {}).get(settings.dynamo_table_name, [])
-            if not requests:
-                return
-            time.sleep(min(0.05 * 2 ** attempt, 5))
-        raise JobFailed(f"DynamoDB kept {len(requests)} items unprocessed after 10 tries (throttled)")
+        batch_write(client, settings.dynamo_table_name, [{"PutRequest": {"Item": i}} for i in items])
     with src:
         for block in blocks:
             buf += block
@@ -136,17 +130,8 @@ def extra_items(settings: Settings, plan: dict[str, Any], table: dict[str, Any])
 
 
 def delete_items(settings: Settings, table: str, keys: list[tuple[str, str]]) -> None:
-    client = aws_client(settings, "dynamodb")
-    for i in range(0, len(keys), BATCH):
-        requests = [{"DeleteRequest": {"Key": {"PK": {"S": pk}, "SK": {"S": sk}}}} for pk, sk in keys[i:i + BATCH]]
-        for attempt in range(10):
-            out = client.batch_write_item(RequestItems={table: requests})
-            requests = out.get("UnprocessedItems", {}).get(table, [])
-            if not requests:
-                break
-            time.sleep(min(0.05 * 2 ** attempt, 5))
-        if requests:
-            raise JobFailed(f"DynamoDB kept {len(requests)} deletes unprocessed after 10 tries (throttled)")
+    batch_write(aws_client(settings, "dynamodb"), table,
+                [{"DeleteRequest": {"Key": {"PK": {"S": pk}, "SK": {"S": sk}}}} for pk, sk in keys])
 
 
 def live_rows(settings: Settings, table: str) -> int:

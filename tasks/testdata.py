@@ -21,7 +21,8 @@ from worker.app import app
 from worker.connections import aws_client, pg_connect
 from worker.constants import (TASK_TESTDATA_CHUNK, TASK_TESTDATA_CLEAN, TASK_TESTDATA_FINALIZE,
                               TASK_TESTDATA_START)
-from worker.dynamo import to_item
+from worker.dynamo import batch_write, to_item
+from worker.dynamo import exists as dynamo_exists
 from worker.errors import JobFailed
 from worker.reports import TestDataReport, utcnow
 from worker.settings import Settings
@@ -165,39 +166,29 @@ def generate_chunk(settings: Settings, options: dict[str, Any], chunk: int, coun
 
 def write_items(settings: Settings, items: list[dict[str, Any]]) -> None:
     client, table = aws_client(settings, "dynamodb"), settings.dynamo_table_name
-    for i in range(0, len(items), 25):
-        requests = [{"PutRequest": {"Item": to_item(it)}} for it in items[i:i + 25]]
-        for _ in range(10):
-            try:
-                out = client.batch_write_item(RequestItems={table: requests})
-            except ClientError as err:
-                if err.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
-                    raise JobFailed(f"DynamoDB table {table} does not exist: run worktask migrate first") from None
-                raise
-            requests = out.get("UnprocessedItems", {}).get(table, [])
-            if not requests:
-                break
+    try:
+        batch_write(client, table, [{"PutRequest": {"Item": to_item(it)}} for it in items])
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+            raise JobFailed(f"DynamoDB table {table} does not exist: run worktask migrate first") from None
+        raise
 
 
 def cleanup(settings: Settings, options: dict[str, Any]) -> dict[str, int]:
     """Remove exactly the test data: marked rows (and what cascades from them), marked items, test-data/ files."""
     out = {}
-    with pg_connect(settings) as conn:
-        out["quality_checks"] = conn.execute("""delete from quality_checks where deliverable_id in
-                                                (select id from deliverables where is_test)""").rowcount
+    with pg_connect(settings) as conn:  # quality checks and todo dependencies go by ON DELETE CASCADE
+        out["quality_checks"] = conn.execute("""select count(*) from quality_checks q join deliverables d
+                                                on d.id = q.deliverable_id where d.is_test""").fetchone()[0]
         out["deliverables"] = conn.execute("delete from deliverables where is_test").rowcount
-        conn.execute("""delete from todo_dependencies where todo_id in (select id from todo_items where is_test)
-                        or depends_on_todo_id in (select id from todo_items where is_test)""")
         out["todos"] = conn.execute("delete from todo_items where is_test").rowcount
         out["tasks"] = conn.execute("delete from work_tasks where is_test").rowcount
         conn.commit()
     client, table = aws_client(settings, "dynamodb"), settings.dynamo_table_name
-    keys = [(i["PK"], i["SK"]) for page in client.get_paginator("scan").paginate(
+    keys = [] if not dynamo_exists(client, table) else [(i["PK"], i["SK"]) for page in client.get_paginator("scan").paginate(
         TableName=table, FilterExpression="is_test = :t", ExpressionAttributeValues={":t": {"BOOL": True}},
         ProjectionExpression="PK, SK") for i in page.get("Items", [])]
-    for i in range(0, len(keys), 25):
-        client.batch_write_item(RequestItems={table: [{"DeleteRequest": {"Key": {"PK": pk, "SK": sk}}}
-                                                      for pk, sk in keys[i:i + 25]]})
+    batch_write(client, table, [{"DeleteRequest": {"Key": {"PK": pk, "SK": sk}}} for pk, sk in keys])
     out["analysis_items"] = len(keys)
     store = backups.store_for(settings, options)
     files = [o.key for o in store.list(FILES_PREFIX)]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
+
+from worker.errors import JobFailed
 
 KEY_SCHEMA = [{"AttributeName": "PK", "KeyType": "HASH"}, {"AttributeName": "SK", "KeyType": "RANGE"}]
 ATTRIBUTES = [{"AttributeName": "PK", "AttributeType": "S"}, {"AttributeName": "SK", "AttributeType": "S"}]
@@ -45,6 +48,20 @@ def drop_table(client: Any, table: str) -> bool:
     client.delete_table(TableName=table)
     client.get_waiter("table_not_exists").wait(TableName=table, WaiterConfig=WAIT)
     return True
+
+
+def batch_write(client: Any, table: str, requests: list[dict[str, Any]], tries: int = 10) -> None:
+    """BatchWriteItem in batches of 25, retrying UnprocessedItems with an exponential backoff, bounded."""
+    for i in range(0, len(requests), 25):
+        pending = requests[i:i + 25]
+        for attempt in range(tries):
+            out = client.batch_write_item(RequestItems={table: pending})
+            pending = out.get("UnprocessedItems", {}).get(table, [])
+            if not pending:
+                break
+            time.sleep(min(0.05 * 2 ** attempt, 5))
+        if pending:
+            raise JobFailed(f"DynamoDB kept {len(pending)} writes to {table} unprocessed after {tries} tries (throttled)")
 
 
 def _numbers(value: Any) -> Any:

