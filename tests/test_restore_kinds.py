@@ -191,7 +191,7 @@ def test_a_stored_generated_column_is_recomputed_not_copied(db: Any) -> None:
     roundtrip(settings, ["priced_items"], ["update priced_items set qty = qty + 1 where id % 3 = 0",
                                            "delete from priced_items where id > 350"])
     with pg_connect(settings, autocommit=True) as pg:
-        assert pg.execute("select total from priced_items where id = 40").fetchone()[0] == 16
+        assert pg.execute("select total from priced_items where id = 40").fetchone()[0] == 20  # 4.00 * 5
         pg.execute("update priced_items set qty = 10 where id = 40")
         assert pg.execute("select total from priced_items where id = 40").fetchone()[0] == 40
 
