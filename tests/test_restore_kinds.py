@@ -323,6 +323,11 @@ def test_partition_leaves_are_restored_in_place(db: Any) -> None:
     with pg_connect(settings) as conn:
         assert hashes_of(conn, ["events"]) == parent
         assert conn.execute("select count(*) from events").fetchone()[0] == 2500
+    if any(t["name"] == "events" for t in manifest["tables"]):  # a backup made before parents were left out
+        code, restored = cli_json("restore", report["backup_id"], "--tables", "events", timeout=300)
+        assert code == 1 and "partitioned table" in restored["skipped"][0]["reason"], restored
+        with pg_connect(settings) as conn:
+            assert hashes_of(conn, ["events"]) == parent
 
 
 def test_a_user_table_named_like_a_replacement_survives_a_restore(db: Any) -> None:
@@ -381,3 +386,25 @@ def test_the_next_restore_drops_only_marked_leftovers(db: Any) -> None:
         assert conn.execute("select to_regclass(%s)", (killed,)).fetchone()[0] is None
         assert conn.execute("select to_regclass('leftover_items__restore_dead01')").fetchone()[0] is not None
         assert conn.execute("select to_regclass('someone_elses')").fetchone()[0] is not None
+
+
+def test_what_cannot_be_carried_over_is_refused_before_anything_is_written(db: Any) -> None:
+    settings, cleanup = db
+    cleanup += ["drop table if exists summarised_items cascade"]
+    with pg_connect(settings, autocommit=True) as pg:
+        pg.execute("drop table if exists summarised_items cascade")
+        pg.execute("create table summarised_items (id int primary key, v int)")
+        pg.execute("insert into summarised_items select g, g from generate_series(1, 20) g")
+        pg.execute("create materialized view items_summary as select sum(v) as total from summarised_items")
+    report = backup(settings)
+    with pg_connect(settings, autocommit=True) as pg:
+        pg.execute("delete from summarised_items where id > 10")
+        changed = hashes_of(pg, ["summarised_items"])
+    code, restored = cli_json("restore", report["backup_id"], "--tables", "summarised_items", timeout=300)
+    assert code == 1 and restored["tables"] == [], restored
+    (skipped,) = restored["skipped"]
+    assert skipped["name"] == "summarised_items" and "materialized view items_summary" in skipped["reason"], skipped
+    with pg_connect(settings) as conn:
+        assert hashes_of(conn, ["summarised_items"]) == changed
+        assert not conn.execute("select relname from pg_class where obj_description(oid, 'pg_class') like %s",
+                                (MARKER + "%",)).fetchall()
