@@ -139,7 +139,7 @@ def catalog(conn: psycopg.Connection, table: str) -> dict[str, Any]:
                             (oid,)).fetchall()
     sequences = conn.execute("""
         select a.attname, s.relname, d.deptype, pg_get_userbyid(s.relowner), obj_description(s.oid, 'pg_class'),
-               s.oid, s.relnamespace::regnamespace::text,
+               s.oid, (select nspname from pg_namespace where oid = s.relnamespace),
                (select coalesce(array_agg(array[coalesce(r.rolname, 'PUBLIC'), g.privilege_type, g.is_grantable::text]
                                           order by r.rolname, g.privilege_type), '{}')
                 from aclexplode(s.relacl) g left join pg_roles r on r.oid = g.grantee where g.grantee <> s.relowner)
@@ -444,7 +444,7 @@ def _swap_table(conn: psycopg.Connection, cat: dict[str, Any], tag: str) -> None
     for column, seq, deptype, _owner, comment, seq_oid, schema, grants in cat["sequences"]:
         if deptype == "i":  # identity: the replacement has a sequence of its own; it takes the old one's place
             seq_oid, current, schema = conn.execute("""
-                select s.oid, s.relname, s.relnamespace::regnamespace::text from pg_depend d
+                select s.oid, s.relname, (select nspname from pg_namespace where oid = s.relnamespace) from pg_depend d
                 join pg_class s on s.oid = d.objid join pg_attribute a on a.attrelid = d.refobjid and a.attnum = d.refobjsubid
                 where d.classid = 'pg_class'::regclass and d.refobjid = %s and d.deptype = 'i' and s.relkind = 'S'
                   and a.attname = %s""", (_oid(conn, table), column)).fetchone()
