@@ -67,11 +67,10 @@ def catalog_snapshot(settings: Any) -> dict[str, Any]:
                        where schemaname = 'public' and tablename = any(%(t)s) order by 1, 2""",
         "publications": """select pubname, tablename, attnames, rowfilter from pg_publication_tables
                            where schemaname = 'public' and tablename = any(%(t)s) order by 1, 2""",
-        "object_comments": """select conrelid::regclass::text, conname, obj_description(oid, 'pg_constraint'),
-                                     obj_description(conindid, 'pg_class') from pg_constraint
-                              where connamespace = 'public'::regnamespace union all
-                              select tablename, indexname, null, obj_description(format('%%I', indexname)::regclass, 'pg_class')
-                              from pg_indexes where schemaname = 'public' order by 1, 2""",
+        "constraint_comments": """select conrelid::regclass::text, conname, obj_description(oid, 'pg_constraint')
+                                  from pg_constraint where connamespace = 'public'::regnamespace order by 1, 2""",
+        "index_comments": """select tablename, indexname, obj_description(format('%%I', indexname)::regclass, 'pg_class')
+                             from pg_indexes where schemaname = 'public' order by 1, 2""",
     }
     with pg_connect(settings) as conn:
         return {k: conn.execute(sql, {"t": PG_TABLES}).fetchall() for k, sql in q.items()}
