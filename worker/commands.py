@@ -75,7 +75,7 @@ def backup(settings: Settings, compress: bool, encrypt: bool, chunk_rows: int | 
     return submit(settings, "backup", TASK_BACKUP_START, {
         **opts, "compress": compress, "encrypt": encrypt, "chunk_rows": chunk_rows or settings.chunk_rows,
         "dynamo_segments": settings.dynamo_segments, "kms_key_id": settings.backup_kms_key_id,
-        "rate_limit": settings.backup_rate_limit})
+        "rate_limit": settings.backup_rate_limit, "lock_timeout": settings.backup_lock_timeout})
 
 
 def backup_list(settings: Settings) -> list[dict[str, Any]]:
