@@ -198,7 +198,8 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
     if _plan(self, job_id):
         return {"job_id": job_id, "skipped": "already planned"}
     take_lock(r, job_id)
-    manifest = backups.read_manifest(backups.store_for(s, options), options, options["backup_id"])
+    manifest = backups.read_manifest(backups.store_for(s, options), options, options["backup_id"], s,
+                                     options.get("allow_unauthenticated", False))
     wanted = options.get("tables") or [t["name"] for t in manifest["tables"]]
     plan = {"backup_id": manifest["backup_id"], "tag": job_id.rsplit("-", 1)[-1], "options": options,
             "encryption": manifest["encryption"], "compress": manifest["options"]["compress"],

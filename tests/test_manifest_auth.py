@@ -18,7 +18,7 @@ import zstandard
 from conftest import cli_json, run_cli
 from test_backup import backup, data, decode  # noqa: F401 - `data` is a fixture
 from test_restore import hashes
-from worker import backups
+from worker import backups, commands
 from worker.connections import aws_client, pg_connect
 
 
@@ -107,7 +107,7 @@ def test_the_forgery_of_the_issue_is_refused_by_validate_and_restore(encrypted: 
         assert hashes(settings) == before
     finally:
         put_back_billing(settings)
-    listed = {b["backup_id"]: b for b in backups.list_backups(*store_of(settings))}
+    listed = {b["backup_id"]: b for b in commands.backup_list(settings)}
     # a MAC that fails is a failed backup; a manifest without one lists as complete but unauthenticated
     assert listed[backup_id]["state"] == ("failed" if keep_auth else "complete")
     assert listed[backup_id]["authenticated"] is False
