@@ -367,7 +367,7 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str, gen: int
     options = plan["options"]
     manifest = build_manifest(job_id, plan, results, plan["started"])
     store = backups.store_for(self.settings, options)
-    backups.write_manifest(store, options, manifest)
+    backups.write_manifest(store, options, manifest, sign_with=self.settings)
     kept = {c["key"] for t in manifest["tables"] for c in t["chunks"]}
     strays = [o.key for o in store.list(backups.prefix(options, job_id))
               if o.key not in kept and not o.key.endswith("/manifest.json")]

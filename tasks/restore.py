@@ -200,7 +200,8 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
     if not options.get("dry_run"):
         snapshot.refuse_during_backup(r, "restore")
     take_lock(r, job_id)
-    manifest = backups.read_manifest(backups.store_for(s, options), options, options["backup_id"])
+    manifest = backups.read_manifest(backups.store_for(s, options), options, options["backup_id"], s,
+                                     options.get("allow_unauthenticated", False))
     wanted = options.get("tables") or [t["name"] for t in manifest["tables"]]
     plan = {"backup_id": manifest["backup_id"], "tag": job_id.rsplit("-", 1)[-1], "options": options,
             "encryption": manifest["encryption"], "compress": manifest["options"]["compress"],
