@@ -189,10 +189,10 @@ def has_key(settings: Settings, options: dict[str, Any]) -> bool:
 
 
 def auth_options(settings: Settings, allow_unauthenticated: bool) -> dict[str, Any]:
-    """What a validate or restore job's workers need to verify the manifest again (no secret). An installation
-    without a key accepts unauthenticated manifests (as before the MAC); the CLI passes that decision on."""
-    return {"kms_key_id": settings.backup_kms_key_id,
-            "allow_unauthenticated": bool(allow_unauthenticated or not has_key(settings, {}))}
+    """What a validate or restore job's workers need to verify the manifest again (no secret). Only the
+    operator's own flag travels: whether a key is configured is decided by each side with its own keys, so
+    a CLI that has no key (the workers do) cannot waive the workers' check of a manifest without a MAC."""
+    return {"kms_key_id": settings.backup_kms_key_id, "allow_unauthenticated": bool(allow_unauthenticated)}
 
 
 def sign_manifest(settings: Settings, options: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
