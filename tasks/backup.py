@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import secrets
 import time
 from typing import Any
@@ -20,7 +19,7 @@ import asyncpg
 import psycopg
 from celery import chord
 
-from worker import backups, jobs, snapshot
+from worker import backups, chunks, jobs, snapshot
 from worker.app import app
 from worker.archive import ChunkWriter
 from worker.connections import aws_client, pg_connect, pg_params
@@ -32,55 +31,65 @@ from worker.reports import BackupReport, BackupTable, utcnow
 from worker.settings import Settings
 from worker.taskbase import JobTask
 
-SKIP_TABLES = ("alembic_version", "worktask_migrations")
-
-
 class SnapshotLost(JobFailed):
     """The exported snapshot is gone (its holder ended): the chunk cannot be read consistently."""
 
 
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+quote = chunks.quote  # tasks/restore.py imports it from here
 
 
 # planning --------------------------------------------------------------------------------------------
 
-def plan_postgres(settings: Settings, snap: str, chunk_rows: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Tables, columns and key-range chunks, read through the exported snapshot."""
+# Per table: its columns as COPY lists them (stored generated columns are left out: the restore's table
+# computes them), its primary key and the type of the key's leading column, and, for a leaf partition,
+# its parent and bound.
+TABLES_SQL = """
+    select c.relname,
+           array_agg(a.attname::text order by a.attnum),
+           array_agg(format_type(a.atttypid, a.atttypmod) order by a.attnum),
+           (select array_agg(pa.attname::text order by k.ord)
+              from pg_index i, unnest(i.indkey) with ordinality k(attnum, ord), pg_attribute pa
+             where i.indrelid = c.oid and i.indisprimary and pa.attrelid = c.oid and pa.attnum = k.attnum),
+           (select pa.atttypid::regtype::text from pg_index i join pg_attribute pa
+              on pa.attrelid = c.oid and pa.attnum = i.indkey[0] where i.indrelid = c.oid and i.indisprimary),
+           (select p.relname::text from pg_inherits h join pg_class p on p.oid = h.inhparent
+             where h.inhrelid = c.oid and c.relispartition),
+           case when c.relispartition then pg_get_expr(c.relpartbound, c.oid) end
+    from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped and a.attgenerated = ''
+    where n.nspname = 'public' and c.relname = any(%s)
+    group by c.oid, c.relname order by c.relname"""
+
+
+def plan_postgres(settings: Settings, snap: str, chunk_rows: int, locked: list[str],
+                  lock_timeout: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The tables the snapshot holder locked: columns, exact row counts and chunks, read through the snapshot."""
     with pg_connect(settings) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.execute(f"set transaction snapshot '{snap}'")
+        conn.read_only = True
+        conn.execute(psycopg.sql.SQL("set transaction snapshot {}").format(psycopg.sql.Literal(snap)))
         source = {"server_version": conn.execute("show server_version").fetchone()[0],
                   "database": conn.info.dbname,
                   "migration_head": _migration_head(conn)}
-        rows = conn.execute("""
-            select c.relname,
-                   array_agg(a.attname::text order by a.attnum),
-                   array_agg(format_type(a.atttypid, a.atttypmod) order by a.attnum),
-                   (select array_agg(pa.attname::text order by k.ord)
-                      from pg_index i, unnest(i.indkey) with ordinality k(attnum, ord), pg_attribute pa
-                     where i.indrelid = c.oid and i.indisprimary and pa.attrelid = c.oid and pa.attnum = k.attnum),
-                   (select format_type(pa.atttypid, null) from pg_index i join pg_attribute pa
-                      on pa.attrelid = c.oid and pa.attnum = i.indkey[0] where i.indrelid = c.oid and i.indisprimary)
-            from pg_class c join pg_namespace n on n.oid = c.relnamespace
-            join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
-            where n.nspname = 'public' and c.relkind in ('r', 'p') and not (c.relname = any(%s))
-            group by c.oid, c.relname order by c.relname""", (list(SKIP_TABLES),)).fetchall()
+        conn.execute(psycopg.sql.SQL("set local lock_timeout = {}").format(
+            psycopg.sql.Literal(f"{int(lock_timeout * 1000)}ms")))
         tables = []
-        for name, cols, types, pk, lead_type in rows:
+        for name, cols, types, pk, key_type, parent, bound in conn.execute(TABLES_SQL, (locked,)).fetchall():
+            try:
+                count = conn.execute(psycopg.sql.SQL("select count(*) from only {}").format(
+                    psycopg.sql.Identifier(name))).fetchone()[0]
+            except psycopg.errors.LockNotAvailable:
+                conn.rollback()
+                conn.autocommit = True
+                raise JobFailed(snapshot.locked_out(name, lock_timeout, snapshot.blockers(conn, name))) from None
             table = {"name": name, "store": "postgres", "columns": [{"name": c, "type": t} for c, t in zip(cols, types)],
-                     "primary_key": pk or [], "chunks": []}
-            if pk and lead_type in ("bigint", "integer", "smallint"):
-                lo, hi, count = conn.execute(psycopg.sql.SQL("select min({k}), max({k}), count(*) from {t}").format(
-                    k=psycopg.sql.Identifier(pk[0]), t=psycopg.sql.Identifier(name))).fetchone()
-                table["key"] = pk[0]
-                if count:
-                    n = max(1, math.ceil(count / chunk_rows))
-                    step = max(1, math.ceil((hi - lo + 1) / n))
-                    table["chunks"] = [{"n": i, "lo": lo + i * step, "hi": min(lo + (i + 1) * step, hi + 1)}
-                                       for i in range(n) if lo + i * step <= hi]
-            if not table["chunks"]:
-                table["chunks"] = [{"n": 0, "lo": None, "hi": None}]
+                     "primary_key": pk or [], "partition_of": parent, "partition_bound": bound,
+                     "planned_rows": count}
+            if pk:
+                table |= {"key": pk[0], "key_type": key_type}
+                table["chunks"] = chunks.plan_key_chunks(conn, name, pk[0], count, chunk_rows)
+            else:
+                table["chunks"] = chunks.plan_page_chunks(conn, name, count, chunk_rows)
             tables.append(table)
         conn.rollback()
     return tables, source
@@ -111,24 +120,23 @@ def dump_postgres_chunk(settings: Settings, options: dict[str, Any], backup_id: 
     store = backups.store_for(settings, options)
     obj = backups.chunk_key(options, backup_id, "postgres", table["name"], chunk["n"], secrets.token_hex(3))
     cols = ", ".join(quote(c["name"]) for c in table["columns"])
-    query, args = f"select {cols} from {quote(table['name'])}", []
-    if chunk["lo"] is not None:
-        query += f" where {quote(table['key'])} >= $1 and {quote(table['key'])} < $2"
-        args = [chunk["lo"], chunk["hi"]]
+    where, args = chunks.row_filter(table, chunk)
+    query = f"select {cols} from only {quote(table['name'])}{where}"
     rate = options.get("rate_limit") or 0
     began = time.monotonic()
     with store.writer(obj) as out:
         writer = ChunkWriter(out, backups.chunk_aad(backup_id, "postgres", table["name"], chunk["n"]),
                              options["compress"], key)
-        rows = asyncio.run(_copy_out(settings, snap, query, args, writer, rate))
+        rows = asyncio.run(_copy_out(settings, snap, table["name"], query, args, writer, rate,
+                                     options.get("lock_timeout", settings.backup_lock_timeout)))
         stats = writer.close()
-    return {"table": table["name"], "store": "postgres", "n": chunk["n"], "key": obj, "rows": rows,
-            "range": [chunk["lo"], chunk["hi"]], "seconds": round(time.monotonic() - began, 3),
-            "ended_at": time.time(), **stats}
+    bounds = {k: chunk[k] for k in ("range", "ctid") if k in chunk}
+    return {"table": table["name"], "store": "postgres", "n": chunk["n"], "key": obj, "rows": rows, **bounds,
+            "seconds": round(time.monotonic() - began, 3), "ended_at": time.time(), **stats}
 
 
-async def _copy_out(settings: Settings, snap: str, query: str, args: list[Any], writer: ChunkWriter,
-                    rate: int) -> int:
+async def _copy_out(settings: Settings, snap: str, table: str, query: str, args: list[Any], writer: ChunkWriter,
+                    rate: int, lock_timeout: float) -> int:
     p = pg_params(settings)
     conn = await asyncpg.connect(host=p["host"], port=int(p["port"]), user=p["user"], password=p.get("password"),
                                  database=p["dbname"], timeout=settings.postgres_connect_timeout,
@@ -145,12 +153,21 @@ async def _copy_out(settings: Settings, snap: str, query: str, args: list[Any], 
             if ahead > 0:
                 await asyncio.sleep(ahead)
     try:
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
-            try:
-                await conn.execute(f"set transaction snapshot '{snap}'")
-            except (asyncpg.InvalidParameterValueError, asyncpg.UndefinedObjectError) as err:  # 22023 / 42704 (PG 18)
-                raise SnapshotLost(f"snapshot {snap} is gone ({err})") from None
-            await conn.copy_from_query(query, *args, output=sink)
+        try:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                try:
+                    await conn.execute(f"set transaction snapshot '{snapshot.check_id(snap)}'")
+                except (asyncpg.InvalidParameterValueError, asyncpg.UndefinedObjectError) as err:  # 22023 / 42704 (18)
+                    raise SnapshotLost(f"snapshot {snap} is gone ({err})") from None
+                # The holder's lock keeps TRUNCATE and rewrites out, but one that queues for its ACCESS EXCLUSIVE
+                # lock meanwhile queues this chunk's ACCESS SHARE behind it: wait a bounded time, then give way
+                # (as pg_dump's workers do), failing the backup by name rather than hanging with the holder.
+                await conn.execute(f"set local lock_timeout = {int(lock_timeout * 1000)}")
+                await conn.execute(f"lock table only {quote(table)} in access share mode")
+                await conn.copy_from_query(query, *args, output=sink)
+        except asyncpg.LockNotAvailableError:
+            blockers = await conn.fetch(snapshot.BLOCKERS_SQL.format(param="$1"), table)
+            raise JobFailed(snapshot.locked_out(table, lock_timeout, snapshot.describe_blockers(blockers))) from None
     finally:
         await conn.close()
     return rows
@@ -185,15 +202,19 @@ def build_manifest(backup_id: str, plan: dict[str, Any], results: list[dict[str,
         by_table.setdefault((r["store"], r["table"]), []).append(r)
     tables = []
     for t in plan["tables"]:
-        chunks = sorted(by_table.get((t["store"], t["name"]), []), key=lambda c: c["n"])
-        if len(chunks) != len(t["chunks"]):
-            raise JobFailed(f"table {t['name']}: {len(chunks)} of {len(t['chunks'])} chunks came back")
+        got = sorted(by_table.get((t["store"], t["name"]), []), key=lambda c: c["n"])
+        if len(got) != len(t["chunks"]):
+            raise JobFailed(f"table {t['name']}: {len(got)} of {len(t['chunks'])} chunks came back")
+        rows = sum(c["rows"] for c in got)
+        if "planned_rows" in t and rows != t["planned_rows"]:
+            raise JobFailed(f"table {t['name']}: read {rows} rows, {t['planned_rows']} were planned under the "
+                            "snapshot (was it truncated or rewritten during the backup?)")
         tables.append({**{k: v for k, v in t.items() if k != "chunks"},
-                       "rows": sum(c["rows"] for c in chunks), "bytes_raw": sum(c["bytes_raw"] for c in chunks),
-                       "bytes_stored": sum(c["bytes_stored"] for c in chunks),
-                       "seconds": round(sum(c["seconds"] for c in chunks), 3),
+                       "rows": rows, "bytes_raw": sum(c["bytes_raw"] for c in got),
+                       "bytes_stored": sum(c["bytes_stored"] for c in got),
+                       "seconds": round(sum(c["seconds"] for c in got), 3),
                        "chunks": [{k: c[k] for k in ("n", "key", "rows", "bytes_raw", "bytes_stored", "sha256")}
-                                  | ({"range": c["range"]} if "range" in c else {}) for c in chunks]})
+                                  | {k: c[k] for k in ("range", "ctid") if k in c} for c in got]})
     totals = {k: sum(t[k] for t in tables) for k in ("rows", "bytes_raw", "bytes_stored")}
     totals["chunks"] = sum(len(t["chunks"]) for t in tables)
     for store in ("postgres", "dynamodb"):  # wall time from the first chunk's start to the last one's end, per store
@@ -282,8 +303,9 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
         return {"job_id": job_id, "skipped": "already planned"}
     backups.require_key(s, options["encrypt"])
     gen = generation(r, job_id)
-    snap = snapshot.start_holder(r, job_id, gen, s.snapshot_max_lifetime)
-    pg_tables, source = plan_postgres(s, snap, options["chunk_rows"])
+    lock_timeout = options.get("lock_timeout", s.backup_lock_timeout)
+    snap, locked = snapshot.start_holder(r, job_id, gen, s.snapshot_max_lifetime, lock_timeout)
+    pg_tables, source = plan_postgres(s, snap, options["chunk_rows"], locked, lock_timeout)
     dyn = plan_dynamo(s, options["dynamo_segments"])
     source["dynamodb"] = {"table": dyn["name"], "key_schema": dyn["key_schema"]} if dyn else None
     encryption = None
@@ -345,7 +367,7 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str, gen: int
     options = plan["options"]
     manifest = build_manifest(job_id, plan, results, plan["started"])
     store = backups.store_for(self.settings, options)
-    backups.write_manifest(store, options, manifest)
+    backups.write_manifest(store, options, manifest, sign_with=self.settings)
     kept = {c["key"] for t in manifest["tables"] for c in t["chunks"]}
     strays = [o.key for o in store.list(backups.prefix(options, job_id))
               if o.key not in kept and not o.key.endswith("/manifest.json")]

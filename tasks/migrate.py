@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker import jobs, migrator
+from worker import jobs, migrator, snapshot
 from worker.app import app
 from worker.constants import TASK_MIGRATE_START
 from worker.reports import MigrateReport, utcnow
@@ -44,6 +44,8 @@ def run_migrate(settings: Settings, options: dict[str, Any], on_total: Any = Non
 @app.task(name=TASK_MIGRATE_START, base=JobTask, bind=True, max_retries=0)
 def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]:
     jobs.start(self.redis, job_id, 0)  # a redelivered run re-checks the state under the lock
+    if not options.get("dry_run"):
+        snapshot.refuse_during_backup(self.redis, "migration")
     report = run_migrate(self.settings, {**options, "job_id": job_id},
                          on_total=lambda n: jobs.set_total(self.redis, job_id, n),
                          on_step=lambda _v: jobs.add(self.redis, job_id))

@@ -17,9 +17,10 @@ import time
 from typing import Any
 
 import asyncpg
+import psycopg
 from celery import chord
 
-from worker import backups, jobs, swap
+from worker import backups, chunks, jobs, snapshot, swap
 from worker.app import app
 from worker.archive import read_chunk
 from worker.connections import aws_client, pg_connect, pg_params
@@ -68,13 +69,12 @@ async def _copy_in(settings: Settings, target: str, table: dict[str, Any], chunk
             yield block
     try:
         async with conn.transaction():
-            rng = chunk.get("range") or [None, None]
-            if rng[0] is not None:
-                key = table["key"] if "key" in table else table["primary_key"][0]
-                await conn.execute(f"delete from {quote(target)} where {quote(key)} >= $1 and {quote(key)} < $2",
-                                   rng[0], rng[1])
-            else:
+            where, args = chunks.row_filter(table, chunk) if chunk.get("range") else ("", [])
+            if where:  # a rerun of a key-range chunk replaces what an earlier run of it loaded
+                await conn.execute(f"delete from {quote(target)}{where}", *args)
+            elif not chunk.get("ctid"):  # the table's only chunk
                 await conn.execute(f"truncate {quote(target)}")
+            # a page-range (ctid) chunk has no key to delete by: the load task runs it once (a marker)
             await conn.copy_to_table(target, source=source(), columns=[c["name"] for c in table["columns"]],
                                      schema_name="public")
             if hashed.sha.hexdigest() != chunk["sha256"]:  # changed since it was verified: roll this load back
@@ -197,8 +197,11 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
     r, s = self.redis, self.settings
     if _plan(self, job_id):
         return {"job_id": job_id, "skipped": "already planned"}
+    if not options.get("dry_run"):
+        snapshot.refuse_during_backup(r, "restore")
     take_lock(r, job_id)
-    manifest = backups.read_manifest(backups.store_for(s, options), options, options["backup_id"])
+    manifest = backups.read_manifest(backups.store_for(s, options), options, options["backup_id"], s,
+                                     options.get("allow_unauthenticated", False))
     wanted = options.get("tables") or [t["name"] for t in manifest["tables"]]
     plan = {"backup_id": manifest["backup_id"], "tag": job_id.rsplit("-", 1)[-1], "options": options,
             "encryption": manifest["encryption"], "compress": manifest["options"]["compress"],
@@ -261,8 +264,14 @@ def load(self: JobTask, job_id: str, table: str, chunk: int) -> dict[str, Any]:
     t = _table(plan, table)
     c = next(c for c in t["chunks"] if c["n"] == chunk)
     began = time.monotonic()
+    once = jobs.JOB_KEY.format(job_id=job_id) + f":loaded:{table}:{chunk}"
+    if t["store"] == "postgres" and c.get("ctid") and self.redis.get(once):
+        return json.loads(self.redis.get(once))  # loaded and committed by an earlier delivery
     if t["store"] == "postgres":
         rows = load_postgres_chunk(self.settings, plan, t, c)
+        if c.get("ctid"):
+            self.redis.set(once, json.dumps({"table": table, "chunk": chunk, "rows": rows, "seconds": 0}),
+                           ex=7 * 86_400)
     else:
         rows = load_dynamo_chunk(self.settings, plan, t, c)
     if rows != c["rows"]:
@@ -289,6 +298,12 @@ def build(self: JobTask, job_id: str, table: str) -> dict[str, Any]:
         conn.execute("select set_config('lock_timeout', %s, true)", (swap.LOCK_TIMEOUT,))
         if table in plan.get("plain_generated", []):
             swap.recompute_generated(conn, table, plan["tag"])
+        expected = _table(plan, table)["rows"]
+        held = conn.execute(psycopg.sql.SQL("select count(*) from {}").format(
+            psycopg.sql.Identifier(swap.replacement(table, plan["tag"])))).fetchone()[0]
+        if held != expected:  # e.g. a page-range chunk loaded twice by a worker lost between commit and marker
+            raise JobFailed(f"table {table}: the loaded copy holds {held} rows, the backup {expected}; "
+                            "the live table is untouched, run the restore again")
         swap.build(conn, swap.catalog(conn, table), plan["tag"])
         conn.commit()
     return {"table": table}

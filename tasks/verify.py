@@ -49,7 +49,7 @@ def check_chunk(settings: Settings, options: dict[str, Any], backup_id: str, enc
 
 def cleanup(settings: Settings, options: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
     store = backups.store_for(settings, options)
-    listed = backups.list_backups(store, options)
+    listed = backups.list_backups(store, options, settings)
     plan = backups.cleanup_plan(listed, options["retention_days"])
     if not options.get("dry_run"):
         for b in plan:
@@ -61,7 +61,8 @@ def cleanup(settings: Settings, options: dict[str, Any]) -> tuple[list[dict[str,
 @app.task(name=TASK_VALIDATE_START, base=JobTask, bind=True)
 def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]:
     backup_id = options["backup_id"]
-    manifest = backups.read_manifest(backups.store_for(self.settings, options), options, backup_id)
+    manifest = backups.read_manifest(backups.store_for(self.settings, options), options, backup_id, self.settings,
+                                     options.get("allow_unauthenticated", False))
     header = [check.s(job_id=job_id, table=t["name"], chunk=c["n"], store=t["store"], path=c["key"],
                       sha256=c["sha256"], rows=c["rows"], size=c["bytes_stored"])
               for t in manifest["tables"] for c in t["chunks"]]

@@ -267,7 +267,8 @@ def test_list_states_and_cleanup_by_retention(data: Any, tmp_path: Path) -> None
     ids = {}
     for name, age in (("old1", 45), ("old2", 40)):  # complete and old: the retention removes them
         bid = f"{(datetime.now(timezone.utc) - timedelta(days=age)):%Y%m%dT%H%M%SZ}-backup-{name}"
-        backups.write_manifest(store, opts, {**{k: v for k, v in manifest.items() if k != "checksum"}, "backup_id": bid})
+        backups.write_manifest(store, opts, {**{k: v for k, v in manifest.items() if k not in ("checksum", "auth")},
+                                             "backup_id": bid}, sign_with=s)
         ids[name] = bid
     failed = f"{old:%Y%m%dT%H%M%SZ}-backup-failed"
     store.put(f"backups/{failed}/failed.json", b"{}")

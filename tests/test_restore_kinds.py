@@ -319,10 +319,15 @@ def test_partition_leaves_are_restored_in_place(db: Any) -> None:
     manifest = manifest_of(settings, report["backup_id"])
     for t in manifest["tables"]:
         if t["name"] in leaves and "partition_of" in t:
-            assert t["partition_of"] == "events"
+            assert t["partition_of"] == "events" and t["partition_bound"]
     with pg_connect(settings) as conn:
         assert hashes_of(conn, ["events"]) == parent
         assert conn.execute("select count(*) from events").fetchone()[0] == 2500
+    if all(t.get("partition_of") == "events" for t in manifest["tables"] if t["name"] in leaves):
+        code, restored = cli_json("restore", report["backup_id"], "--tables", "events", timeout=300)
+        assert code == 0 and sorted(t["name"] for t in restored["tables"]) == sorted(leaves), restored
+        with pg_connect(settings) as conn:
+            assert hashes_of(conn, ["events"]) == parent
     if any(t["name"] == "events" for t in manifest["tables"]):  # a backup made before parents were left out
         code, restored = cli_json("restore", report["backup_id"], "--tables", "events", timeout=300)
         assert code == 1 and "partitioned table" in restored["skipped"][0]["reason"], restored

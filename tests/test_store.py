@@ -88,3 +88,31 @@ def test_missing_bucket_names_the_bucket(settings: Any) -> None:
 
     with pytest.raises(ServiceUnavailable, match="no-such-bucket-xyz"):
         S3Store(settings, "no-such-bucket-xyz").check()
+
+
+def test_local_store_syncs_the_file_before_its_rename_and_the_folders_after(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A power cut after a write returns must not lose the object's name (issue 10 item 10): the file is synced
+    before os.replace, and the folder that holds the new name (and any folder created for it) after."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        real_replace(src, dst)
+        events.append(("replace", str(dst)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    root = tmp_path / "store"
+    root.mkdir()
+    LocalStore(root).put("backups/b1/postgres/services/00000.x.data", b"rows")
+    target = root / "backups/b1/postgres/services/00000.x.data"
+    at = events.index(("replace", str(target)))
+    assert [e for e in events[:at] if e[0] == "fsync" and e[1].endswith(".part")], events  # the data first
+    synced_after = {path for kind, path in events[at + 1:] if kind == "fsync"}
+    assert str(target.parent) in synced_after, events  # the new name
+    assert str(root) in synced_after, events  # `backups/`, created by this write, is itself a name in the root

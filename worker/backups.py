@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import re
@@ -16,6 +17,12 @@ import secrets
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+
+from botocore.exceptions import ClientError
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.hmac import HMAC
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from worker.archive import new_data_key, unwrap_key, wrap_key
 from worker.connections import aws_client
@@ -95,7 +102,12 @@ def make_data_key(settings: Settings, backup_id: str, kms_key_id: str | None) ->
     master = base64.b64decode(settings.backup_encryption_key.get_secret_value())
     key = new_data_key()
     return key, {"wrapping": "key", "wrapped_key": wrap_key(key, master, backup_id),
-                 "master_key_id": hashlib.sha256(master).hexdigest()[:16]}
+                 "master_key_id": master_key_id(master)}
+
+
+def master_key_id(master: bytes) -> str:
+    """Names a master key in manifests (a hash prefix: no secret)."""
+    return hashlib.sha256(master).hexdigest()[:16]
 
 
 def data_key(settings: Settings, backup_id: str, encryption: dict[str, Any] | None) -> bytes | None:
@@ -125,14 +137,173 @@ def manifest_checksum(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def write_manifest(store: ObjectStore, options: dict[str, Any], manifest: dict[str, Any]) -> str:
+# The manifest's MAC (issue 10 item 2). The unkeyed checksum above only catches accidents: anyone who can
+# write to the store can recompute it. With a key configured, the manifest also carries
+#     "auth": {"alg": "hmac-sha256", "key": "master", "key_id": <master_key_id>, "mac": <hex>}
+#  or "auth": {"alg": "hmac-sha256", "key": "kms", "kms_key_id": <id>, "wrapped_key": <b64>, "mac": <hex>}
+# where mac = HMAC-SHA256(K, canonical JSON of the whole manifest but `checksum` and `auth.mac`), so the
+# chunk list, columns, table names, key ranges, options, encryption block and the auth block itself are all
+# under it. K is derived with HKDF-SHA256 (its own `info`, so it is never the key that wraps data keys):
+# - "master": from BACKUP_ENCRYPTION_KEY; verifying it needs no network call.
+# - "kms": from a fresh 32-byte MAC key made by KMS GenerateDataKey under BACKUP_KMS_KEY_ID, with the
+#   encryption context {backup_id, purpose: manifest-mac}, stored wrapped. Verifying unwraps it with
+#   Decrypt *naming the configured key* (KeyId), so a key wrapped by any other KMS key is refused; only who
+#   may GenerateDataKey/Encrypt under that key (who may make backups) can make a valid manifest.
+#   KMS GenerateMac/VerifyMac (moto supports them) would need a second, HMAC-type KMS key to configure:
+#   the backup key is a symmetric ENCRYPT_DECRYPT key, which KMS refuses for GenerateMac. The wrapped MAC
+#   key is separate from the data key so that unencrypted backups are authenticated the same way.
+# `backup list` checks "master" MACs (local, cheap) and leaves "kms" ones unchecked (no KMS call per backup);
+# validate and restore check every MAC, in the CLI and again on the workers.
+
+MAC_ALG = "hmac-sha256"
+MAC_INFO = b"worktask-data manifest mac v1"
+_mac_key_cache: dict[tuple[str, str, str], bytes] = {}
+
+
+def _mac_context(backup_id: str) -> dict[str, str]:
+    return {"backup_id": backup_id, "purpose": "manifest-mac"}
+
+
+def _canonical(manifest: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    if isinstance(body.get("auth"), dict):
+        body["auth"] = {k: v for k, v in body["auth"].items() if k != "mac"}
+    body = json.loads(json.dumps(body, default=str))  # as stored (write_manifest), whatever the types in memory
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _mac(secret: bytes, manifest: dict[str, Any]) -> HMAC:
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=MAC_INFO).derive(secret)
+    mac = HMAC(key, hashes.SHA256())
+    mac.update(_canonical(manifest))
+    return mac
+
+
+def kms_key_for(settings: Settings, options: dict[str, Any]) -> str | None:
+    """The KMS key of this installation: the submitting CLI's (in the job options) or the worker's own."""
+    return options.get("kms_key_id") or settings.backup_kms_key_id
+
+
+def has_key(settings: Settings, options: dict[str, Any]) -> bool:
+    return bool(settings.backup_encryption_key or kms_key_for(settings, options))
+
+
+def auth_options(settings: Settings, allow_unauthenticated: bool) -> dict[str, Any]:
+    """What a validate or restore job's workers need to verify the manifest again (no secret). Only the
+    operator's own flag travels: whether a key is configured is decided by each side with its own keys, so
+    a CLI that has no key (the workers do) cannot waive the workers' check of a manifest without a MAC."""
+    return {"kms_key_id": settings.backup_kms_key_id, "allow_unauthenticated": bool(allow_unauthenticated)}
+
+
+def sign_manifest(settings: Settings, options: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with its `auth` block; unchanged (no MAC) where no key is configured."""
+    body = {k: v for k, v in manifest.items() if k not in ("checksum", "auth")}
+    kms_key_id = kms_key_for(settings, options)
+    if kms_key_id:  # as make_data_key: KMS when configured
+        out = aws_client(settings, "kms").generate_data_key(
+            KeyId=kms_key_id, KeySpec="AES_256", EncryptionContext=_mac_context(body["backup_id"]))
+        secret = out["Plaintext"]
+        auth = {"alg": MAC_ALG, "key": "kms", "kms_key_id": kms_key_id,
+                "wrapped_key": base64.b64encode(out["CiphertextBlob"]).decode()}
+    elif settings.backup_encryption_key:
+        secret = base64.b64decode(settings.backup_encryption_key.get_secret_value())
+        auth = {"alg": MAC_ALG, "key": "master", "key_id": master_key_id(secret)}
+    else:
+        return body
+    signed = {**body, "auth": auth}
+    auth["mac"] = _mac(secret, signed).finalize().hex()
+    return signed
+
+
+def _kms_mac_key(settings: Settings, kms_key_id: str, backup_id: str, auth: dict[str, Any]) -> bytes:
+    cache = (backup_id, kms_key_id, str(auth.get("wrapped_key")))
+    if cache in _mac_key_cache:
+        return _mac_key_cache[cache]
+    try:
+        blob = base64.b64decode(auth["wrapped_key"], validate=True)
+        key = aws_client(settings, "kms").decrypt(CiphertextBlob=blob, KeyId=kms_key_id,
+                                                  EncryptionContext=_mac_context(backup_id))["Plaintext"]
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise BadInput(f"manifest of backup {backup_id} has a malformed MAC key: it was altered; "
+                       "do not restore it, pick another backup (worktask backup list)") from None
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "?")
+        if code in ("AccessDeniedException", "InvalidCiphertextException", "IncorrectKeyException",
+                    "NotFoundException", "InvalidKeyUsageException"):
+            raise BadInput(f"the MAC key in the manifest of backup {backup_id} does not unwrap under "
+                           f"BACKUP_KMS_KEY_ID={kms_key_id} ({code}): set the KMS key the backup was made with "
+                           "(the manifest names it), or the manifest was altered") from None
+        raise
+    _mac_key_cache[cache] = key
+    return key
+
+
+def verify_manifest(settings: Settings, options: dict[str, Any], manifest: dict[str, Any],
+                    allow_unauthenticated: bool = False, network: bool = True) -> bool | None:
+    """Check the manifest's MAC: True when it verifies; False when there is none and that is accepted (no key
+    here, or allow_unauthenticated); None when it cannot be checked here and that is accepted (made with a key
+    this installation lacks, or a KMS MAC with network=False). BadInput, one line naming the fix, otherwise;
+    a MAC that fails is refused whatever allow_unauthenticated says."""
+    backup_id = manifest.get("backup_id")
+    auth = manifest.get("auth")
+    refuse = has_key(settings, options) and not allow_unauthenticated
+    if auth is None:
+        if refuse:
+            raise BadInput(f"manifest of backup {backup_id} carries no MAC (made without a key, by an older "
+                           "version, or forged) and this installation has a key: pass --allow-unauthenticated "
+                           "only if you trust this backup")
+        return False
+    if not isinstance(auth, dict) or auth.get("alg") != MAC_ALG or not isinstance(auth.get("mac"), str):
+        raise BadInput(f"manifest of backup {backup_id} has an authentication block this version does not know: "
+                       "it was altered, or upgrade worktask")
+    secret, why = None, ""
+    if auth.get("key") == "master":
+        if settings.backup_encryption_key:
+            master = base64.b64decode(settings.backup_encryption_key.get_secret_value())
+            if master_key_id(master) == auth.get("key_id"):
+                secret = master
+            else:
+                why = f"made with key {auth.get('key_id')}, BACKUP_ENCRYPTION_KEY here is {master_key_id(master)}"
+        else:
+            why = f"made with BACKUP_ENCRYPTION_KEY {auth.get('key_id')}, which is not set here"
+    elif auth.get("key") == "kms":
+        kms_key_id = kms_key_for(settings, options)
+        if kms_key_id and not network:
+            return None
+        if kms_key_id:
+            secret = _kms_mac_key(settings, kms_key_id, str(backup_id), auth)
+        else:
+            why = f"made with KMS key {auth.get('kms_key_id')}, BACKUP_KMS_KEY_ID is not set here"
+    else:
+        raise BadInput(f"manifest of backup {backup_id} names no known MAC key: it was altered, or upgrade worktask")
+    if secret is None:
+        if refuse:
+            raise BadInput(f"manifest of backup {backup_id} cannot be authenticated here ({why}): set the key "
+                           "it was made with, or pass --allow-unauthenticated only if you trust this backup")
+        return None
+    try:
+        _mac(secret, manifest).verify(bytes.fromhex(auth["mac"]))
+    except (InvalidSignature, ValueError):
+        raise BadInput(f"manifest of backup {backup_id} fails its MAC: it was altered or forged; do not restore "
+                       "it, pick another backup (worktask backup list)") from None
+    return True
+
+
+def write_manifest(store: ObjectStore, options: dict[str, Any], manifest: dict[str, Any],
+                   sign_with: Settings | None = None) -> str:
+    """Store the manifest with its checksum; with `sign_with`, the settings' key also MACs it (sign_manifest)."""
+    if sign_with is not None:
+        manifest = sign_manifest(sign_with, options, manifest)
     manifest = {**manifest, "checksum": manifest_checksum(manifest)}
     key = prefix(options, manifest["backup_id"]) + "manifest.json"
     store.put(key, json.dumps(manifest, indent=1, default=str).encode())
     return key
 
 
-def read_manifest(store: ObjectStore, options: dict[str, Any], backup_id: str) -> dict[str, Any]:
+def read_manifest(store: ObjectStore, options: dict[str, Any], backup_id: str, settings: Settings | None = None,
+                  allow_unauthenticated: bool = False) -> dict[str, Any]:
+    """The manifest of a backup, checked: its checksum, its id, and with `settings` its MAC (verify_manifest).
+    Without settings only the first two: for looking at a manifest, never before acting on one."""
     check_backup_id(backup_id)
     key = prefix(options, backup_id) + "manifest.json"
     try:
@@ -140,15 +311,26 @@ def read_manifest(store: ObjectStore, options: dict[str, Any], backup_id: str) -
     except FileNotFoundError:
         raise BadInput(f"backup {backup_id} not found in {store.url(options['prefix'])} (no manifest); "
                        "see worktask backup list") from None
-    if manifest.get("checksum") != manifest_checksum(manifest):
+    except ValueError:
+        raise BadInput(f"manifest of backup {backup_id} is not JSON: it was altered; pick another backup "
+                       "(worktask backup list)") from None
+    if not isinstance(manifest, dict) or manifest.get("checksum") != manifest_checksum(manifest):
         raise BadInput(f"manifest of backup {backup_id} fails its checksum: it was altered")
+    if manifest.get("backup_id") != backup_id:
+        raise BadInput(f"the manifest under backup {backup_id} is that of {manifest.get('backup_id')!r}: it was "
+                       "moved or altered; pick another backup (worktask backup list)")
+    if settings is not None:
+        verify_manifest(settings, options, manifest, allow_unauthenticated)
     return manifest
 
 
 # listing and retention --------------------------------------------------------------------------------
 
-def list_backups(store: ObjectStore, options: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every backup id under the prefix, newest first, with its state and totals."""
+def list_backups(store: ObjectStore, options: dict[str, Any], settings: Settings | None = None) -> list[dict[str, Any]]:
+    """Every backup id under the prefix, newest first, with its state and totals. With settings, a manifest
+    whose MAC fails is `failed`; `authenticated` is True (MAC verified), False (none, or it fails) or None
+    (not checked: no settings, a key this installation lacks, or a KMS MAC, left to validate and restore so
+    that listing makes no KMS call per backup)."""
     root = options["prefix"] + "/"
     seen: dict[str, dict[str, Any]] = {}
     for obj in store.list(root):
@@ -166,16 +348,19 @@ def list_backups(store: ObjectStore, options: dict[str, Any]) -> list[dict[str, 
     for backup_id, e in seen.items():
         row: dict[str, Any] = {"backup_id": backup_id, "created_at": created_at(backup_id).isoformat(),
                                "state": "incomplete", "tables": 0, "rows": 0, "bytes_stored": e["bytes"],
-                               "encrypted": None, "compressed": None, "duration_s": None,
+                               "encrypted": None, "compressed": None, "duration_s": None, "authenticated": None,
                                "last_write": e["last_write"].isoformat()}
         if e["manifest"]:
             try:
                 m = read_manifest(store, options, backup_id)
+                if settings is not None:
+                    row["authenticated"] = verify_manifest(settings, options, m, allow_unauthenticated=True,
+                                                           network=False)
                 row.update(state="complete", tables=len(m["tables"]), rows=m["totals"]["rows"],
                            bytes_stored=m["totals"]["bytes_stored"], encrypted=m["options"]["encrypt"],
                            compressed=m["options"]["compress"], duration_s=m["duration_s"])
             except BadInput:
-                row["state"] = "failed"
+                row.update(state="failed", authenticated=False)
         elif e["failed"]:
             row["state"] = "failed"
         out.append(row)

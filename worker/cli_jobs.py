@@ -167,34 +167,44 @@ def backup_list(as_json: bool) -> int:
     rows = commands.backup_list(settings())
     if as_json:
         emit_json([{k: r[k] for k in ("backup_id", "state", "created_at", "tables", "rows", "bytes_stored",
-                                      "encrypted", "compressed", "duration_s")} for r in rows])
+                                      "encrypted", "compressed", "duration_s", "authenticated")} for r in rows])
         return 0
-    table = Table("backup id", "created (UTC)", "state", "tables", "rows", "size", "duration", "enc", "zstd")
+    table = Table("backup id", "created (UTC)", "state", "tables", "rows", "size", "duration", "enc", "zstd", "mac")
     for r in rows:
         colour = {"complete": "green", "failed": "red"}.get(r["state"], "yellow")
         table.add_row(r["backup_id"], r["created_at"][:19], f"[{colour}]{r['state']}[/]", str(r["tables"]),
                       f"{r['rows']:,}", human_bytes(r["bytes_stored"]),
                       f"{r['duration_s']:.1f} s" if r["duration_s"] is not None else "-",
                       str(r["encrypted"]) if r["encrypted"] is not None else "-",
-                      str(r["compressed"]) if r["compressed"] is not None else "-")
+                      str(r["compressed"]) if r["compressed"] is not None else "-",
+                      {True: "ok", False: "none"}.get(r["authenticated"], "-"))
     out.print(table)
     return 0
 
 
+ALLOW_UNAUTHENTICATED_HELP = ("Accept a manifest this installation cannot authenticate: one without a MAC (made "
+                              "without a key, or before manifests carried one) or made with a key not configured "
+                              "here. A MAC that fails is refused whatever this says.")
+
+
 @backup.command("validate")
 @click.argument("backup_id")
+@click.option("--allow-unauthenticated", is_flag=True, help=ALLOW_UNAUTHENTICATED_HELP)
 @output_options()
-def backup_validate(backup_id: str, as_json: bool, no_wait: bool, timeout: int | None) -> int:
+def backup_validate(backup_id: str, allow_unauthenticated: bool, as_json: bool, no_wait: bool,
+                    timeout: int | None) -> int:
     """Re-read every chunk (one task each): checksum, decryption, decompression, row count.
-    Names each bad chunk; exit 1 if any, 2 for a malformed or unknown id.
+    Names each bad chunk; exit 1 if any, 2 for a malformed or unknown id or a manifest that fails its MAC
+    (or has none while BACKUP_ENCRYPTION_KEY or BACKUP_KMS_KEY_ID is set).
 
     \b
-    Example:
+    Examples:
       worktask backup validate 20261124T101500Z-backup-1a2b3c --json
+      worktask backup validate 20261124T101500Z-backup-1a2b3c --allow-unauthenticated   # made without a key
     """
     s = settings()
-    return run_job(lambda: commands.backup_validate(s, backup_id), "backup_validate", as_json, no_wait, timeout,
-                   render_backup_validate)
+    return run_job(lambda: commands.backup_validate(s, backup_id, allow_unauthenticated), "backup_validate", as_json,
+                   no_wait, timeout, render_backup_validate)
 
 
 @backup.command("cleanup")
@@ -223,12 +233,15 @@ def backup_cleanup(retention_days: int | None, dry_run: bool | None, as_json: bo
 @click.option("--tables", default=None, help="Comma-separated tables to restore (default: TABLES_ONLY, else all).")
 @click.option("--exact", is_flag=True, help="DynamoDB: also delete items that are not in the backup.")
 @click.option("--allow-schema-mismatch", is_flag=True, help="Restore although the migration heads differ.")
+@click.option("--allow-unauthenticated", is_flag=True, help=ALLOW_UNAUTHENTICATED_HELP)
 @dry_run_option
 @output_options()
-def restore(backup_id: str, tables: str | None, exact: bool, allow_schema_mismatch: bool, dry_run: bool | None,
-            as_json: bool, no_wait: bool, timeout: int | None) -> int:
+def restore(backup_id: str, tables: str | None, exact: bool, allow_schema_mismatch: bool,
+            allow_unauthenticated: bool, dry_run: bool | None, as_json: bool, no_wait: bool,
+            timeout: int | None) -> int:
     """Restore all tables of a backup, or the named ones. Every chunk of a table is verified before the
     table is touched; PostgreSQL tables load beside the live ones and swap in by rename in one transaction.
+    A manifest that fails its MAC (or has none while a key is configured) is refused first (exit 2).
 
     \b
     Examples:
@@ -240,8 +253,9 @@ def restore(backup_id: str, tables: str | None, exact: bool, allow_schema_mismat
     if any(not n for n in names):
         raise click.UsageError("--tables has an empty name; e.g. --tables services,dependencies")
     dry = s.dry_run if dry_run is None else dry_run
-    return run_job(lambda: commands.restore(s, backup_id, names, exact, dry, allow_schema_mismatch), "restore",
-                   as_json, no_wait, timeout, render_restore)
+    return run_job(lambda: commands.restore(s, backup_id, names, exact, dry, allow_schema_mismatch,
+                                            allow_unauthenticated), "restore", as_json, no_wait, timeout,
+                   render_restore)
 
 
 @cli.command()

@@ -75,20 +75,22 @@ def backup(settings: Settings, compress: bool, encrypt: bool, chunk_rows: int | 
     return submit(settings, "backup", TASK_BACKUP_START, {
         **opts, "compress": compress, "encrypt": encrypt, "chunk_rows": chunk_rows or settings.chunk_rows,
         "dynamo_segments": settings.dynamo_segments, "kms_key_id": settings.backup_kms_key_id,
-        "rate_limit": settings.backup_rate_limit})
+        "rate_limit": settings.backup_rate_limit, "lock_timeout": settings.backup_lock_timeout})
 
 
 def backup_list(settings: Settings) -> list[dict[str, Any]]:
     opts = backups.store_options(settings)
-    return backups.list_backups(backups.store_for(settings, opts), opts)
+    return backups.list_backups(backups.store_for(settings, opts), opts, settings)
 
 
-def backup_validate(settings: Settings, backup_id: str) -> str:
-    """Refuse a malformed or unknown id (exit 2) before anything is enqueued."""
+def backup_validate(settings: Settings, backup_id: str, allow_unauthenticated: bool = False) -> str:
+    """Refuse a malformed or unknown id, or a manifest that fails authentication (exit 2), before anything is
+    enqueued; the workers check the manifest again with the same options."""
     backups.check_backup_id(backup_id)
     opts = backups.store_options(settings)
-    backups.read_manifest(backups.store_for(settings, opts), opts, backup_id)
-    return submit(settings, "backup_validate", TASK_VALIDATE_START, {**opts, "backup_id": backup_id})
+    backups.read_manifest(backups.store_for(settings, opts), opts, backup_id, settings, allow_unauthenticated)
+    return submit(settings, "backup_validate", TASK_VALIDATE_START,
+                  {**opts, "backup_id": backup_id, **backups.auth_options(settings, allow_unauthenticated)})
 
 
 def backup_cleanup(settings: Settings, retention_days: int, dry_run: bool) -> str:
@@ -98,11 +100,13 @@ def backup_cleanup(settings: Settings, retention_days: int, dry_run: bool) -> st
 
 
 def restore(settings: Settings, backup_id: str, tables: list[str], exact: bool, dry_run: bool,
-            allow_schema_mismatch: bool) -> str:
-    """Check the id, the table names and the schema against the backup (exit 2), then enqueue."""
+            allow_schema_mismatch: bool, allow_unauthenticated: bool = False) -> str:
+    """Check the id, the manifest's MAC, the table names and the schema against the backup (exit 2), then
+    enqueue; the workers check the manifest again with the same options."""
     backups.check_backup_id(backup_id)
     opts = backups.store_options(settings)
-    manifest = backups.read_manifest(backups.store_for(settings, opts), opts, backup_id)
+    manifest = backups.read_manifest(backups.store_for(settings, opts), opts, backup_id, settings,
+                                     allow_unauthenticated)
     held = [t["name"] for t in manifest["tables"]]
     leaves = {}  # a partitioned table stands for its partitions (the backup holds only those)
     for t in manifest["tables"]:
@@ -122,7 +126,8 @@ def restore(settings: Settings, backup_id: str, tables: list[str], exact: bool, 
         raise BadInput(f"schema mismatch: the database is at migration {head or 'base'}, the backup at "
                        f"{theirs or 'base'}; migrate to match, or pass --allow-schema-mismatch")
     return submit(settings, "restore", TASK_RESTORE_START, {**opts, "backup_id": backup_id, "tables": tables,
-                                                            "exact": exact, "dry_run": dry_run})
+                                                            "exact": exact, "dry_run": dry_run,
+                                                            **backups.auth_options(settings, allow_unauthenticated)})
 
 
 def validate(settings: Settings, fix: bool) -> str:

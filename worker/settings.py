@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     task_time_limit: int = _f(1800, "seconds a chunk task may run, 10-86400", ge=10, le=86_400)
     visibility_timeout: int = _f(7200, "seconds, above TASK_TIME_LIMIT", ge=60, le=7 * 86_400)
     snapshot_max_lifetime: int = _f(4 * 3600, "seconds a backup may hold its snapshot, 60-86400", ge=60, le=86_400)
+    backup_lock_timeout: float = _f(30, "seconds a backup waits to lock each table (ACCESS SHARE), 0.1-3600",
+                                    ge=0.1, le=3600)
     backup_rate_limit: int = _f(0, "raw bytes per second per chunk stream, 0 for no limit", ge=0)
     max_chunk_attempts: int = _f(4, "deliveries of one chunk before the job fails, 1-20", ge=1, le=20)
     job_timeout: int = _f(3600, "seconds the CLI waits for a job, 5-604800", ge=5, le=604_800)

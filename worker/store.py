@@ -74,6 +74,14 @@ class ObjectStore:
         raise NotImplementedError
 
 
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class LocalStore(ObjectStore):
     def __init__(self, root: Path):
         self.root = root.expanduser().resolve()
@@ -89,7 +97,11 @@ class LocalStore(ObjectStore):
 
     @contextmanager
     def writer(self, key: str) -> Iterator[IO[bytes]]:
+        """Durable once the block ends: the data is synced before the rename, and the folder holding the new
+        name (and the parent of every folder made for it) after, so that after a power cut a manifest
+        cannot have survived while a chunk's rename was lost."""
         path = self._path(key)
+        made = [p for p in (path.parent, *path.parent.parents) if self.root in (p, *p.parents) and not p.exists()]
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
         try:
@@ -98,6 +110,8 @@ class LocalStore(ObjectStore):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+            for folder in dict.fromkeys([path.parent, *(p.parent for p in made)]):
+                _fsync_dir(folder)
         finally:
             tmp.unlink(missing_ok=True)
 
