@@ -208,7 +208,7 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
             "started": time.time(), "tables": [t for t in manifest["tables"] if t["name"] in wanted]}
     if not options.get("dry_run"):
         with pg_connect(s, autocommit=True) as conn:
-            swap.drop_replacements(conn)  # of restores that were killed; only one runs at a time
+            swap.drop_replacements(conn)  # marked ones, of restores that were killed; only one runs at a time
     r.hset(jobs.JOB_KEY.format(job_id=job_id), "plan", json.dumps(plan))
     header = [verify.s(job_id=job_id, table=t["name"], chunk=c["n"]) for t in plan["tables"] for c in t["chunks"]]
     jobs.start(r, job_id, 2 * len(header))
@@ -234,6 +234,10 @@ def after_verify(self: JobTask, results: list[dict[str, Any]], job_id: str) -> d
     for r in sorted(results, key=lambda r: (r["table"], r["chunk"])):
         if r["reason"] and r["table"] not in bad:
             bad[r["table"]] = f"chunk {r['chunk']} ({r['path']}): {r['reason']}"
+    pg_tables = [t for t in plan["tables"] if t["store"] == "postgres" and t["name"] not in bad]
+    if pg_tables:  # what the swap could not carry over: refused before anything is written
+        with pg_connect(self.settings, autocommit=True) as conn:
+            bad.update(swap.refusals(conn, pg_tables))
     plan["skipped"] = [{"name": n, "reason": f"not touched: {why}"} for n, why in bad.items()]
     plan["ok_tables"] = [t["name"] for t in plan["tables"] if t["name"] not in bad]
     self.redis.hset(jobs.JOB_KEY.format(job_id=job_id), "plan", json.dumps(plan))
@@ -241,8 +245,13 @@ def after_verify(self: JobTask, results: list[dict[str, Any]], job_id: str) -> d
         return finalize.run([], job_id=job_id)
     pg_ok = [t for t in plan["tables"] if t["name"] in plan["ok_tables"] and t["store"] == "postgres"]
     with pg_connect(self.settings, autocommit=True) as conn:
-        for t in pg_ok:
-            swap.create_replacement(conn, t["name"], plan["tag"])
+        conn.execute("select set_config('lock_timeout', %s, false)", (swap.LOCK_TIMEOUT,))
+        for t in pg_ok:  # a backup that holds generated columns' values loads them as plain columns
+            listed = set(swap.generated_columns(conn, t["name"])) & {c["name"] for c in t["columns"]}
+            if listed:
+                plan.setdefault("plain_generated", []).append(t["name"])
+            swap.create_replacement(conn, t["name"], plan["tag"], plain_generated=bool(listed))
+    self.redis.hset(jobs.JOB_KEY.format(job_id=job_id), "plan", json.dumps(plan))
     header = [load.s(job_id=job_id, table=t["name"], chunk=c["n"])
               for t in plan["tables"] if t["name"] in plan["ok_tables"] for c in t["chunks"]]
     chord(header)(after_load.s(job_id=job_id))
@@ -286,6 +295,9 @@ def after_load(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dic
 def build(self: JobTask, job_id: str, table: str) -> dict[str, Any]:
     plan = _plan(self, job_id)
     with pg_connect(self.settings) as conn:  # one transaction: a retry starts from a clean replacement
+        conn.execute("select set_config('lock_timeout', %s, true)", (swap.LOCK_TIMEOUT,))
+        if table in plan.get("plain_generated", []):
+            swap.recompute_generated(conn, table, plan["tag"])
         expected = _table(plan, table)["rows"]
         held = conn.execute(psycopg.sql.SQL("select count(*) from {}").format(
             psycopg.sql.Identifier(swap.replacement(table, plan["tag"])))).fetchone()[0]
@@ -312,7 +324,7 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
             removed[t["name"]] = live_rows(s, t["name"])
     if pg_ok and not dry and not self.redis.hget(key, "swapped"):
         with pg_connect(s) as conn:
-            conn.execute("set lock_timeout = '30s'")
+            conn.execute("select set_config('lock_timeout', %s, true)", (swap.LOCK_TIMEOUT,))
             cats = [swap.catalog(conn, name) for name in pg_ok]
             swap.swap(conn, cats, plan["tag"])
             conn.commit()

@@ -57,6 +57,20 @@ def catalog_snapshot(settings: Any) -> dict[str, Any]:
                         where exists (select 1 from information_schema.columns c where c.table_name = t
                         and c.column_name = 'id') order by 1""",
         "owners": "select relname, pg_get_userbyid(relowner) from pg_class where relname = any(%(t)s) order by 1",
+        "class": """select relname, relpersistence, reltablespace, relrowsecurity, relforcerowsecurity, relreplident,
+                    reloptions from pg_class where relnamespace = 'public'::regnamespace and relname = any(%(t)s)
+                    order by 1""",
+        "column_grants": """select table_name, column_name, grantee, privilege_type from information_schema.column_privileges
+                            where table_schema = 'public' and table_name = any(%(t)s) and grantee <> 'postgres'
+                            order by 1, 2, 3, 4""",
+        "policies": """select tablename, policyname, permissive, roles, cmd, qual, with_check from pg_policies
+                       where schemaname = 'public' and tablename = any(%(t)s) order by 1, 2""",
+        "publications": """select pubname, tablename, attnames, rowfilter from pg_publication_tables
+                           where schemaname = 'public' and tablename = any(%(t)s) order by 1, 2""",
+        "constraint_comments": """select conrelid::regclass::text, conname, obj_description(oid, 'pg_constraint')
+                                  from pg_constraint where connamespace = 'public'::regnamespace order by 1, 2""",
+        "index_comments": """select tablename, indexname, obj_description(format('%%I', indexname)::regclass, 'pg_class')
+                             from pg_indexes where schemaname = 'public' order by 1, 2""",
     }
     with pg_connect(settings) as conn:
         return {k: conn.execute(sql, {"t": PG_TABLES}).fetchall() for k, sql in q.items()}
@@ -96,6 +110,13 @@ def dressed(migrated: Any) -> Iterator[Any]:
         pg.execute("grant select on services, work_tasks to worktask_reader")
         pg.execute("comment on table services is 'services owned by workgroups'")
         pg.execute("comment on column work_tasks.title is 'what the task is'")
+        pg.execute("grant update (title, description) on work_tasks to worktask_reader")
+        pg.execute("comment on index services_owner_workgroup_id_idx is 'services by owner'")
+        pg.execute("comment on index services_pkey is 'the key of services'")
+        pg.execute("comment on constraint services_pkey on services is 'one row per service'")
+        pg.execute("alter table dependencies replica identity full")
+        pg.execute("""do $$ begin create publication worktask_test_pub for table services, dependencies;
+                      exception when duplicate_object then null; end $$""")
         pg.execute("""create or replace function touch_updated_at() returns trigger language plpgsql as
                       $$ begin new.updated_at = now(); return new; end $$""")
         pg.execute("drop trigger if exists services_touch on services")

@@ -108,6 +108,11 @@ def restore(settings: Settings, backup_id: str, tables: list[str], exact: bool, 
     manifest = backups.read_manifest(backups.store_for(settings, opts), opts, backup_id, settings,
                                      allow_unauthenticated)
     held = [t["name"] for t in manifest["tables"]]
+    leaves = {}  # a partitioned table stands for its partitions (the backup holds only those)
+    for t in manifest["tables"]:
+        if t.get("partition_of"):
+            leaves.setdefault(t["partition_of"], []).append(t["name"])
+    tables = [leaf for t in tables for leaf in (leaves[t] if t not in held and t in leaves else [t])]
     unknown = [t for t in tables if t not in held]
     if unknown:
         raise BadInput(f"backup {backup_id} holds no table {', '.join(map(repr, unknown))}; it holds: {', '.join(held)}")
