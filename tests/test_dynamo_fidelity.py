@@ -23,7 +23,7 @@ from test_backup import backup, make_data, manifest_of
 from worker import backups, commands
 from worker.archive import ChunkWriter, read_chunk
 from worker.connections import aws_client, pg_connect
-from worker.dynamo import KEY_SCHEMA, batch_write, drop_table, ensure_table, from_export, to_item
+from worker.dynamo import KEY_SCHEMA, batch_write, drop_table, ensure_table, to_item
 from worker.errors import JobFailed
 
 ser, de = TypeSerializer(), TypeDeserializer()
@@ -141,6 +141,8 @@ def test_with_pitr_and_an_s3_store_the_dynamodb_part_is_an_export_at_the_snapsho
     scanned = aws_client(pitr, "dynamodb").scan(TableName=table, ConsistentRead=True)["Items"]
     items = decode_items(pitr, options, manifest)
     assert len(items) == len(scanned) == dynamo_entry(manifest)["rows"]
+    from worker.dynamo import from_export  # (here: the file must load on code without it)
+
     stored_bin = {i["PK"]["S"]: plain({k: de.deserialize(v) for k, v in from_export(i).items()}) for i in items
                   if i["PK"]["S"].startswith("BIN#")}  # B as base64 text in the chunk, as in DynamoDB's own export
     assert stored_bin == expected_binary_items()
