@@ -160,7 +160,8 @@ def extra_items(settings: Settings, plan: dict[str, Any], table: dict[str, Any])
                 TableName=table["name"], ProjectionExpression=", ".join(attrs), ExpressionAttributeNames=attrs,
                 ConsistentRead=True, PaginationConfig={"PageSize": 1000})
             for page in pages:
-                db.executemany("insert or ignore into extra select ?1 where not exists (select 1 from backup where k = ?1)",
+                db.executemany("insert or ignore into extra select ?1 where not exists "
+                               "(select 1 from backup where k = ?1)",
                                [(_key_text(to_export(i), names),) for i in page.get("Items", [])])
             db.commit()
             for (k,) in db.execute("select k from extra"):

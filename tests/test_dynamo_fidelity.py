@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 import tracemalloc
 from collections.abc import Iterator
 from datetime import datetime
