@@ -10,16 +10,19 @@ kept, and finalize removes the others.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import secrets
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import asyncpg
 import psycopg
+from botocore.exceptions import ClientError
 from celery import chord
 
-from worker import backups, chunks, jobs, snapshot
+from worker import backups, chunks, dynamo, jobs, snapshot
 from worker.app import app
 from worker.archive import ChunkWriter
 from worker.connections import aws_client, pg_connect, pg_params
@@ -30,6 +33,10 @@ from worker.errors import JobFailed
 from worker.reports import BackupReport, BackupTable, utcnow
 from worker.settings import Settings
 from worker.taskbase import JobTask
+
+EXPORT_PATIENCE = 20  # seconds a DynamoDB chunk task waits for the export in one go,
+EXPORT_RETRY = 30  # then it retries this much later (the export's deadline bounds the whole wait)
+
 
 class SnapshotLost(JobFailed):
     """The exported snapshot is gone (its holder ended): the chunk cannot be read consistently."""
@@ -102,14 +109,49 @@ def _migration_head(conn: psycopg.Connection) -> str | None:
     return row[0] if row else None
 
 
-def plan_dynamo(settings: Settings, segments: int) -> dict[str, Any] | None:
+def plan_dynamo(settings: Settings, segments: int, options: dict[str, Any] | None = None, backup_id: str = "",
+                gen: int = 0, at: float | None = None) -> dict[str, Any] | None:
+    """The DynamoDB table's part: an export at `at` (the PostgreSQL snapshot's time) when the table has
+    point-in-time recovery and the backup goes to S3, else parallel Scan segments (a window, stated)."""
     client = aws_client(settings, "dynamodb")
     name = settings.dynamo_table_name
     if not dynamo_exists(client, name):
         return None
-    schema = client.describe_table(TableName=name)["Table"]["KeySchema"]
-    return {"name": name, "store": "dynamodb", "key_schema": schema,
+    desc = client.describe_table(TableName=name)["Table"]
+    table = {"name": name, "store": "dynamodb", "key_schema": desc["KeySchema"]}
+    capture, why = None, "no snapshot time was given"
+    if options is not None and at is not None:
+        capture, why = _request_export(settings, client, desc, options, backup_id, gen, at)
+    if capture:
+        return {**table, "capture": capture,
+                "chunks": [{"n": i, "part": i, "parts": segments} for i in range(segments)]}
+    return {**table, "capture": {"method": "scan", "snapshot_at": _iso(at) if at else None, "reason": why},
             "chunks": [{"n": i, "segment": i, "segments": segments} for i in range(segments)]}
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat()
+
+
+def _request_export(settings: Settings, client: Any, desc: dict[str, Any], options: dict[str, Any], backup_id: str,
+                    gen: int, at: float) -> tuple[dict[str, Any] | None, str]:
+    """Start ExportTableToPointInTime into the backup's own prefix (finalize removes its files once read);
+    (None, why not) when it cannot be used."""
+    try:
+        if not dynamo.pitr_enabled(client, desc["TableName"]):
+            return None, "point-in-time recovery is off on the table (no export at the snapshot's time)"
+        bucket = options.get("s3_bucket")
+        if not bucket:
+            return None, ("point-in-time recovery is on, but the backup goes to a local folder and the export needs "
+                          "an S3 bucket (S3_BUCKET_NAME)")
+        prefix = f"{backups.prefix(options, backup_id)}dynamodb-export-{gen}"
+        token = hashlib.sha256(f"{backup_id}/{gen}".encode()).hexdigest()[:32]
+        arn = dynamo.start_export(client, desc["TableArn"], at, bucket, prefix, token)
+    except ClientError as err:
+        e = err.response.get("Error", {})
+        return None, f"the export was refused ({e.get('Code')}: {e.get('Message')})"
+    return {"method": "export", "at": _iso(at), "export_arn": arn, "bucket": bucket, "prefix": prefix,
+            "deadline": at + settings.snapshot_max_lifetime}, ""
 
 
 # per chunk ---------------------------------------------------------------------------------------------
@@ -175,23 +217,54 @@ async def _copy_out(settings: Settings, snap: str, table: str, query: str, args:
 
 def dump_dynamo_segment(settings: Settings, options: dict[str, Any], backup_id: str, table: dict[str, Any],
                         chunk: dict[str, Any], key: bytes | None) -> dict[str, Any]:
-    """One parallel Scan segment as DynamoDB export JSON lines ({"Item": {...}})."""
+    """One chunk of DynamoDB export JSON lines ({"Item": {...}}, B as base64): a parallel Scan segment, or
+    this chunk's share of the export's data files (ExportPending while the export runs)."""
+    capture = table.get("capture") or {"method": "scan"}
+    if capture["method"] == "export":
+        desc = dynamo.wait_export(aws_client(settings, "dynamodb"), capture["export_arn"], capture["deadline"],
+                                  EXPORT_PATIENCE)
+        s3 = aws_client(settings, "s3")
+        files = dynamo.export_data_files(s3, capture["bucket"], capture["prefix"])[chunk["part"]::chunk["parts"]]
+        items = (item for f in files for item in dynamo.export_items(s3, capture["bucket"], f))
+        return {**_write_items(settings, options, backup_id, table, chunk, key, items),
+                "export_items": desc.get("ItemCount"), "export_files": len(files)}
     client = aws_client(settings, "dynamodb")
+    pages = client.get_paginator("scan").paginate(TableName=table["name"], Segment=chunk["segment"],
+                                                  TotalSegments=chunk["segments"], ConsistentRead=True)
+    began = time.time()
+    result = _write_items(settings, options, backup_id, table, chunk, key,
+                          (item for page in pages for item in page.get("Items", [])))
+    return {**result, "window": [began, result["ended_at"]]}
+
+
+def _write_items(settings: Settings, options: dict[str, Any], backup_id: str, table: dict[str, Any],
+                 chunk: dict[str, Any], key: bytes | None, items: Any) -> dict[str, Any]:
     store = backups.store_for(settings, options)
     obj = backups.chunk_key(options, backup_id, "dynamodb", table["name"], chunk["n"], secrets.token_hex(3))
     began, rows = time.monotonic(), 0
-    pages = client.get_paginator("scan").paginate(TableName=table["name"], Segment=chunk["segment"],
-                                                  TotalSegments=chunk["segments"], ConsistentRead=True)
     with store.writer(obj) as out:
         writer = ChunkWriter(out, backups.chunk_aad(backup_id, "dynamodb", table["name"], chunk["n"]),
                              options["compress"], key)
-        for page in pages:
-            for item in page.get("Items", []):
-                writer.write(json.dumps({"Item": item}, separators=(",", ":")).encode() + b"\n")
-                rows += 1
+        for item in items:
+            writer.write(dynamo.export_line(item))
+            rows += 1
         stats = writer.close()
     return {"table": table["name"], "store": "dynamodb", "n": chunk["n"], "key": obj, "rows": rows,
             "seconds": round(time.monotonic() - began, 3), "ended_at": time.time(), **stats}
+
+
+def dynamo_capture(table: dict[str, Any], chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the DynamoDB part was taken, for the manifest and the report: at one instant (export), or by a
+    scan between the first segment's start and the last one's end."""
+    capture = table.get("capture") or {"method": "scan"}
+    if capture["method"] == "export":
+        rows, expected = sum(c["rows"] for c in chunks), {c.get("export_items") for c in chunks} - {None}
+        if expected and rows != max(expected):
+            raise JobFailed(f"table {table['name']}: the export holds {max(expected)} items, its chunks {rows}")
+        return {k: capture[k] for k in ("method", "at", "export_arn")}
+    windows = [c["window"] for c in chunks if c.get("window")]
+    return {"method": "scan", "window": [_iso(min(w[0] for w in windows)), _iso(max(w[1] for w in windows))]
+            if windows else None, "snapshot_at": capture.get("snapshot_at"), "reason": capture.get("reason")}
 
 
 # finalize -------------------------------------------------------------------------------------------------
@@ -214,7 +287,8 @@ def build_manifest(backup_id: str, plan: dict[str, Any], results: list[dict[str,
                        "bytes_stored": sum(c["bytes_stored"] for c in got),
                        "seconds": round(sum(c["seconds"] for c in got), 3),
                        "chunks": [{k: c[k] for k in ("n", "key", "rows", "bytes_raw", "bytes_stored", "sha256")}
-                                  | {k: c[k] for k in ("range", "ctid") if k in c} for c in got]})
+                                  | {k: c[k] for k in ("range", "ctid") if k in c} for c in got]}
+                      | ({"capture": dynamo_capture(t, got)} if t["store"] == "dynamodb" else {}))
     totals = {k: sum(t[k] for t in tables) for k in ("rows", "bytes_raw", "bytes_stored")}
     totals["chunks"] = sum(len(t["chunks"]) for t in tables)
     for store in ("postgres", "dynamodb"):  # wall time from the first chunk's start to the last one's end, per store
@@ -230,7 +304,8 @@ def build_manifest(backup_id: str, plan: dict[str, Any], results: list[dict[str,
 def backup_report(job_id: str, manifest: dict[str, Any], started_at: Any) -> BackupReport:
     duration = manifest["duration_s"] or 0.0
     tables = [BackupTable(name=t["name"], store=t["store"], rows=t["rows"], chunks=len(t["chunks"]),
-                          bytes_raw=t["bytes_raw"], bytes_stored=t["bytes_stored"], seconds=t["seconds"])
+                          bytes_raw=t["bytes_raw"], bytes_stored=t["bytes_stored"], seconds=t["seconds"],
+                          capture=t.get("capture"))
               for t in manifest["tables"]]
     totals = {**manifest["totals"], "seconds": duration,
               "rows_per_s": round(manifest["totals"]["rows"] / duration, 1) if duration else None,
@@ -305,8 +380,9 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
     gen = generation(r, job_id)
     lock_timeout = options.get("lock_timeout", s.backup_lock_timeout)
     snap, locked = snapshot.start_holder(r, job_id, gen, s.snapshot_max_lifetime, lock_timeout)
+    snapshot_time = time.time()  # the snapshot's instant, near enough: the holder has just exported it
     pg_tables, source = plan_postgres(s, snap, options["chunk_rows"], locked, lock_timeout)
-    dyn = plan_dynamo(s, options["dynamo_segments"])
+    dyn = plan_dynamo(s, options["dynamo_segments"], options, job_id, gen, snapshot_time)
     source["dynamodb"] = {"table": dyn["name"], "key_schema": dyn["key_schema"]} if dyn else None
     encryption = None
     if options["encrypt"]:  # one data key for the backup, kept across restarts
@@ -315,7 +391,7 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
         encryption = json.loads(r.hget(jobs.JOB_KEY.format(job_id=job_id), "encryption"))
     tables = pg_tables + ([dyn] if dyn else [])
     plan = {"created_at": utcnow().isoformat(), "started": time.time(), "source": source, "options": options,
-            "encryption": encryption, "tables": tables}
+            "encryption": encryption, "tables": tables, "snapshot_time": snapshot_time}
     r.hset(jobs.JOB_KEY.format(job_id=job_id), "plan", json.dumps(plan, default=str))
     header = [dump_pg.s(job_id=job_id, table=t["name"], chunk=c["n"], gen=gen) for t in pg_tables for c in t["chunks"]]
     if dyn:
@@ -352,7 +428,10 @@ def dump_dynamo(self: JobTask, job_id: str, table: str, chunk: int, gen: int = 0
     if gen != generation(self.redis, job_id):
         return {"stale": gen}
     plan, t, c, key = _chunk_context(self, job_id, table, chunk)
-    result = dump_dynamo_segment(self.settings, plan["options"], job_id, t, c, key)
+    try:
+        result = dump_dynamo_segment(self.settings, plan["options"], job_id, t, c, key)
+    except dynamo.ExportPending:  # the export runs on: ask again later, without holding a worker meanwhile
+        raise self.retry(countdown=EXPORT_RETRY, max_retries=self.request.retries + 1) from None
     if gen == generation(self.redis, job_id):
         jobs.add(self.redis, job_id, rows=result["rows"], nbytes=result["bytes_stored"])
     return result

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+import tempfile
 import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -22,11 +26,12 @@ from celery import chord
 
 from worker import backups, chunks, jobs, snapshot, swap
 from worker.app import app
-from worker.archive import read_chunk
+from worker.archive import CorruptChunk, read_chunk
 from worker.connections import aws_client, pg_connect, pg_params
 from worker.constants import (KEY_PREFIX, TASK_RESTORE_AFTER_LOAD, TASK_RESTORE_AFTER_VERIFY, TASK_RESTORE_BUILD,
                               TASK_RESTORE_FINALIZE, TASK_RESTORE_LOAD, TASK_RESTORE_START, TASK_RESTORE_VERIFY)
-from worker.dynamo import batch_write
+from worker.constants import DYNAMO_SCAN_RESTORE_KEY
+from worker.dynamo import KEY_SCHEMA, batch_write, from_export, from_export_line, to_export
 from worker.errors import JobFailed
 from worker.reports import RestoreReport, RestoreTable, utcnow
 from worker.settings import Settings
@@ -84,54 +89,123 @@ async def _copy_in(settings: Settings, target: str, table: dict[str, Any], chunk
     return rows
 
 
-def load_dynamo_chunk(settings: Settings, plan: dict[str, Any], table: dict[str, Any], chunk: dict[str, Any]) -> int:
-    """BatchWriteItem the chunk's items (an upsert), retrying UnprocessedItems with a bounded backoff."""
-    client = aws_client(settings, "dynamodb")
-    src, blocks, _ = plain_blocks(settings, plan, table, chunk)
-    count, pending, buf = 0, [], b""
+def verified_lines(settings: Settings, plan: dict[str, Any], table: dict[str, Any],
+                   chunk: dict[str, Any]) -> Iterator[bytes]:
+    """A DynamoDB chunk's lines, given out only once its stored bytes match the manifest's SHA-256: the plain
+    text is spooled to a temporary file while the stored bytes are hashed, so nothing of a chunk that changed
+    after the verify step is used (DynamoDB writes cannot be rolled back as the PostgreSQL load is)."""
+    src, blocks, hashed = plain_blocks(settings, plan, table, chunk)
+    with src, tempfile.TemporaryFile() as spool:
+        problem = None
+        try:
+            for block in blocks:
+                spool.write(block)
+        except CorruptChunk as err:
+            problem = str(err)
+            while hashed.read(1 << 20):
+                pass
+        if hashed.sha.hexdigest() != chunk["sha256"]:
+            raise JobFailed(f"table {table['name']} chunk {chunk['n']} ({chunk['key']}) changed in the store after it "
+                            "was verified (SHA-256 differs): nothing of it was written")
+        if problem:
+            raise JobFailed(f"table {table['name']} chunk {chunk['n']} ({chunk['key']}): {problem}")
+        spool.seek(0)
+        for line in spool:
+            if line.strip():
+                yield line
 
-    def flush(items: list[dict[str, Any]]) -> None:
-        batch_write(client, settings.dynamo_table_name, [{"PutRequest": {"Item": i}} for i in items])
-    with src:
-        for block in blocks:
-            buf += block
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                if line:
-                    pending.append(json.loads(line)["Item"])
-                    if len(pending) == BATCH:
-                        flush(pending)
-                        count += len(pending)
-                        pending = []
+
+def load_dynamo_chunk(settings: Settings, plan: dict[str, Any], table: dict[str, Any], chunk: dict[str, Any]) -> int:
+    """BatchWriteItem the chunk's items (an upsert; B back to bytes) once the chunk verified."""
+    client = aws_client(settings, "dynamodb")
+    count, pending = 0, []
+    for line in verified_lines(settings, plan, table, chunk):
+        pending.append({"PutRequest": {"Item": from_export_line(line)}})
+        if len(pending) == BATCH:
+            batch_write(client, settings.dynamo_table_name, pending)
+            count, pending = count + len(pending), []
     if pending:
-        flush(pending)
+        batch_write(client, settings.dynamo_table_name, pending)
         count += len(pending)
     return count
 
 
-def backup_keys(settings: Settings, plan: dict[str, Any], table: dict[str, Any]) -> set[tuple[str, str]]:
-    keys = set()
-    for chunk in table["chunks"]:
-        src, blocks, _ = plain_blocks(settings, plan, table, chunk)
-        with src:
-            for line in b"".join(blocks).splitlines():
-                item = json.loads(line)["Item"]
-                keys.add((item["PK"]["S"], item["SK"]["S"]))
-    return keys
+def _key_text(item: dict[str, Any], names: list[str]) -> str:
+    """A key in export form (B as base64) as one comparable string."""
+    return json.dumps([item[n] for n in names], sort_keys=True, separators=(",", ":"))
 
 
-def extra_items(settings: Settings, plan: dict[str, Any], table: dict[str, Any]) -> list[tuple[str, str]]:
-    """Items in the live DynamoDB table that the backup does not have (what --exact deletes)."""
-    keep = backup_keys(settings, plan, table)
+def extra_items(settings: Settings, plan: dict[str, Any], table: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Keys of the items in the live table that the backup does not have (what --exact deletes), bounded in
+    memory: the backup's keys go into a temporary sqlite file, the live ones are compared a page at a time,
+    and the extras are given out once the live scan is over (so deleting them does not disturb it)."""
+    names = [k["AttributeName"] for k in table.get("key_schema") or KEY_SCHEMA]
     client = aws_client(settings, "dynamodb")
-    live = [(i["PK"]["S"], i["SK"]["S"]) for page in client.get_paginator("scan").paginate(
-        TableName=table["name"], ProjectionExpression="PK, SK") for i in page.get("Items", [])]
-    return [k for k in live if k not in keep]
+    with tempfile.TemporaryDirectory(prefix="worktask-exact-") as tmp:
+        db = sqlite3.connect(Path(tmp, "keys.sqlite"))
+        try:
+            db.executescript("pragma journal_mode = off; pragma synchronous = off;"
+                             "create table backup (k text primary key) without rowid;"
+                             "create table extra (k text primary key) without rowid;")
+            for chunk in table["chunks"]:
+                batch: list[tuple[str]] = []
+                for line in verified_lines(settings, plan, table, chunk):
+                    batch.append((_key_text(json.loads(line)["Item"], names),))
+                    if len(batch) == 5000:
+                        db.executemany("insert or ignore into backup values (?)", batch)
+                        batch = []
+                db.executemany("insert or ignore into backup values (?)", batch)
+            attrs = {f"#k{i}": n for i, n in enumerate(names)}
+            pages = client.get_paginator("scan").paginate(
+                TableName=table["name"], ProjectionExpression=", ".join(attrs), ExpressionAttributeNames=attrs,
+                ConsistentRead=True, PaginationConfig={"PageSize": 1000})
+            for page in pages:
+                db.executemany("insert or ignore into extra select ?1 where not exists "
+                               "(select 1 from backup where k = ?1)",
+                               [(_key_text(to_export(i), names),) for i in page.get("Items", [])])
+            db.commit()
+            for (k,) in db.execute("select k from extra"):
+                yield from_export(dict(zip(names, json.loads(k))))
+        finally:
+            db.close()
 
 
-def delete_items(settings: Settings, table: str, keys: list[tuple[str, str]]) -> None:
-    batch_write(aws_client(settings, "dynamodb"), table,
-                [{"DeleteRequest": {"Key": {"PK": {"S": pk}, "SK": {"S": sk}}}} for pk, sk in keys])
+def delete_items(settings: Settings, table: str, keys: Iterable[dict[str, Any]]) -> int:
+    """Delete the items with these keys, a thousand requests at a time; how many."""
+    client, batch, count = aws_client(settings, "dynamodb"), [], 0
+    for key in keys:
+        batch.append({"DeleteRequest": {"Key": key}})
+        if len(batch) == 1000:
+            batch_write(client, table, batch)
+            count, batch = count + len(batch), []
+    batch_write(client, table, batch)
+    return count + len(batch)
+
+
+NOTE_LIMIT = 10_000  # item keys kept in the note; past it, every dangling TASK# item above the top id is kept
+
+
+def note_dynamo_restore(settings: Settings, r: Any, plan: dict[str, Any], table: dict[str, Any]) -> None:
+    """After writing a DynamoDB part taken by a scan (a window after the PostgreSQL snapshot), note its TASK#
+    items whose work task id is above the highest in PostgreSQL now: they may have been written after the
+    backup's snapshot, so `validate --fix` reports them instead of deleting them as dangling. A part taken
+    by an export (at the snapshot's instant) clears the note."""
+    if (table.get("capture") or {"method": "scan"})["method"] != "scan":
+        r.delete(DYNAMO_SCAN_RESTORE_KEY)
+        return
+    with pg_connect(settings) as conn:
+        top = conn.execute("select coalesce(max(id), 0) from work_tasks").fetchone()[0]
+    keys: list[str] = []
+    for chunk in table["chunks"]:
+        for line in verified_lines(settings, plan, table, chunk):
+            item = json.loads(line)["Item"]
+            pk, sk = item.get("PK", {}).get("S", ""), item.get("SK", {}).get("S", "")
+            if pk.startswith("TASK#") and pk[5:].isdigit() and int(pk[5:]) > top and len(keys) <= NOTE_LIMIT:
+                keys.append(f"{pk}|{sk}")
+    r.set(DYNAMO_SCAN_RESTORE_KEY, json.dumps({
+        "backup_id": plan["backup_id"], "restored_at": utcnow().isoformat(), "max_work_task_id": top,
+        "window": (table.get("capture") or {}).get("window"), "truncated": len(keys) > NOTE_LIMIT,
+        "keys": keys[:NOTE_LIMIT]}))
 
 
 def live_rows(settings: Settings, table: str) -> int:
@@ -332,9 +406,9 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
     for t in ok:  # after the swap: a failed swap leaves DynamoDB as it was too
         if t["store"] == "dynamodb" and opts.get("exact"):
             extra = extra_items(s, plan, t)
-            removed[t["name"]] = len(extra)
-            if not dry:
-                delete_items(s, t["name"], extra)
+            removed[t["name"]] = sum(1 for _ in extra) if dry else delete_items(s, t["name"], extra)
+        if t["store"] == "dynamodb" and not dry:
+            note_dynamo_restore(s, self.redis, plan, t)
     tables = [RestoreTable(name=t["name"], store=t["store"], rows=t["rows"], chunks=len(t["chunks"]),
                            removed=removed.get(t["name"], 0),
                            seconds=round(sum(r["seconds"] for r in loaded if r["table"] == t["name"]), 3))

@@ -43,6 +43,7 @@ KEY_PREFIX = "worktask:"
 JOB_KEY = KEY_PREFIX + "job:{job_id}"  # hash: kind, state, counters, report
 JOB_ATTEMPTS_KEY = KEY_PREFIX + "job:{job_id}:attempts"  # hash: task id -> deliveries
 LAST_VALIDATION_KEY = KEY_PREFIX + "validation:last"  # the last `worktask validate` report
+DYNAMO_SCAN_RESTORE_KEY = KEY_PREFIX + "restore:dynamo_scan"  # items a scan-window restore may hold early (validate)
 BEAT_SLOT_KEY = KEY_PREFIX + "beat:{name}:{slot}"  # SET NX per schedule slot: one run per slot
 JOB_TTL_SECONDS = 14 * 24 * 3600
 

@@ -93,6 +93,18 @@ def render_backup(report: dict[str, Any]) -> None:
               f"{human_bytes(tot['bytes_stored'])} stored, {tot['seconds']:.1f} s"
               + (f", {tot['rows_per_s']:,.0f} rows/s, {tot['mb_raw_per_s']} MB/s" if tot.get("rows_per_s") else "")
               + f"; encrypted={report['encrypted']} compressed={report['compressed']}", markup=False)
+    for t in report["tables"]:
+        if t.get("capture"):
+            out.print(f"{t['name']}: {describe_capture(t['capture'])}", markup=False)
+
+
+def describe_capture(c: dict[str, Any]) -> str:
+    """At which instant a DynamoDB part was taken, in a line."""
+    if c["method"] == "export":
+        return f"exported as of {c['at']}, the PostgreSQL snapshot's time"
+    window = f"scanned between {c['window'][0]} and {c['window'][1]}" if c.get("window") else "scanned"
+    return (f"{window}, after the PostgreSQL snapshot ({c.get('snapshot_at')}): items written meanwhile may be in "
+            f"it while their PostgreSQL rows are not" + (f"; {c['reason']}" if c.get("reason") else ""))
 
 
 def render_backup_validate(report: dict[str, Any]) -> None:

@@ -98,6 +98,7 @@ class BackupTable(BaseModel):
     bytes_raw: int
     bytes_stored: int
     seconds: float = 0.0
+    capture: dict[str, Any] | None = None  # DynamoDB: {"method": "export", "at"} or {"method": "scan", "window"}
 
 
 class BackupReport(JobReport):
