@@ -20,6 +20,9 @@ from worker import commands, jobs
 from worker.connections import pg_connect, pg_params, redis_client
 from worker.errors import JobFailed
 
+# Fidelity cases: run once, on the local services path (.ci/run), not again on the embedded path.
+pytestmark = pytest.mark.slow
+
 BIGINT_MAX = 9223372036854775807
 
 

@@ -25,6 +25,9 @@ from worker.connections import aws_client, pg_connect
 from worker.dynamo import KEY_SCHEMA, batch_write, drop_table, ensure_table, to_item
 from worker.errors import JobFailed
 
+# Fidelity cases: run once, on the local services path (.ci/run), not again on the embedded path.
+pytestmark = pytest.mark.slow
+
 ser, de = TypeSerializer(), TypeDeserializer()
 BINARY_ITEMS = [
     {"PK": "BIN#1", "SK": "A", "blob": b"\x00\xff\x10binary\nwith a newline", "blobs": {b"a", b"\x00\x01", b"\xff" * 40},

@@ -21,6 +21,9 @@ from test_restore import hashes
 from worker import backups, commands
 from worker.connections import aws_client, pg_connect
 
+# Fidelity cases: run once, on the local services path (.ci/run), not again on the embedded path.
+pytestmark = pytest.mark.slow
+
 
 def store_of(settings: Any) -> tuple[Any, dict[str, Any]]:
     opts = backups.store_options(settings)

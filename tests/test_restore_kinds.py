@@ -24,6 +24,9 @@ from test_restore import table_hash
 from worker import swap
 from worker.connections import pg_connect
 
+# Fidelity cases: run once, on the local services path (.ci/run), not again on the embedded path.
+pytestmark = pytest.mark.slow
+
 READER, OWNER = "worktask_kind_reader", "worktask_kind_owner"
 MARKER = "worktask:restore:"  # the contract with the backup planning (worker/swap.py MARKER)
 
