@@ -216,7 +216,7 @@ def test_lock_timeout_fails_the_migration_naming_the_blocking_session(at_head: A
 
 
 def test_create_writes_a_timestamped_revision_with_validate(at_head: Any, scratch_path: Path) -> None:
-    proc = run_cli("migrate", "create", "add task labels", "labels on work tasks",
+    proc = run_cli("migrate", "create", "add_task_labels", "labels on work tasks",
                    env={"MIGRATIONS_PATH": str(scratch_path)})
     assert proc.returncode == 0, proc.stderr
     path = Path(proc.stdout.strip())
@@ -232,7 +232,7 @@ def test_create_writes_a_timestamped_revision_with_validate(at_head: Any, scratc
 @pytest.mark.parametrize("args,env,needle", [
     (["migrate", "rollback", "20000101000000"], {}, "not a migration"),
     (["migrate"], {"MIGRATIONS_PATH": "/nonexistent/migrations"}, "MIGRATIONS_PATH"),
-    (["migrate", "create", "!!!"], {}, "no letters or digits"),
+    (["migrate", "create", "!!!"], {}, "[a-z0-9_]"),
 ])
 def test_bad_input_exits_2_with_one_line(migrated: Any, args: list[str], env: dict[str, str], needle: str) -> None:
     proc = run_cli(*args, env=env)

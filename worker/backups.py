@@ -31,7 +31,7 @@ from worker.settings import Settings
 from worker.store import LocalStore, ObjectStore, S3Store
 
 FORMAT_VERSION = 1
-ID_RE = re.compile(r"^(\d{8}T\d{6}Z)-[0-9A-Za-z-]{1,60}$")
+ID_RE = re.compile(r"(\d{8}T\d{6}Z)-[0-9A-Za-z-]{1,60}")  # matched whole (fullmatch)
 _key_cache: dict[tuple[str, str], bytes] = {}
 
 
@@ -40,14 +40,14 @@ def new_backup_id() -> str:
 
 
 def check_backup_id(value: str) -> str:
-    if not ID_RE.match(value or ""):
+    if not ID_RE.fullmatch(value or ""):
         raise BadInput(f"backup id {value!r} is malformed: expected e.g. 20261124T101500Z-backup-1a2b3c "
                        "(see worktask backup list)")
     return value
 
 
 def created_at(backup_id: str) -> datetime:
-    stamp = ID_RE.match(backup_id).group(1)  # type: ignore[union-attr]
+    stamp = ID_RE.fullmatch(backup_id).group(1)  # type: ignore[union-attr]
     return datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
 
 
@@ -335,7 +335,7 @@ def list_backups(store: ObjectStore, options: dict[str, Any], settings: Settings
     seen: dict[str, dict[str, Any]] = {}
     for obj in store.list(root):
         backup_id = obj.key[len(root):].split("/", 1)[0]
-        if not ID_RE.match(backup_id):
+        if not ID_RE.fullmatch(backup_id):
             continue
         entry = seen.setdefault(backup_id, {"objects": 0, "bytes": 0, "manifest": False, "failed": False,
                                             "last_write": obj.modified})

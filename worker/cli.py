@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=argv, prog_name="worktask", standalone_mode=False)
     except click.UsageError as e:
         where = e.ctx.command_path if e.ctx else "worktask"
-        err.print(f"error: {e.format_message()} (see {where} --help)", markup=False)
+        err.print(f"error: {e.format_message()} (see {where} --help)", markup=False, soft_wrap=True)
         sys.exit(2)
     except click.Abort:
         err.print("aborted")

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from worker import commands
 from worker.cli import cli, dry_run_option, emit_json, output_options, run_job, settings
+from worker.settings import RETENTION_DAYS_MAX
 from worker.render import (err, human_bytes, out, render_backup, render_backup_validate, render_cleanup,
                            render_migrate, render_restore, render_seed, render_testdata, render_validate)
 
@@ -208,7 +209,8 @@ def backup_validate(backup_id: str, allow_unauthenticated: bool, as_json: bool, 
 
 
 @backup.command("cleanup")
-@click.option("--retention-days", type=click.IntRange(1), default=None, help="Days to keep (default: RETENTION_DAYS).")
+@click.option("--retention-days", type=click.IntRange(1, RETENTION_DAYS_MAX), default=None,
+              help=f"Days to keep, 1-{RETENTION_DAYS_MAX} (default: RETENTION_DAYS).")
 @dry_run_option
 @output_options()
 def backup_cleanup(retention_days: int | None, dry_run: bool | None, as_json: bool, no_wait: bool,
@@ -249,9 +251,7 @@ def restore(backup_id: str, tables: str | None, exact: bool, allow_schema_mismat
       TABLES_ONLY=services,dependencies worktask restore 20261124T101500Z-backup-1a2b3c
     """
     s = settings()
-    names = [n.strip() for n in tables.split(",")] if tables else s.tables
-    if any(not n for n in names):
-        raise click.UsageError("--tables has an empty name; e.g. --tables services,dependencies")
+    names = commands.table_names(tables, s)
     dry = s.dry_run if dry_run is None else dry_run
     return run_job(lambda: commands.restore(s, backup_id, names, exact, dry, allow_schema_mismatch,
                                             allow_unauthenticated), "restore", as_json, no_wait, timeout,

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable
 from typing import Any
 
-from worker import jobs
-from worker.connections import check_redis
-from worker import backups, migrator
+from botocore.exceptions import BotoCoreError, ClientError
+
+from worker import backups, dynamo, jobs, migrator
+from worker.connections import aws_client, check_redis
 from worker.constants import (TASK_BACKUP_START, TASK_CLEANUP_START, TASK_HEALTH_START, TASK_MIGRATE_START,
                               TASK_RESTORE_START, TASK_SEED_START, TASK_TESTDATA_START, TASK_VALIDATE_DATA_START,
                               TASK_VALIDATE_START)
-from worker.errors import BadInput
+from worker.errors import BadInput, ServiceUnavailable
 from worker.reports import Progress
 from worker.settings import Settings
 from worker.stack import Stack
@@ -50,7 +52,7 @@ def migrate(settings: Settings, action: str, target: str | None, dry_run: bool) 
     if target and target not in ("base", "-1"):
         known = {s.revision for s in migrator.scripts(path, settings).walk_revisions()}
         if target not in known:
-            raise BadInput(f"version {target} is not a migration in {path}; see worktask migrate status")
+            raise BadInput(f"version {target!r} is not a migration in {path}; see worktask migrate status")
     return submit(settings, "migrate", TASK_MIGRATE_START,
                   {"action": action, "target": target, "dry_run": dry_run, "migrations_path": str(path)})
 
@@ -99,6 +101,29 @@ def backup_cleanup(settings: Settings, retention_days: int, dry_run: bool) -> st
                   {**opts, "retention_days": retention_days, "dry_run": dry_run})
 
 
+def _dynamo_exists(settings: Settings, table: str) -> bool:
+    try:
+        return dynamo.exists(aws_client(settings, "dynamodb"), table)
+    except (BotoCoreError, ClientError) as err:
+        raise ServiceUnavailable(f"cannot reach DynamoDB ({settings.aws_endpoint_url or 'AWS'}): {err}") from None
+
+
+def table_names(option: str | None, settings: Settings) -> list[str]:
+    """The tables a restore is limited to: --tables, else TABLES_ONLY; [] (every table) only when neither is
+    given. An empty or blank value is refused: a script's `--tables "$UNSET"` must not restore everything."""
+    if option is None:
+        raw = os.environ.get("TABLES_ONLY")
+        if raw is not None and not raw.strip():
+            raise BadInput("TABLES_ONLY is set but empty: unset it to restore every table, or name them, "
+                           "e.g. TABLES_ONLY=services,dependencies")
+        return settings.tables
+    names = [n.strip() for n in option.split(",")]
+    if not all(names):
+        raise BadInput(f"--tables {option!r} names an empty table: leave --tables out to restore every table, or "
+                       "name them, e.g. --tables services,dependencies")
+    return names
+
+
 def restore(settings: Settings, backup_id: str, tables: list[str], exact: bool, dry_run: bool,
             allow_schema_mismatch: bool, allow_unauthenticated: bool = False) -> str:
     """Check the id, the manifest's MAC, the table names and the schema against the backup (exit 2), then
@@ -120,6 +145,9 @@ def restore(settings: Settings, backup_id: str, tables: list[str], exact: bool, 
     if dyn and dyn != settings.dynamo_table_name and (not tables or dyn in tables):
         raise BadInput(f"the backup's DynamoDB table is {dyn}, DYNAMO_TABLE_NAME is {settings.dynamo_table_name}: "
                        f"restore into the same table, or leave it out with --tables")
+    if dyn and (not tables or dyn in tables) and not _dynamo_exists(settings, dyn):
+        raise BadInput(f"DynamoDB table {dyn!r} does not exist (the restore writes into it): create it with "
+                       "worktask migrate, or leave it out with --tables")
     head = migrator.current(settings)
     theirs = manifest["source"].get("migration_head")
     if head != theirs and not allow_schema_mismatch:

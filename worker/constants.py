@@ -48,4 +48,4 @@ BEAT_SLOT_KEY = KEY_PREFIX + "beat:{name}:{slot}"  # SET NX per schedule slot: o
 JOB_TTL_SECONDS = 14 * 24 * 3600
 
 # Job and backup ids: sortable, [0-9A-Za-z-] only.
-ID_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z-]{0,79}$"
+ID_PATTERN = r"[0-9A-Za-z][0-9A-Za-z-]{0,79}"  # matched whole (re.fullmatch: no trailing newline)

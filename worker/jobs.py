@@ -28,7 +28,7 @@ def new_job_id(kind: str) -> str:
 
 
 def check_id(value: str, what: str = "job") -> str:
-    if not re.match(ID_PATTERN, value or ""):
+    if not re.fullmatch(ID_PATTERN, value or ""):
         raise BadInput(f"{what} id {value!r} is malformed: ids hold only 0-9 A-Z a-z and -")
     return value
 

@@ -9,6 +9,7 @@ checksum is recorded in worktask_migrations so that a file changed after it was 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import re
 import time
@@ -278,7 +279,7 @@ def downgrade(settings: Settings, path: Path, target: str = "-1", lock_wait: flo
     if not before["current"]:
         return []
     if target not in ("base", "-1") and target not in {a["version"] for a in before["applied"]}:
-        raise BadInput(f"version {target} is not applied; applied: "
+        raise BadInput(f"version {target!r} is not applied; applied: "
                        f"{', '.join(a['version'] for a in before['applied']) or 'none'}")
     return _run(settings, path, lambda cfg: command.downgrade(cfg, target), lock_wait, lock_timeout_s, on_step,
                 list(reversed(before["applied"])))
@@ -307,11 +308,26 @@ def dry_run_sql(settings: Settings, path: Path, direction: str = "upgrade", targ
     return out.getvalue()
 
 
+NAME_RE = re.compile(r"[a-z0-9_]{1,60}")
+
+
 def slug(name: str) -> str:
-    s = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-    if not s:
-        raise BadInput(f"migration name {name!r} has no letters or digits; e.g. worktask migrate create add_index")
-    return s[:60]
+    """A migration name is a slug: it becomes a file name and a docstring, never code."""
+    if not NAME_RE.fullmatch(name):
+        raise BadInput(f"migration name {name!r} must be 1-60 characters of [a-z0-9_]; "
+                       "e.g. worktask migrate create add_task_labels \"labels on work tasks\"")
+    return name
+
+
+def _check_imports(path: Path) -> None:
+    """The new file must import (Alembic loads it on every status and migrate); removed if it does not."""
+    try:
+        spec = importlib.util.spec_from_file_location(f"_worktask_new_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except Exception as err:  # noqa: BLE001 - whatever it is, the file must not stay
+        path.unlink(missing_ok=True)
+        raise BadInput(f"the new migration did not import ({type(err).__name__}: {err}); nothing was written") from None
 
 
 def create(settings: Settings, path: Path, name: str, description: str = "") -> Path:
@@ -322,6 +338,8 @@ def create(settings: Settings, path: Path, name: str, description: str = "") -> 
         time.sleep(1)
         rev = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
     name_slug = slug(name)
+    if len(description) > 500 or any(ord(c) < 32 and c not in "\t" for c in description):
+        raise BadInput("a migration description is one line of at most 500 characters")
     try:
         with redirect_stdout(io.StringIO()):  # alembic prints "Generating …"; the CLI prints the path
             made = script.generate_revision(rev, name_slug, head="head", refresh=True,
@@ -329,5 +347,6 @@ def create(settings: Settings, path: Path, name: str, description: str = "") -> 
     except CommandError as err:
         raise BadInput(f"alembic: {err}") from None
     assert made is not None
+    _check_imports(Path(made.path))
     return Path(made.path)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import os
 from functools import lru_cache
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from dotenv.parser import parse_stream
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -25,6 +27,9 @@ SECRET_FIELDS = ("postgres_password", "backup_encryption_key", "flower_basic_aut
 
 def _f(default: Any, accepts: str, **kw: Any) -> Any:
     return Field(default, description=accepts, **kw)
+
+
+RETENTION_DAYS_MAX = 36_500  # a hundred years: the one bound of RETENTION_DAYS and --retention-days
 
 
 class Settings(BaseSettings):
@@ -40,9 +45,9 @@ class Settings(BaseSettings):
     postgres_database: str = _f("ai_agent_system", "a database name", min_length=1)
     s3_bucket_name: str | None = _f(None, "an S3 bucket name (unset: backups go to BACKUP_DIR)")
     migrations_path: Path | None = _f(None, "a folder holding an Alembic script directory")
-    backup_prefix: str = _f("backups", "a key prefix of [0-9A-Za-z_.-/] without leading or trailing /",
-                            pattern=r"^[0-9A-Za-z_.-]+(/[0-9A-Za-z_.-]+)*$")
-    retention_days: int = _f(30, "a whole number of days, at least 1", ge=1, le=36500)
+    backup_prefix: str = _f("backups", "a key prefix: parts of [0-9A-Za-z_.-] joined by /, none '.' or '..'",
+                            pattern=r"^[0-9A-Za-z_.-]+(/[0-9A-Za-z_.-]+)*$")  # pydantic's (Rust) $: end of text
+    retention_days: int = _f(30, "a whole number of days, 1-36500", ge=1, le=RETENTION_DAYS_MAX)
     dry_run: bool = _f(False, BOOL)
     skip_existing: bool = _f(False, BOOL)
     tables_only: str | None = _f(None, "a comma-separated list of table names, e.g. services,dependencies")
@@ -103,12 +108,19 @@ class Settings(BaseSettings):
     @field_validator("tables_only")
     @classmethod
     def _table_list(cls, v: str | None) -> str | None:
-        if v is not None and v.strip():
-            names = [n.strip() for n in v.split(",")]
-            if not all(names):
-                raise ValueError("empty table name")
-            return ",".join(names)
-        return None
+        if v is None:
+            return None
+        names = [n.strip() for n in v.split(",")]
+        if not all(names):
+            raise ValueError("an empty table name (unset it to mean every table)")
+        return ",".join(names)
+
+    @field_validator("backup_prefix")
+    @classmethod
+    def _prefix_stays_in_the_store(cls, v: str) -> str:
+        if any(part in (".", "..") for part in v.split("/")):
+            raise ValueError("a part '.' or '..' would leave the store")
+        return v
 
     @field_validator("flower_basic_auth")
     @classmethod
@@ -184,8 +196,26 @@ def stack_overrides(state_dir: Path) -> dict[str, str]:
     return {k.lower(): v for k, v in data.get("env", {}).items()}
 
 
+def check_env_file(path: Path = Path(".env")) -> None:
+    """A .env that is not UTF-8 text of NAME=value lines is refused naming its line (pydantic-settings would
+    crash on the first and skip the second with a warning)."""
+    if not path.is_file():
+        return
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise BadInput(f"{path.resolve()} line {line}: not UTF-8 text; fix or remove that line") from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise BadInput(f"{path.resolve()} line {binding.original.line}: not a NAME=value setting "
+                           f"({binding.original.string.strip()[:40]!r}); fix or remove that line")
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings; a bad value raises BadInput naming the variable."""
+    check_env_file()
     try:
         base = Settings(**overrides)
         stack = {} if os.environ.get("WORKTASK_IGNORE_STACK") else stack_overrides(base.worktask_state_dir)

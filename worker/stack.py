@@ -34,6 +34,16 @@ WORKERS = 2
 START_TIMEOUT = 60.0
 
 
+# What only the workers need (they encrypt, and reach PostgreSQL and AWS): every other child of the stack
+# (moto, beat, Flower, Redis, PostgreSQL) starts without them. Flower gets its own basic-auth secret.
+SECRETS = ("BACKUP_ENCRYPTION_KEY", "POSTGRES_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+           "FLOWER_BASIC_AUTH", "PGPASSWORD")
+
+
+def without_secrets(env: Any) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.upper() not in SECRETS}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -187,7 +197,8 @@ class Stack:
         data = self.dir / "redis"
         data.mkdir(exist_ok=True)
         pid, log = spawn("redis", [redis_server, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-                                   "--save", "", "--appendonly", "no", "--dir", str(data)], dict(os.environ), self.logs)
+                                   "--save", "", "--appendonly", "no", "--dir", str(data)], without_secrets(os.environ),
+                         self.logs)
         url = f"redis+socket://{sock}"
         wait_for("embedded Redis", lambda: redis.Redis(unix_socket_path=str(sock)).ping(), 15, log)
         return {"name": "redis", "url": url, "pid": pid, "started": True, "log": str(log),
@@ -197,7 +208,7 @@ class Stack:
     def _start_moto(self) -> dict[str, Any]:
         port = free_port()
         pid, log = spawn("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                         dict(os.environ), self.logs)
+                         without_secrets(os.environ), self.logs)
         url = f"http://127.0.0.1:{port}"
         wait_for("moto server", lambda: http_ok(url + "/moto-api/"), 30, log)
         env = {"AWS_ENDPOINT_URL": url}
@@ -255,12 +266,12 @@ class Stack:
             services.append({"name": f"worker{i}", "url": f"worker{i}@{socket.gethostname()}", "pid": pid,
                              "started": True, "log": str(log)})
         pid, log = spawn("beat", celery + ["beat", "-s", str(self.dir / "celerybeat-schedule"), "--loglevel", "INFO"],
-                         child_env, self.logs)
+                         without_secrets(child_env), self.logs)
         services.append({"name": "beat", "url": "", "pid": pid, "started": True, "log": str(log)})
         auth = self._flower_auth()
         port = free_port()
         pid, log = spawn("flower", celery + ["flower", "--address=127.0.0.1", f"--port={port}"],
-                         {**child_env, "FLOWER_BASIC_AUTH": auth}, self.logs)
+                         {**without_secrets(child_env), "FLOWER_BASIC_AUTH": auth}, self.logs)
         url = f"http://127.0.0.1:{port}"
         services.append({"name": "flower", "url": url, "pid": pid, "started": True, "log": str(log)})
         self._wait_workers(services)
