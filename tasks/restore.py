@@ -5,7 +5,7 @@
           -> chord(build one task per table: keys, checks, indexes) -> finalize (one swap transaction)
 
 A table with a bad chunk is skipped before anything is written. Until the swap commits, the live
-tables keep their rows; a failed restore drops its replacement tables, and the next restore drops
+PostgreSQL tables keep their rows (DynamoDB items are upserted during the load and stay, README says so); a failed restore drops its replacement tables, and the next restore drops
 those of one that was killed. One restore runs at a time.
 """
 
@@ -377,7 +377,7 @@ def build(self: JobTask, job_id: str, table: str) -> dict[str, Any]:
             psycopg.sql.Identifier(swap.replacement(table, plan["tag"])))).fetchone()[0]
         if held != expected:  # e.g. a page-range chunk loaded twice by a worker lost between commit and marker
             raise JobFailed(f"table {table}: the loaded copy holds {held} rows, the backup {expected}; "
-                            "the live table is untouched, run the restore again")
+                            "the live table is untouched (DynamoDB items already loaded stay), run the restore again")
         swap.build(conn, swap.catalog(conn, table), plan["tag"])
         conn.commit()
     return {"table": table}
@@ -403,7 +403,7 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
             swap.swap(conn, cats, plan["tag"])
             conn.commit()
         self.redis.hset(key, "swapped", "1")  # a redelivered finalize does not swap twice
-    for t in ok:  # after the swap: a failed swap leaves DynamoDB as it was too
+    for t in ok:  # --exact deletes only after the swap (the upserts of the load are already in DynamoDB)
         if t["store"] == "dynamodb" and opts.get("exact"):
             extra = extra_items(s, plan, t)
             removed[t["name"]] = sum(1 for _ in extra) if dry else delete_items(s, t["name"], extra)
