@@ -20,7 +20,6 @@ from typing import Any
 import asyncpg
 import psycopg
 from botocore.exceptions import ClientError
-from celery import chord
 
 from worker import backups, chunks, dynamo, jobs, snapshot
 from worker.app import app
@@ -32,7 +31,8 @@ from worker.dynamo import exists as dynamo_exists
 from worker.errors import JobFailed
 from worker.reports import BackupReport, BackupTable, utcnow
 from worker.settings import Settings
-from worker.taskbase import JobTask
+from worker.plans import BackupPlan
+from worker.taskbase import JobTask, fan_out, on_job_failure, stale
 
 EXPORT_PATIENCE = 20  # seconds a DynamoDB chunk task waits for the export in one go,
 EXPORT_RETRY = 30  # then it retries this much later (the export's deadline bounds the whole wait)
@@ -42,9 +42,7 @@ class SnapshotLost(JobFailed):
     """The exported snapshot is gone (its holder ended): the chunk cannot be read consistently."""
 
 
-quote = chunks.quote  # tasks/restore.py imports it from here
-
-
+quote = chunks.quote
 # planning --------------------------------------------------------------------------------------------
 
 # Per table: its columns as COPY lists them (stored generated columns are left out: the restore's table
@@ -301,7 +299,7 @@ def build_manifest(backup_id: str, plan: dict[str, Any], results: list[dict[str,
             "encryption": plan["encryption"], "tables": tables, "totals": totals}
 
 
-def backup_report(job_id: str, manifest: dict[str, Any], started_at: Any) -> BackupReport:
+def backup_report(job_id: str, manifest: dict[str, Any]) -> BackupReport:
     duration = manifest["duration_s"] or 0.0
     tables = [BackupTable(name=t["name"], store=t["store"], rows=t["rows"], chunks=len(t["chunks"]),
                           bytes_raw=t["bytes_raw"], bytes_stored=t["bytes_stored"], seconds=t["seconds"],
@@ -311,7 +309,7 @@ def backup_report(job_id: str, manifest: dict[str, Any], started_at: Any) -> Bac
               "rows_per_s": round(manifest["totals"]["rows"] / duration, 1) if duration else None,
               "mb_raw_per_s": round(manifest["totals"]["bytes_raw"] / duration / 1e6, 2) if duration else None}
     return BackupReport(job_id=job_id, state="succeeded", ok=True, backup_id=manifest["backup_id"], tables=tables,
-                        totals=totals, started_at=started_at, finished_at=utcnow(),
+                        totals=totals,
                         encrypted=manifest["options"]["encrypt"], compressed=manifest["options"]["compress"])
 
 
@@ -320,64 +318,41 @@ def backup_report(job_id: str, manifest: dict[str, Any], started_at: Any) -> Bac
 MAX_RESTARTS = 2  # fresh snapshots a backup may take after losing one
 
 
-def generation(r: Any, job_id: str) -> int:
-    return int(r.hget(jobs.JOB_KEY.format(job_id=job_id), "generation") or 0)
-
-
-def restart(self: JobTask, job_id: str, gen: int) -> bool:
-    """Start the backup over from a fresh snapshot (once per lost generation, a bounded number of times).
-    Chunks of the old generation that still run are ignored; finalize removes their objects."""
-    r, key = self.redis, jobs.JOB_KEY.format(job_id=job_id)
+def restart(r: Any, job_id: str, gen: int) -> bool:
+    """Start the backup over from a fresh snapshot (once per lost generation, a bounded number of times);
+    False when it may not (restarted too often: the job fails). Chunks of the old generation that still
+    run are ignored; finalize removes their objects."""
     progress = jobs.read(r, job_id)
     if progress is None or progress.state != "running":
         return True  # the job ended (failed or succeeded) and released its snapshot on purpose
-    if gen >= MAX_RESTARTS or not r.set(f"{key}:restart:{gen}", "1", nx=True, ex=86_400):
-        return gen < MAX_RESTARTS  # another chunk of this generation restarted it already
-    snapshot.release(r, job_id, gen)
-    with r.pipeline() as p:
-        p.hset(key, mapping={"generation": gen + 1, "chunks_done": 0, "rows": 0, "bytes": 0})
-        p.hdel(key, "planned", "plan")
-        p.execute()
-    app.send_task(TASK_BACKUP_START, kwargs={"job_id": job_id, "options": jobs.options(r, job_id)})
+    if gen >= MAX_RESTARTS:
+        return False
+    if jobs.next_generation(r, job_id, gen):  # else another chunk of this generation restarted it already
+        snapshot.release(r, job_id, gen)
+        app.send_task(TASK_BACKUP_START, kwargs={"job_id": job_id, "options": jobs.options(r, job_id)})
     return True
 
 
-class BackupTask(JobTask):
-    """A failed backup releases its snapshot and says so in the store (failed.json); a lost snapshot
-    starts it over instead, a bounded number of times."""
-
-    abstract = True
-
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        job_id = (kwargs or {}).get("job_id")
-        gen = (kwargs or {}).get("gen", 0)
-        if job_id and isinstance(exc, SnapshotLost):
-            if gen != generation(self.redis, job_id) or restart(self, job_id, gen):
-                return
-        super().on_failure(exc, task_id, args, kwargs, einfo)
-        if not job_id:
-            return
-        snapshot.release(self.redis, job_id, generation(self.redis, job_id))
-        try:
-            opts = jobs.options(self.redis, job_id)
-            error = self.redis.hget(jobs.JOB_KEY.format(job_id=job_id), "error")
-            backups.store_for(self.settings, opts).put(
-                backups.prefix(opts, job_id) + "failed.json", json.dumps({"error": error}).encode())
-        except Exception:  # noqa: BLE001 - the job is failed already; cleanup removes leftovers
-            pass
+def release(settings: Settings, r: Any, job_id: str) -> None:
+    """A failed backup lets go of its snapshot and says so in the store (failed.json), never listed complete."""
+    snapshot.release(r, job_id, jobs.generation(r, job_id))
+    opts = jobs.options(r, job_id)
+    progress = jobs.read(r, job_id)
+    error = progress.error if progress else None
+    backups.store_for(settings, opts).put(backups.prefix(opts, job_id) + "failed.json",
+                                          json.dumps({"error": error}).encode())
 
 
-def _plan(self: JobTask, job_id: str) -> dict[str, Any]:
-    return json.loads(self.redis.hget(jobs.JOB_KEY.format(job_id=job_id), "plan"))
+on_job_failure("backup", release)
 
 
-@app.task(name=TASK_BACKUP_START, base=BackupTask, bind=True, max_retries=0)
+@app.task(name=TASK_BACKUP_START, base=JobTask, bind=True, max_retries=0)
 def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]:
     r, s = self.redis, self.settings
-    if r.hget(jobs.JOB_KEY.format(job_id=job_id), "planned"):
+    if jobs.is_planned(r, job_id):
         return {"job_id": job_id, "skipped": "already planned"}
     backups.require_key(s, options["encrypt"])
-    gen = generation(r, job_id)
+    gen = jobs.generation(r, job_id)
     lock_timeout = options.get("lock_timeout", s.backup_lock_timeout)
     snap, locked = snapshot.start_holder(r, job_id, gen, s.snapshot_max_lifetime, lock_timeout)
     snapshot_time = time.time()  # the snapshot's instant, near enough: the holder has just exported it
@@ -386,73 +361,72 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
     source["dynamodb"] = {"table": dyn["name"], "key_schema": dyn["key_schema"]} if dyn else None
     encryption = None
     if options["encrypt"]:  # one data key for the backup, kept across restarts
-        _, fresh = backups.make_data_key(s, job_id, options.get("kms_key_id"))
-        r.hsetnx(jobs.JOB_KEY.format(job_id=job_id), "encryption", json.dumps(fresh))
-        encryption = json.loads(r.hget(jobs.JOB_KEY.format(job_id=job_id), "encryption"))
-    tables = pg_tables + ([dyn] if dyn else [])
-    plan = {"created_at": utcnow().isoformat(), "started": time.time(), "source": source, "options": options,
-            "encryption": encryption, "tables": tables, "snapshot_time": snapshot_time}
-    r.hset(jobs.JOB_KEY.format(job_id=job_id), "plan", json.dumps(plan, default=str))
+        encryption = jobs.put_once(r, job_id, "encryption", backups.make_data_key(s, job_id, options.get("kms_key_id"))[1])
+    plan = BackupPlan(created_at=utcnow().isoformat(), started=time.time(), snapshot_time=snapshot_time, source=source,
+                      options=options, encryption=encryption, tables=pg_tables + ([dyn] if dyn else []))
+    jobs.save_plan(r, job_id, plan)
     header = [dump_pg.s(job_id=job_id, table=t["name"], chunk=c["n"], gen=gen) for t in pg_tables for c in t["chunks"]]
     if dyn:
         header += [dump_dynamo.s(job_id=job_id, table=dyn["name"], chunk=c["n"], gen=gen) for c in dyn["chunks"]]
     if not jobs.start(r, job_id, len(header)):
         return {"job_id": job_id, "skipped": "already planned"}
-    chord(header)(finalize.s(job_id=job_id, gen=gen))
+    fan_out(header, finalize.s(job_id=job_id, gen=gen))
     return {"job_id": job_id, "chunks": len(header)}
 
 
-def _chunk_context(self: JobTask, job_id: str, table: str, chunk: int) -> tuple[dict, dict, dict, bytes | None]:
-    plan = _plan(self, job_id)
-    t = next(t for t in plan["tables"] if t["name"] == table)
-    c = next(c for c in t["chunks"] if c["n"] == chunk)
-    return plan, t, c, backups.data_key(self.settings, job_id, plan["encryption"])
+def _chunk_context(self: JobTask, job_id: str, table: str, chunk: int) -> tuple[BackupPlan, dict, dict, bytes | None]:
+    plan = jobs.load_plan(self.redis, job_id, BackupPlan)
+    t, c = plan.chunk(table, chunk)
+    return plan, t, c, backups.data_key(self.settings, job_id, plan.encryption)
 
 
-@app.task(name=TASK_BACKUP_DUMP_PG, base=BackupTask, bind=True)
+@app.task(name=TASK_BACKUP_DUMP_PG, base=JobTask, bind=True)
 def dump_pg(self: JobTask, job_id: str, table: str, chunk: int, gen: int = 0) -> dict[str, Any]:
-    if gen != generation(self.redis, job_id):
+    if stale(self.redis, job_id, gen):
         return {"stale": gen}  # the backup started over from a fresh snapshot
     plan, t, c, key = _chunk_context(self, job_id, table, chunk)
-    snap = snapshot.snapshot_id(self.redis, job_id, gen)
-    if not snap:
-        raise SnapshotLost("the snapshot holder is gone")
-    result = dump_postgres_chunk(self.settings, plan["options"], job_id, snap, t, c, key)
-    if gen == generation(self.redis, job_id):
+    try:
+        snap = snapshot.snapshot_id(self.redis, job_id, gen)
+        if not snap:
+            raise SnapshotLost("the snapshot holder is gone")
+        result = dump_postgres_chunk(self.settings, plan.options, job_id, snap, t, c, key)
+    except SnapshotLost:
+        if restart(self.redis, job_id, gen):
+            return {"stale": gen}
+        raise
+    if not stale(self.redis, job_id, gen):
         jobs.add(self.redis, job_id, rows=result["rows"], nbytes=result["bytes_stored"])
     return result
 
 
-@app.task(name=TASK_BACKUP_DUMP_DYNAMO, base=BackupTask, bind=True)
+@app.task(name=TASK_BACKUP_DUMP_DYNAMO, base=JobTask, bind=True)
 def dump_dynamo(self: JobTask, job_id: str, table: str, chunk: int, gen: int = 0) -> dict[str, Any]:
-    if gen != generation(self.redis, job_id):
+    if stale(self.redis, job_id, gen):
         return {"stale": gen}
     plan, t, c, key = _chunk_context(self, job_id, table, chunk)
     try:
-        result = dump_dynamo_segment(self.settings, plan["options"], job_id, t, c, key)
+        result = dump_dynamo_segment(self.settings, plan.options, job_id, t, c, key)
     except dynamo.ExportPending:  # the export runs on: ask again later, without holding a worker meanwhile
         raise self.retry(countdown=EXPORT_RETRY, max_retries=self.request.retries + 1) from None
-    if gen == generation(self.redis, job_id):
+    if not stale(self.redis, job_id, gen):
         jobs.add(self.redis, job_id, rows=result["rows"], nbytes=result["bytes_stored"])
     return result
 
 
-@app.task(name=TASK_BACKUP_FINALIZE, base=BackupTask, bind=True)
+@app.task(name=TASK_BACKUP_FINALIZE, base=JobTask, bind=True)
 def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str, gen: int = 0) -> dict[str, Any]:
-    if gen != generation(self.redis, job_id) or any("stale" in r for r in results):
+    if stale(self.redis, job_id, gen) or any("stale" in r for r in results):
         return {"job_id": job_id, "stale": gen}
-    plan = _plan(self, job_id)
+    plan = jobs.load_plan(self.redis, job_id, BackupPlan)
     snapshot.release(self.redis, job_id, gen)
-    options = plan["options"]
-    manifest = build_manifest(job_id, plan, results, plan["started"])
-    store = backups.store_for(self.settings, options)
-    backups.write_manifest(store, options, manifest, sign_with=self.settings)
+    manifest = build_manifest(job_id, plan.model_dump(), results, plan.started)
+    store = backups.store_for(self.settings, plan.options)
+    backups.write_manifest(store, plan.options, manifest, sign_with=self.settings)
     kept = {c["key"] for t in manifest["tables"] for c in t["chunks"]}
-    strays = [o.key for o in store.list(backups.prefix(options, job_id))
+    strays = [o.key for o in store.list(backups.prefix(plan.options, job_id))
               if o.key not in kept and not o.key.endswith("/manifest.json")]
     store.delete(strays)  # other attempts of redelivered chunks
-    progress = jobs.read(self.redis, job_id)
-    report = backup_report(job_id, manifest, progress.started_at if progress else None)
-    report.restarts = generation(self.redis, job_id)
-    jobs.finish(self.redis, job_id, report.model_dump(mode="json"))
+    report = backup_report(job_id, manifest)
+    report.restarts = gen
+    jobs.finish(self.redis, job_id, report)
     return {"job_id": job_id, "rows": manifest["totals"]["rows"]}

@@ -9,7 +9,6 @@ from typing import Any
 import psycopg
 import redis
 from botocore.exceptions import BotoCoreError, ClientError
-from celery import chord
 from sqlalchemy.exc import SQLAlchemyError
 
 from worker import jobs, migrator
@@ -18,10 +17,10 @@ from worker.connections import aws_client, pg_connect, redis_client
 from worker.constants import (LAST_VALIDATION_KEY, QUEUE_BULK, QUEUE_CONTROL, TASK_HEALTH_CHECK,
                               TASK_HEALTH_FINALIZE, TASK_HEALTH_START)
 from worker.errors import WorktaskError
-from worker.reports import Check, HealthReport, utcnow
+from worker.reports import Check, HealthReport
 from worker.settings import Settings, mask_url
 from worker.store import get_store
-from worker.taskbase import JobTask
+from worker.taskbase import JobTask, fan_out
 
 CHECKS = ("postgres", "redis", "dynamodb", "backup_store", "workers", "migrations", "validation")
 CRITICAL = {"postgres", "redis"}  # without these nothing works: unhealthy, not degraded
@@ -108,14 +107,14 @@ def run_check(name: str, settings: Settings) -> Check:
     return Check(name=name, ok=ok, detail=detail, seconds=round(time.monotonic() - began, 3))
 
 
-def health_report(job_id: str, checks: list[Check], started_at: Any) -> HealthReport:
+def health_report(job_id: str, checks: list[Check]) -> HealthReport:
     failed = {c.name for c in checks if not c.ok}
     status = "healthy" if not failed else ("unhealthy" if failed & CRITICAL else "degraded")
     order = {n: i for i, n in enumerate(CHECKS)}
     checks = sorted(checks, key=lambda c: order.get(c.name, len(order)))
     error = None if not failed else "failing: " + ", ".join(sorted(failed, key=order.get))
     return HealthReport(job_id=job_id, state="succeeded", ok=not failed, status=status, checks=checks,
-                        started_at=started_at, finished_at=utcnow(), error=error)
+                        error=error)
 
 
 @app.task(name=TASK_HEALTH_START, base=JobTask, bind=True)
@@ -127,7 +126,7 @@ def start(self: JobTask, job_id: str | None, options: dict[str, Any]) -> dict[st
     if not jobs.start(self.redis, job_id, len(CHECKS)):
         return {"job_id": job_id, "skipped": "already planned"}
     header = [check.s(job_id=job_id, name=name) for name in CHECKS]
-    chord(header)(finalize.s(job_id=job_id))
+    fan_out(header, finalize.s(job_id=job_id))
     return {"job_id": job_id, "chunks": len(CHECKS)}
 
 
@@ -140,7 +139,6 @@ def check(self: JobTask, job_id: str, name: str) -> dict[str, Any]:
 
 @app.task(name=TASK_HEALTH_FINALIZE, base=JobTask, bind=True)
 def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
-    progress = jobs.read(self.redis, job_id)
-    report = health_report(job_id, [Check(**r) for r in results], progress.started_at if progress else None)
-    jobs.finish(self.redis, job_id, report.model_dump(mode="json"))
+    report = health_report(job_id, [Check(**r) for r in results])
+    jobs.finish(self.redis, job_id, report)
     return {"job_id": job_id, "status": report.status}

@@ -49,6 +49,6 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
     report = run_migrate(self.settings, {**options, "job_id": job_id},
                          on_total=lambda n: jobs.set_total(self.redis, job_id, n),
                          on_step=lambda _v: jobs.add(self.redis, job_id))
-    jobs.finish(self.redis, job_id, report.model_dump(mode="json"))
+    jobs.finish(self.redis, job_id, report)
     return {"job_id": job_id, "versions": report.versions}
 

@@ -22,39 +22,34 @@ from typing import Any
 
 import asyncpg
 import psycopg
-from celery import chord
 
 from worker import backups, chunks, jobs, snapshot, swap
 from worker.app import app
-from worker.archive import CorruptChunk, read_chunk
+from worker.archive import CorruptChunk
+from worker.chunkcheck import check_chunk, open_chunk
 from worker.connections import aws_client, pg_connect, pg_params
-from worker.constants import (KEY_PREFIX, TASK_RESTORE_AFTER_LOAD, TASK_RESTORE_AFTER_VERIFY, TASK_RESTORE_BUILD,
+from worker.constants import (TASK_RESTORE_AFTER_LOAD, TASK_RESTORE_AFTER_VERIFY, TASK_RESTORE_BUILD,
                               TASK_RESTORE_FINALIZE, TASK_RESTORE_LOAD, TASK_RESTORE_START, TASK_RESTORE_VERIFY)
 from worker.constants import DYNAMO_SCAN_RESTORE_KEY
 from worker.dynamo import KEY_SCHEMA, batch_write, from_export, from_export_line, to_export
 from worker.errors import JobFailed
 from worker.reports import RestoreReport, RestoreTable, utcnow
 from worker.settings import Settings
-from worker.taskbase import JobTask
-from tasks.backup import quote
-from tasks.verify import check_chunk
+from worker.plans import RestorePlan
+from worker.taskbase import JobTask, fan_out, on_job_failure
 
-RUNNING_KEY = KEY_PREFIX + "restore:running"
+quote = chunks.quote
 BATCH = 25  # BatchWriteItem's limit
 
 
-def plain_blocks(settings: Settings, plan: dict[str, Any], table: dict[str, Any], chunk: dict[str, Any]) -> Any:
-    store = backups.store_for(settings, plan["options"])
-    key = backups.data_key(settings, plan["backup_id"], plan["encryption"])
-    src = store.open(chunk["key"])
-    blocks, hashed = read_chunk(src, backups.chunk_aad(plan["backup_id"], table["store"], table["name"], chunk["n"]),
-                                plan["compress"], key)
-    return src, blocks, hashed
+def plain_blocks(settings: Settings, plan: RestorePlan, table: dict[str, Any], chunk: dict[str, Any]) -> Any:
+    return open_chunk(settings, plan.options, plan.backup_id, plan.encryption, plan.compress, table["store"],
+                      table["name"], chunk)
 
 
-def load_postgres_chunk(settings: Settings, plan: dict[str, Any], table: dict[str, Any], chunk: dict[str, Any]) -> int:
+def load_postgres_chunk(settings: Settings, plan: RestorePlan, table: dict[str, Any], chunk: dict[str, Any]) -> int:
     """COPY one chunk into the replacement table; deleting its key range first makes a rerun harmless."""
-    target = swap.replacement(table["name"], plan["tag"])
+    target = swap.replacement(table["name"], plan.tag)
     src, blocks, hashed = plain_blocks(settings, plan, table, chunk)
     with src:
         return asyncio.run(_copy_in(settings, target, table, chunk, blocks, hashed))
@@ -89,7 +84,7 @@ async def _copy_in(settings: Settings, target: str, table: dict[str, Any], chunk
     return rows
 
 
-def verified_lines(settings: Settings, plan: dict[str, Any], table: dict[str, Any],
+def verified_lines(settings: Settings, plan: RestorePlan, table: dict[str, Any],
                    chunk: dict[str, Any]) -> Iterator[bytes]:
     """A DynamoDB chunk's lines, given out only once its stored bytes match the manifest's SHA-256: the plain
     text is spooled to a temporary file while the stored bytes are hashed, so nothing of a chunk that changed
@@ -115,7 +110,7 @@ def verified_lines(settings: Settings, plan: dict[str, Any], table: dict[str, An
                 yield line
 
 
-def load_dynamo_chunk(settings: Settings, plan: dict[str, Any], table: dict[str, Any], chunk: dict[str, Any]) -> int:
+def load_dynamo_chunk(settings: Settings, plan: RestorePlan, table: dict[str, Any], chunk: dict[str, Any]) -> int:
     """BatchWriteItem the chunk's items (an upsert; B back to bytes) once the chunk verified."""
     client = aws_client(settings, "dynamodb")
     count, pending = 0, []
@@ -135,7 +130,7 @@ def _key_text(item: dict[str, Any], names: list[str]) -> str:
     return json.dumps([item[n] for n in names], sort_keys=True, separators=(",", ":"))
 
 
-def extra_items(settings: Settings, plan: dict[str, Any], table: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def extra_items(settings: Settings, plan: RestorePlan, table: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Keys of the items in the live table that the backup does not have (what --exact deletes), bounded in
     memory: the backup's keys go into a temporary sqlite file, the live ones are compared a page at a time,
     and the extras are given out once the live scan is over (so deleting them does not disturb it)."""
@@ -185,7 +180,7 @@ def delete_items(settings: Settings, table: str, keys: Iterable[dict[str, Any]])
 NOTE_LIMIT = 10_000  # item keys kept in the note; past it, every dangling TASK# item above the top id is kept
 
 
-def note_dynamo_restore(settings: Settings, r: Any, plan: dict[str, Any], table: dict[str, Any]) -> None:
+def note_dynamo_restore(settings: Settings, r: Any, plan: RestorePlan, table: dict[str, Any]) -> None:
     """After writing a DynamoDB part taken by a scan (a window after the PostgreSQL snapshot), note its TASK#
     items whose work task id is above the highest in PostgreSQL now: they may have been written after the
     backup's snapshot, so `validate --fix` reports them instead of deleting them as dangling. A part taken
@@ -203,7 +198,7 @@ def note_dynamo_restore(settings: Settings, r: Any, plan: dict[str, Any], table:
             if pk.startswith("TASK#") and pk[5:].isdigit() and int(pk[5:]) > top and len(keys) <= NOTE_LIMIT:
                 keys.append(f"{pk}|{sk}")
     r.set(DYNAMO_SCAN_RESTORE_KEY, json.dumps({
-        "backup_id": plan["backup_id"], "restored_at": utcnow().isoformat(), "max_work_task_id": top,
+        "backup_id": plan.backup_id, "restored_at": utcnow().isoformat(), "max_work_task_id": top,
         "window": (table.get("capture") or {}).get("window"), "truncated": len(keys) > NOTE_LIMIT,
         "keys": keys[:NOTE_LIMIT]}))
 
@@ -215,137 +210,103 @@ def live_rows(settings: Settings, table: str) -> int:
 
 # tasks --------------------------------------------------------------------------------------------------------
 
-class RestoreTask(JobTask):
-    """A failed restore drops its replacement tables (the live ones were never touched) and lets go."""
-
-    abstract = True
-
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        super().on_failure(exc, task_id, args, kwargs, einfo)
-        job_id = (kwargs or {}).get("job_id")
-        if job_id:
-            release(self, job_id)
+LOCK = "restore"  # one restore at a time
 
 
-def release(self: JobTask, job_id: str) -> None:
-    plan = _plan(self, job_id)
-    if plan:
+def release(settings: Settings, r: Any, job_id: str) -> None:
+    """A restore that ends lets go: its replacement tables (the live ones were never touched) and the lock."""
+    plan = jobs.load_plan(r, job_id, RestorePlan)
+    if plan and not plan.options.get("dry_run"):
         try:
-            with pg_connect(self.settings, autocommit=True) as conn:
-                swap.drop_replacements(conn, plan["tag"])
+            with pg_connect(settings, autocommit=True) as conn:
+                swap.drop_replacements(conn, plan.tag)
         except Exception:  # noqa: BLE001 - the next restore drops them
             pass
-    if self.redis.get(RUNNING_KEY) == job_id:
-        self.redis.delete(RUNNING_KEY)
+    jobs.unlock(r, LOCK, job_id)
 
 
-STALE_AFTER = 30 * 60  # a restore whose counters have not moved for this long was killed
+on_job_failure("restore", release)
 
 
-def take_lock(r: Any, job_id: str) -> None:
-    """One restore at a time (SET NX); a holder that stopped moving long ago is taken over."""
-    if r.set(RUNNING_KEY, job_id, nx=True, ex=7 * 86_400):
-        return
-    holder = r.get(RUNNING_KEY)
-    if holder == job_id:
-        return
-    p = jobs.read(r, holder) if holder else None
-    moving = p is not None and p.state == "running" and p.updated_at and \
-        (utcnow() - p.updated_at).total_seconds() < STALE_AFTER
-    if moving:
-        raise JobFailed(f"another restore is running (job {holder}); wait for it")
-    r.set(RUNNING_KEY, job_id, ex=7 * 86_400)
-
-
-def _plan(self: JobTask, job_id: str) -> dict[str, Any] | None:
-    raw = self.redis.hget(jobs.JOB_KEY.format(job_id=job_id), "plan")
-    return json.loads(raw) if raw else None
-
-
-def _table(plan: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(t for t in plan["tables"] if t["name"] == name)
-
-
-@app.task(name=TASK_RESTORE_START, base=RestoreTask, bind=True, max_retries=0)
+@app.task(name=TASK_RESTORE_START, base=JobTask, bind=True, max_retries=0)
 def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]:
     r, s = self.redis, self.settings
-    if _plan(self, job_id):
+    if jobs.load_plan(r, job_id, RestorePlan):
         return {"job_id": job_id, "skipped": "already planned"}
     if not options.get("dry_run"):
         snapshot.refuse_during_backup(r, "restore")
-    take_lock(r, job_id)
+    holder = jobs.lock(r, LOCK, job_id)
+    if holder:
+        raise JobFailed(f"another restore is running (job {holder}); wait for it")
     manifest = backups.read_manifest(backups.store_for(s, options), options, options["backup_id"], s,
                                      options.get("allow_unauthenticated", False))
     wanted = options.get("tables") or [t["name"] for t in manifest["tables"]]
-    plan = {"backup_id": manifest["backup_id"], "tag": job_id.rsplit("-", 1)[-1], "options": options,
-            "encryption": manifest["encryption"], "compress": manifest["options"]["compress"],
-            "started": time.time(), "tables": [t for t in manifest["tables"] if t["name"] in wanted]}
+    plan = RestorePlan(backup_id=manifest["backup_id"], tag=job_id.rsplit("-", 1)[-1], options=options,
+                       encryption=manifest["encryption"], compress=manifest["options"]["compress"], started=time.time(),
+                       tables=[t for t in manifest["tables"] if t["name"] in wanted])
     if not options.get("dry_run"):
         with pg_connect(s, autocommit=True) as conn:
             swap.drop_replacements(conn)  # marked ones, of restores that were killed; only one runs at a time
-    r.hset(jobs.JOB_KEY.format(job_id=job_id), "plan", json.dumps(plan))
-    header = [verify.s(job_id=job_id, table=t["name"], chunk=c["n"]) for t in plan["tables"] for c in t["chunks"]]
+    jobs.save_plan(r, job_id, plan)
+    header = [verify.s(job_id=job_id, table=t["name"], chunk=c["n"]) for t in plan.tables for c in t["chunks"]]
     jobs.start(r, job_id, 2 * len(header))
-    chord(header)(after_verify.s(job_id=job_id))
+    fan_out(header, after_verify.s(job_id=job_id))
     return {"job_id": job_id, "chunks": len(header)}
 
 
-@app.task(name=TASK_RESTORE_VERIFY, base=RestoreTask, bind=True)
+@app.task(name=TASK_RESTORE_VERIFY, base=JobTask, bind=True)
 def verify(self: JobTask, job_id: str, table: str, chunk: int) -> dict[str, Any]:
-    plan = _plan(self, job_id)
-    t = _table(plan, table)
-    c = next(c for c in t["chunks"] if c["n"] == chunk)
-    reason = check_chunk(self.settings, plan["options"], plan["backup_id"], plan["encryption"], plan["compress"],
-                         t["store"], table, c)
+    plan = jobs.load_plan(self.redis, job_id, RestorePlan)
+    t, c = plan.chunk(table, chunk)
+    reason = check_chunk(self.settings, plan.options, plan.backup_id, plan.encryption, plan.compress, t["store"],
+                         table, c)
     jobs.add(self.redis, job_id, nbytes=c["bytes_stored"])
     return {"table": table, "chunk": chunk, "path": c["key"], "reason": reason}
 
 
-@app.task(name=TASK_RESTORE_AFTER_VERIFY, base=RestoreTask, bind=True)
+@app.task(name=TASK_RESTORE_AFTER_VERIFY, base=JobTask, bind=True)
 def after_verify(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
-    plan = _plan(self, job_id)
+    plan = jobs.load_plan(self.redis, job_id, RestorePlan)
     bad: dict[str, str] = {}
     for r in sorted(results, key=lambda r: (r["table"], r["chunk"])):
         if r["reason"] and r["table"] not in bad:
             bad[r["table"]] = f"chunk {r['chunk']} ({r['path']}): {r['reason']}"
-    pg_tables = [t for t in plan["tables"] if t["store"] == "postgres" and t["name"] not in bad]
+    pg_tables = [t for t in plan.tables if t["store"] == "postgres" and t["name"] not in bad]
     if pg_tables:  # what the swap could not carry over: refused before anything is written
         with pg_connect(self.settings, autocommit=True) as conn:
             bad.update(swap.refusals(conn, pg_tables))
-    plan["skipped"] = [{"name": n, "reason": f"not touched: {why}"} for n, why in bad.items()]
-    plan["ok_tables"] = [t["name"] for t in plan["tables"] if t["name"] not in bad]
-    self.redis.hset(jobs.JOB_KEY.format(job_id=job_id), "plan", json.dumps(plan))
-    if plan["options"].get("dry_run") or not plan["ok_tables"]:
+    plan.skipped = [{"name": n, "reason": f"not touched: {why}"} for n, why in bad.items()]
+    plan.ok_tables = [t["name"] for t in plan.tables if t["name"] not in bad]
+    jobs.save_plan(self.redis, job_id, plan)
+    if plan.options.get("dry_run") or not plan.ok_tables:
         return finalize.run([], job_id=job_id)
-    pg_ok = [t for t in plan["tables"] if t["name"] in plan["ok_tables"] and t["store"] == "postgres"]
+    pg_ok = [t for t in plan.tables if t["name"] in plan.ok_tables and t["store"] == "postgres"]
     with pg_connect(self.settings, autocommit=True) as conn:
         conn.execute("select set_config('lock_timeout', %s, false)", (swap.LOCK_TIMEOUT,))
         for t in pg_ok:  # a backup that holds generated columns' values loads them as plain columns
             listed = set(swap.generated_columns(conn, t["name"])) & {c["name"] for c in t["columns"]}
             if listed:
-                plan.setdefault("plain_generated", []).append(t["name"])
-            swap.create_replacement(conn, t["name"], plan["tag"], plain_generated=bool(listed))
-    self.redis.hset(jobs.JOB_KEY.format(job_id=job_id), "plan", json.dumps(plan))
+                plan.plain_generated.append(t["name"])
+            swap.create_replacement(conn, t["name"], plan.tag, plain_generated=bool(listed))
+    jobs.save_plan(self.redis, job_id, plan)
     header = [load.s(job_id=job_id, table=t["name"], chunk=c["n"])
-              for t in plan["tables"] if t["name"] in plan["ok_tables"] for c in t["chunks"]]
-    chord(header)(after_load.s(job_id=job_id))
+              for t in plan.tables if t["name"] in plan.ok_tables for c in t["chunks"]]
+    fan_out(header, after_load.s(job_id=job_id))
     return {"job_id": job_id, "loading": len(header)}
 
 
-@app.task(name=TASK_RESTORE_LOAD, base=RestoreTask, bind=True)
+@app.task(name=TASK_RESTORE_LOAD, base=JobTask, bind=True)
 def load(self: JobTask, job_id: str, table: str, chunk: int) -> dict[str, Any]:
-    plan = _plan(self, job_id)
-    t = _table(plan, table)
-    c = next(c for c in t["chunks"] if c["n"] == chunk)
+    plan = jobs.load_plan(self.redis, job_id, RestorePlan)
+    t, c = plan.chunk(table, chunk)
     began = time.monotonic()
-    once = jobs.JOB_KEY.format(job_id=job_id) + f":loaded:{table}:{chunk}"
-    if t["store"] == "postgres" and c.get("ctid") and self.redis.get(once):
-        return json.loads(self.redis.get(once))  # loaded and committed by an earlier delivery
+    once = f"loaded:{table}:{chunk}"
+    if t["store"] == "postgres" and c.get("ctid") and jobs.marked(self.redis, job_id, once):
+        return jobs.marked(self.redis, job_id, once)  # loaded and committed by an earlier delivery
     if t["store"] == "postgres":
         rows = load_postgres_chunk(self.settings, plan, t, c)
         if c.get("ctid"):
-            self.redis.set(once, json.dumps({"table": table, "chunk": chunk, "rows": rows, "seconds": 0}),
-                           ex=7 * 86_400)
+            jobs.mark(self.redis, job_id, once, {"table": table, "chunk": chunk, "rows": rows, "seconds": 0})
     else:
         rows = load_dynamo_chunk(self.settings, plan, t, c)
     if rows != c["rows"]:
@@ -354,55 +315,54 @@ def load(self: JobTask, job_id: str, table: str, chunk: int) -> dict[str, Any]:
     return {"table": table, "chunk": chunk, "rows": rows, "seconds": round(time.monotonic() - began, 3)}
 
 
-@app.task(name=TASK_RESTORE_AFTER_LOAD, base=RestoreTask, bind=True)
+@app.task(name=TASK_RESTORE_AFTER_LOAD, base=JobTask, bind=True)
 def after_load(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
-    self.redis.hset(jobs.JOB_KEY.format(job_id=job_id), "loaded", json.dumps(results))
-    plan = _plan(self, job_id)
-    pg_ok = [t["name"] for t in plan["tables"] if t["name"] in plan["ok_tables"] and t["store"] == "postgres"]
+    jobs.put_value(self.redis, job_id, "loaded", results)
+    plan = jobs.load_plan(self.redis, job_id, RestorePlan)
+    pg_ok = [t["name"] for t in plan.tables if t["name"] in plan.ok_tables and t["store"] == "postgres"]
     if not pg_ok:
         return finalize.run([], job_id=job_id)
-    chord([build.s(job_id=job_id, table=name) for name in pg_ok])(finalize.s(job_id=job_id))
+    fan_out([build.s(job_id=job_id, table=name) for name in pg_ok], finalize.s(job_id=job_id))
     return {"job_id": job_id, "building": len(pg_ok)}
 
 
-@app.task(name=TASK_RESTORE_BUILD, base=RestoreTask, bind=True)
+@app.task(name=TASK_RESTORE_BUILD, base=JobTask, bind=True)
 def build(self: JobTask, job_id: str, table: str) -> dict[str, Any]:
-    plan = _plan(self, job_id)
+    plan = jobs.load_plan(self.redis, job_id, RestorePlan)
     with pg_connect(self.settings) as conn:  # one transaction: a retry starts from a clean replacement
         conn.execute("select set_config('lock_timeout', %s, true)", (swap.LOCK_TIMEOUT,))
-        if table in plan.get("plain_generated", []):
-            swap.recompute_generated(conn, table, plan["tag"])
-        expected = _table(plan, table)["rows"]
+        if table in plan.plain_generated:
+            swap.recompute_generated(conn, table, plan.tag)
+        expected = plan.table(table)["rows"]
         held = conn.execute(psycopg.sql.SQL("select count(*) from {}").format(
-            psycopg.sql.Identifier(swap.replacement(table, plan["tag"])))).fetchone()[0]
+            psycopg.sql.Identifier(swap.replacement(table, plan.tag)))).fetchone()[0]
         if held != expected:  # e.g. a page-range chunk loaded twice by a worker lost between commit and marker
             raise JobFailed(f"table {table}: the loaded copy holds {held} rows, the backup {expected}; "
                             "the live table is untouched (DynamoDB items already loaded stay), run the restore again")
-        swap.build(conn, swap.catalog(conn, table), plan["tag"])
+        swap.build(conn, swap.catalog(conn, table), plan.tag)
         conn.commit()
     return {"table": table}
 
 
-@app.task(name=TASK_RESTORE_FINALIZE, base=RestoreTask, bind=True)
+@app.task(name=TASK_RESTORE_FINALIZE, base=JobTask, bind=True)
 def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
-    plan = _plan(self, job_id)
-    s, opts = self.settings, plan["options"]
+    plan = jobs.load_plan(self.redis, job_id, RestorePlan)
+    s, opts = self.settings, plan.options
     dry = bool(opts.get("dry_run"))
-    loaded = json.loads(self.redis.hget(jobs.JOB_KEY.format(job_id=job_id), "loaded") or "[]")
-    ok = [t for t in plan["tables"] if t["name"] in plan["ok_tables"]]
+    loaded = jobs.value(self.redis, job_id, "loaded", [])
+    ok = [t for t in plan.tables if t["name"] in plan.ok_tables]
     removed: dict[str, int] = {}
     pg_ok = [t["name"] for t in ok if t["store"] == "postgres"]
-    key = jobs.JOB_KEY.format(job_id=job_id)
     for t in ok:
         if t["store"] == "postgres" and dry:
             removed[t["name"]] = live_rows(s, t["name"])
-    if pg_ok and not dry and not self.redis.hget(key, "swapped"):
+    if pg_ok and not dry and not jobs.marked(self.redis, job_id, "swapped"):
         with pg_connect(s) as conn:
             conn.execute("select set_config('lock_timeout', %s, true)", (swap.LOCK_TIMEOUT,))
             cats = [swap.catalog(conn, name) for name in pg_ok]
-            swap.swap(conn, cats, plan["tag"])
+            swap.swap(conn, cats, plan.tag)
             conn.commit()
-        self.redis.hset(key, "swapped", "1")  # a redelivered finalize does not swap twice
+        jobs.mark(self.redis, job_id, "swapped")  # a redelivered finalize does not swap twice
     for t in ok:  # --exact deletes only after the swap (the upserts of the load are already in DynamoDB)
         if t["store"] == "dynamodb" and opts.get("exact"):
             extra = extra_items(s, plan, t)
@@ -413,13 +373,11 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
                            removed=removed.get(t["name"], 0),
                            seconds=round(sum(r["seconds"] for r in loaded if r["table"] == t["name"]), 3))
               for t in ok]
-    progress = jobs.read(self.redis, job_id)
-    error = ("skipped: " + "; ".join(f"{x['name']} {x['reason']}" for x in plan["skipped"])) if plan["skipped"] else None
-    report = RestoreReport(job_id=job_id, state="succeeded", ok=not plan["skipped"], dry_run=dry,
-                           backup_id=plan["backup_id"], tables=tables, skipped=plan["skipped"],
+    error = ("skipped: " + "; ".join(f"{x['name']} {x['reason']}" for x in plan.skipped)) if plan.skipped else None
+    report = RestoreReport(job_id=job_id, state="succeeded", ok=not plan.skipped, dry_run=dry,
+                           backup_id=plan.backup_id, tables=tables, skipped=plan.skipped,
                            totals={"rows": sum(t.rows for t in tables), "tables": len(tables),
-                                   "seconds": round(time.time() - plan["started"], 3)},
-                           started_at=progress.started_at if progress else None, finished_at=utcnow(), error=error)
-    jobs.finish(self.redis, job_id, report.model_dump(mode="json"))
-    release(self, job_id)
+                                   "seconds": round(time.time() - plan.started, 3)}, error=error)
+    jobs.finish(self.redis, job_id, report)
+    release(s, self.redis, job_id)
     return {"job_id": job_id, "tables": len(tables)}

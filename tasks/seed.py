@@ -13,7 +13,6 @@ from typing import Any
 import psycopg
 import yaml
 from botocore.exceptions import ClientError
-from celery import chord
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
@@ -23,9 +22,9 @@ from worker.connections import aws_client, pg_connect
 from worker.constants import TASK_SEED_FINALIZE, TASK_SEED_SET, TASK_SEED_START
 from worker.dynamo import from_item, to_item
 from worker.errors import BadInput, JobFailed
-from worker.reports import SeedReport, SeedSet, utcnow
+from worker.reports import SeedReport, SeedSet
 from worker.settings import Settings
-from worker.taskbase import JobTask
+from worker.taskbase import JobTask, fan_out
 
 SEEDS_DIR = Path(__file__).resolve().parent.parent / "seeds"
 PG_SETS = ("quality_standards", "artifact_types", "workgroup_skills")
@@ -149,14 +148,13 @@ def seed_part(settings: Settings, part: str, mode: str, dry_run: bool) -> list[S
     return [seed_dynamo(settings, part, mode, dry_run)]
 
 
-def seed_report(job_id: str, options: dict[str, Any], sets: list[SeedSet], started_at: Any) -> SeedReport:
+def seed_report(job_id: str, options: dict[str, Any], sets: list[SeedSet]) -> SeedReport:
     sets = sorted(sets, key=lambda s: SET_ORDER.index(s.name))
     conflicts = [f"{s.name} ({', '.join(s.conflict_keys)})" for s in sets if s.conflicts]
     error = (f"{sum(s.conflicts for s in sets)} item(s) differ from their seed in {'; '.join(conflicts)}: "
              "--overwrite replaces them, --skip-existing keeps them") if conflicts else None
     return SeedReport(job_id=job_id, state="succeeded", ok=not conflicts, dry_run=bool(options.get("dry_run")),
-                      config_only=bool(options.get("config_only")), sets=sets, started_at=started_at,
-                      finished_at=utcnow(), error=error)
+                      config_only=bool(options.get("config_only")), sets=sets, error=error)
 
 
 def parts(options: dict[str, Any]) -> list[str]:
@@ -168,8 +166,8 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
     todo = parts(options)
     if not jobs.start(self.redis, job_id, len(todo)):
         return {"job_id": job_id, "skipped": "already planned"}
-    chord([seed_set.s(job_id=job_id, part=p, options=options) for p in todo])(
-        finalize.s(job_id=job_id, options=options))
+    fan_out([seed_set.s(job_id=job_id, part=p, options=options) for p in todo],
+            finalize.s(job_id=job_id, options=options))
     return {"job_id": job_id, "chunks": len(todo)}
 
 
@@ -182,8 +180,6 @@ def seed_set(self: JobTask, job_id: str, part: str, options: dict[str, Any]) -> 
 
 @app.task(name=TASK_SEED_FINALIZE, base=JobTask, bind=True)
 def finalize(self: JobTask, results: list[list[dict[str, Any]]], job_id: str, options: dict[str, Any]) -> dict[str, Any]:
-    progress = jobs.read(self.redis, job_id)
-    sets = [SeedSet(**s) for part in results for s in part]
-    report = seed_report(job_id, options, sets, progress.started_at if progress else None)
-    jobs.finish(self.redis, job_id, report.model_dump(mode="json"))
+    report = seed_report(job_id, options, [SeedSet(**s) for part in results for s in part])
+    jobs.finish(self.redis, job_id, report)
     return {"job_id": job_id, "ok": report.ok}

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from botocore.exceptions import ClientError
-from celery import chord
+from psycopg import sql
 
 from worker import backups, jobs
 from worker.app import app
@@ -24,9 +24,9 @@ from worker.constants import (TASK_TESTDATA_CHUNK, TASK_TESTDATA_CLEAN, TASK_TES
 from worker.dynamo import batch_write, to_item
 from worker.dynamo import exists as dynamo_exists
 from worker.errors import JobFailed
-from worker.reports import TestDataReport, utcnow
+from worker.reports import TestDataReport
 from worker.settings import Settings
-from worker.taskbase import JobTask
+from worker.taskbase import JobTask, fan_out
 
 CHUNK = 1000
 FILES_PREFIX = "test-data/"
@@ -49,7 +49,8 @@ def _ts(t: datetime) -> str:
 
 
 def _copy(cur: Any, table: str, columns: list[str], rows: list[list[Any]]) -> None:
-    with cur.copy(f"copy {table} ({', '.join(columns)}) from stdin") as copy:
+    query = sql.SQL("copy {} ({}) from stdin").format(sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)))
+    with cur.copy(query) as copy:
         for row in rows:
             copy.write_row(row)
 
@@ -57,8 +58,8 @@ def _copy(cur: Any, table: str, columns: list[str], rows: list[list[Any]]) -> No
 def _reserve(cur: Any, table: str, n: int) -> list[int]:
     if n == 0:
         return []
-    return [r[0] for r in cur.execute(f"select nextval(pg_get_serial_sequence('{table}', 'id')) "
-                                      "from generate_series(1, %s)", (n,))]
+    return [r[0] for r in cur.execute("select nextval(pg_get_serial_sequence(%s, 'id')) from generate_series(1, %s)",
+                                      (table, n))]
 
 
 def make_chunk(rng: random.Random, n: int, standards: dict[int, tuple[str, int]],
@@ -197,32 +198,32 @@ def cleanup(settings: Settings, options: dict[str, Any]) -> dict[str, int]:
     return out
 
 
-def report(job_id: str, options: dict[str, Any], counts: dict[str, int], started: Any) -> TestDataReport:
+def report(job_id: str, options: dict[str, Any], counts: dict[str, int]) -> TestDataReport:
     return TestDataReport(job_id=job_id, kind=f"testdata_{options['action']}", state="succeeded", ok=True,
-                          started_at=started, finished_at=utcnow(), seed=options.get("seed"), **counts)
+                          seed=options.get("seed"), **counts)
 
 
 @app.task(name=TASK_TESTDATA_START, base=JobTask, bind=True)
 def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]:
     if options["action"] == "cleanup":
         jobs.start(self.redis, job_id, 1)
-        chord([clean.s(job_id=job_id)])(finalize.s(job_id=job_id))
+        fan_out([clean.s(job_id=job_id)], finalize.s(job_id=job_id))
         return {"job_id": job_id}
     count = options["count"]
     parts = [(i, min(CHUNK, count - i * CHUNK)) for i in range((count + CHUNK - 1) // CHUNK)]
     if not jobs.start(self.redis, job_id, len(parts)):
         return {"job_id": job_id, "skipped": "already planned"}
-    chord([generate.s(job_id=job_id, chunk=i, count=n) for i, n in parts])(finalize.s(job_id=job_id))
+    fan_out([generate.s(job_id=job_id, chunk=i, count=n) for i, n in parts], finalize.s(job_id=job_id))
     return {"job_id": job_id, "chunks": len(parts)}
 
 
 @app.task(name=TASK_TESTDATA_CHUNK, base=JobTask, bind=True)
 def generate(self: JobTask, job_id: str, chunk: int, count: int) -> dict[str, int]:
-    done_key = f"{jobs.JOB_KEY.format(job_id=job_id)}:done:{chunk}"
-    if self.redis.get(done_key):  # a redelivered chunk that committed already
-        return json.loads(self.redis.get(done_key))
+    done = jobs.marked(self.redis, job_id, f"generated:{chunk}")
+    if done:  # a redelivered chunk that committed already
+        return done
     out = generate_chunk(self.settings, jobs.options(self.redis, job_id), chunk, count)
-    self.redis.set(done_key, json.dumps(out), ex=86_400)
+    jobs.mark(self.redis, job_id, f"generated:{chunk}", out)
     jobs.add(self.redis, job_id, rows=out["tasks"] + out["todos"] + out["deliverables"] + out["quality_checks"])
     return out
 
@@ -239,7 +240,5 @@ def finalize(self: JobTask, results: list[dict[str, int]], job_id: str) -> dict[
     options = jobs.options(self.redis, job_id)
     counts = {k: sum(r.get(k, 0) for r in results) for k in
               ("tasks", "todos", "deliverables", "quality_checks", "analysis_items", "files")}
-    progress = jobs.read(self.redis, job_id)
-    rep = report(job_id, options, counts, progress.started_at if progress else None)
-    jobs.finish(self.redis, job_id, rep.model_dump(mode="json"))
+    jobs.finish(self.redis, job_id, report(job_id, options, counts))
     return {"job_id": job_id, **counts}

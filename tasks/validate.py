@@ -14,7 +14,6 @@ from collections import Counter
 from typing import Any
 
 import psycopg
-from celery import chord
 from pydantic import ValidationError
 
 from worker import jobs
@@ -25,9 +24,9 @@ from worker.constants import (LAST_VALIDATION_KEY, TASK_VALIDATE_DATA_CHECK, TAS
 from worker.constants import DYNAMO_SCAN_RESTORE_KEY
 from worker.dynamo import from_item
 from worker.models import model_for
-from worker.reports import Issue, ValidationReport, utcnow
+from worker.reports import Issue, ValidationReport
 from worker.settings import Settings
-from worker.taskbase import JobTask
+from worker.taskbase import JobTask, fan_out
 
 RANGE = 50_000  # work tasks per consistency unit
 TEXT_COLUMNS = {"work_tasks": "title", "todo_items": "title", "deliverables": "name", "services": "name"}
@@ -313,7 +312,7 @@ def run_unit(settings: Settings, unit: dict[str, Any], fix: bool) -> dict[str, A
     return {"checked": n, "issues": issues}
 
 
-def validation_report(job_id: str, fix: bool, results: list[dict[str, Any]], started: Any) -> ValidationReport:
+def validation_report(job_id: str, fix: bool, results: list[dict[str, Any]]) -> ValidationReport:
     issues = [Issue(**i) for r in results for i in r["issues"]]
     checked = sum(r["checked"] for r in results)
     bad_records = {(i.table, i.key) for i in issues if i.category != "performance"}
@@ -324,7 +323,7 @@ def validation_report(job_id: str, fix: bool, results: list[dict[str, Any]], sta
                             by_severity=dict(Counter(i.severity for i in issues)),
                             by_category=dict(Counter(i.category for i in issues)),
                             by_table=dict(Counter(i.table for i in issues)), fixed=sum(i.fixed for i in issues),
-                            started_at=started, finished_at=utcnow(), error=error)
+                            error=error)
 
 
 @app.task(name=TASK_VALIDATE_DATA_START, base=JobTask, bind=True)
@@ -332,7 +331,7 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
     units = plan_units(self.settings)
     if not jobs.start(self.redis, job_id, len(units)):
         return {"job_id": job_id, "skipped": "already planned"}
-    chord([check.s(job_id=job_id, unit=u) for u in units])(finalize.s(job_id=job_id))
+    fan_out([check.s(job_id=job_id, unit=u) for u in units], finalize.s(job_id=job_id))
     return {"job_id": job_id, "chunks": len(units)}
 
 
@@ -347,10 +346,9 @@ def check(self: JobTask, job_id: str, unit: dict[str, Any]) -> dict[str, Any]:
 @app.task(name=TASK_VALIDATE_DATA_FINALIZE, base=JobTask, bind=True)
 def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
     fix = bool(jobs.options(self.redis, job_id).get("fix"))
-    progress = jobs.read(self.redis, job_id)
-    report = validation_report(job_id, fix, results, progress.started_at if progress else None)
+    report = validation_report(job_id, fix, results)
+    jobs.finish(self.redis, job_id, report)
     data = report.model_dump(mode="json")
-    jobs.finish(self.redis, job_id, data)
     self.redis.set(LAST_VALIDATION_KEY, json.dumps({k: data[k] for k in ("job_id", "finished_at", "ok", "records_checked",
                                                                            "by_severity", "fixed", "error")}))
     return {"job_id": job_id, "issues": len(report.issues)}

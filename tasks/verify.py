@@ -3,48 +3,18 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from celery import chord
 
 from worker import backups, jobs
 from worker.app import app
-from worker.archive import CorruptChunk, read_chunk
+from worker.chunkcheck import check_chunk
 from worker.constants import (TASK_CLEANUP_START, TASK_VALIDATE_CHUNK, TASK_VALIDATE_FINALIZE,
                               TASK_VALIDATE_START)
-from worker.reports import BadChunk, CleanupReport, ValidateBackupReport, utcnow
+from worker.plans import BackupValidatePlan
+from worker.reports import BadChunk, CleanupReport, ValidateBackupReport
 from worker.settings import Settings
-from worker.taskbase import JobTask
-
-
-def check_chunk(settings: Settings, options: dict[str, Any], backup_id: str, encryption: dict[str, Any] | None,
-                compressed: bool, store_kind: str, table: str, chunk: dict[str, Any]) -> str | None:
-    """None when the chunk verifies; else the reason, checksum first (it says the bytes changed)."""
-    store = backups.store_for(settings, options)
-    key = backups.data_key(settings, backup_id, encryption)
-    try:
-        src = store.open(chunk["key"])
-    except FileNotFoundError:
-        return "missing from the store"
-    rows, problem = 0, None
-    with src:
-        blocks, hashed = read_chunk(src, backups.chunk_aad(backup_id, store_kind, table, chunk["n"]), compressed, key)
-        try:
-            for block in blocks:
-                rows += block.count(b"\n")
-        except CorruptChunk as err:
-            problem = str(err)
-            while hashed.read(1 << 20):
-                pass
-    if hashed.sha.hexdigest() != chunk["sha256"]:
-        return (f"checksum mismatch: {hashed.size} bytes stored of {chunk['bytes_stored']}, "
-                f"sha256 {hashed.sha.hexdigest()[:12]}… expected {chunk['sha256'][:12]}…")
-    if problem:
-        return problem
-    if rows != chunk["rows"]:
-        return f"{rows} rows, manifest says {chunk['rows']}"
-    return None
+from worker.taskbase import JobTask, fan_out
 
 
 def cleanup(settings: Settings, options: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
@@ -66,23 +36,21 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
     header = [check.s(job_id=job_id, table=t["name"], chunk=c["n"], store=t["store"], path=c["key"],
                       sha256=c["sha256"], rows=c["rows"], size=c["bytes_stored"])
               for t in manifest["tables"] for c in t["chunks"]]
-    self.redis.hset(jobs.JOB_KEY.format(job_id=job_id), mapping={
-        "encryption": json.dumps(manifest["encryption"]), "compressed": int(manifest["options"]["compress"])})
+    jobs.save_plan(self.redis, job_id, BackupValidatePlan(encryption=manifest["encryption"],
+                                                           compressed=manifest["options"]["compress"]))
     if not jobs.start(self.redis, job_id, len(header)):
         return {"job_id": job_id, "skipped": "already planned"}
-    chord(header)(finalize.s(job_id=job_id))
+    fan_out(header, finalize.s(job_id=job_id))
     return {"job_id": job_id, "chunks": len(header)}
 
 
 @app.task(name=TASK_VALIDATE_CHUNK, base=JobTask, bind=True)
 def check(self: JobTask, job_id: str, table: str, chunk: int, store: str, path: str, sha256: str, rows: int,
           size: int) -> dict[str, Any]:
-    key = jobs.JOB_KEY.format(job_id=job_id)
-    encryption = json.loads(self.redis.hget(key, "encryption") or "null")
-    compressed = self.redis.hget(key, "compressed") == "1"
+    plan = jobs.load_plan(self.redis, job_id, BackupValidatePlan)
     options = jobs.options(self.redis, job_id)
     c = {"n": chunk, "key": path, "sha256": sha256, "rows": rows, "bytes_stored": size}
-    reason = check_chunk(self.settings, options, options["backup_id"], encryption, compressed, store, table, c)
+    reason = check_chunk(self.settings, options, options["backup_id"], plan.encryption, plan.compressed, store, table, c)
     jobs.add(self.redis, job_id, rows=rows if reason is None else 0, nbytes=size, failed=1 if reason else 0)
     return {"table": table, "chunk": chunk, "path": path, "rows": rows, "reason": reason}
 
@@ -92,15 +60,13 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
     options = jobs.options(self.redis, job_id)
     bad = [BadChunk(table=r["table"], chunk=r["chunk"], path=r["path"], reason=r["reason"])
            for r in sorted(results, key=lambda r: (r["table"], r["chunk"])) if r["reason"]]
-    progress = jobs.read(self.redis, job_id)
     error = None
     if bad:
         error = f"{len(bad)} bad chunk(s): " + "; ".join(f"{b.table} chunk {b.chunk}: {b.reason}" for b in bad[:3])
     report = ValidateBackupReport(job_id=job_id, state="succeeded", ok=not bad, backup_id=options["backup_id"],
                                   chunks_checked=len(results), rows_checked=sum(r["rows"] for r in results if not r["reason"]),
-                                  bad_chunks=bad, error=error, started_at=progress.started_at if progress else None,
-                                  finished_at=utcnow())
-    jobs.finish(self.redis, job_id, report.model_dump(mode="json"))
+                                  bad_chunks=bad, error=error)
+    jobs.finish(self.redis, job_id, report)
     return {"job_id": job_id, "bad": len(bad)}
 
 
@@ -113,11 +79,9 @@ def cleanup_start(self: JobTask, job_id: str | None, options: dict[str, Any]) ->
         if job_id is None:
             return {"skipped": "slot already run"}
     jobs.start(self.redis, job_id, 1)
-    started = utcnow()
     deleted, kept = cleanup(self.settings, options)
     jobs.add(self.redis, job_id, rows=len(deleted))
     report = CleanupReport(job_id=job_id, state="succeeded", ok=True, retention_days=options["retention_days"],
-                           dry_run=bool(options.get("dry_run")), deleted=deleted, kept=kept, started_at=started,
-                           finished_at=utcnow())
-    jobs.finish(self.redis, job_id, report.model_dump(mode="json"))
+                           dry_run=bool(options.get("dry_run")), deleted=deleted, kept=kept)
+    jobs.finish(self.redis, job_id, report)
     return {"job_id": job_id, "deleted": len(deleted)}

@@ -19,7 +19,6 @@ from conftest import cli_json, run_cli, run_job
 from worker import backups, commands, jobs
 from worker.archive import read_chunk
 from worker.connections import aws_client, pg_connect, redis_client
-from worker.constants import JOB_ATTEMPTS_KEY
 from worker.dynamo import to_item
 
 TASKS = 3000  # work tasks made by the test: several 1000-row chunks per table
@@ -249,8 +248,7 @@ def test_killing_a_worker_process_mid_backup_still_completes_and_validates(data:
     os.kill(victim, signal.SIGKILL)
     report = jobs.wait(redis_client(data), job_id, timeout=300)
     assert report["ok"], report
-    attempts = redis_client(data).hgetall(JOB_ATTEMPTS_KEY.format(job_id=job_id))
-    assert max(int(v) for v in attempts.values()) >= 2  # the killed chunk ran again
+    assert max(jobs.deliveries(redis_client(data), job_id).values()) >= 2  # the killed chunk ran again
     assert validate(data, job_id)["ok"]
     manifest = manifest_of(data, job_id)
     assert len(decode(data, manifest, "todo_items")) == \
@@ -291,14 +289,13 @@ def test_list_states_and_cleanup_by_retention(data: Any, tmp_path: Path) -> None
 
 
 def test_losing_the_snapshot_holder_starts_the_backup_over_from_a_fresh_snapshot(data: Any) -> None:
-    from worker.snapshot import HOLD_KEY
 
     r = redis_client(data)
     s = data.model_copy(update={"backup_rate_limit": 100_000})
     job_id = commands.backup(s, True, True, 1000)
     deadline, pid = time.monotonic() + 60, None
     while pid is None and time.monotonic() < deadline:
-        pid = r.hget(HOLD_KEY.format(job_id=job_id, gen=0), "pid")
+        pid = r.hget(jobs.snapshot_keys(job_id, 0)[0], "pid")
         time.sleep(0.05)
     assert pid, "no snapshot holder was seen"
     time.sleep(0.5)  # some chunks are running through the snapshot
@@ -313,7 +310,6 @@ def test_losing_the_snapshot_holder_starts_the_backup_over_from_a_fresh_snapshot
 
 
 def test_a_chunk_that_keeps_failing_fails_the_backup_naming_it_and_releases_the_snapshot(data: Any) -> None:
-    from worker.snapshot import LEASE_KEY
 
     name = f"worktask-vanishing-{time.time_ns()}"
     s3 = aws_client(data, "s3")
@@ -325,5 +321,5 @@ def test_a_chunk_that_keeps_failing_fails_the_backup_naming_it_and_releases_the_
     assert report["state"] == "failed" and not report["ok"]
     assert "worktask.backup.dump_" in report["error"] and "chunk=" in report["error"] and "table=" in report["error"]
     assert "NoSuchBucket" in report["error"] or "bucket" in report["error"].lower()
-    assert not redis_client(data).exists(LEASE_KEY.format(job_id=job_id, gen=0))  # the snapshot is let go
+    assert not redis_client(data).exists(jobs.snapshot_keys(job_id, 0)[1])  # the snapshot is let go
     assert jobs.read(redis_client(data), job_id).chunks_failed >= 1

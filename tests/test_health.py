@@ -67,12 +67,12 @@ def test_failing_check_is_reported_not_raised(settings: Any) -> None:
 
 def test_status_is_degraded_for_a_store_and_unhealthy_for_postgres() -> None:
     ok = [Check(name=n, ok=True, detail="") for n in CHECKS]
-    assert health_report("j", ok, None).status == "healthy"
+    assert health_report("j", ok).status == "healthy"
     store_down = [c if c.name != "backup_store" else Check(name=c.name, ok=False, detail="x") for c in ok]
-    rep = health_report("j", store_down, None)
+    rep = health_report("j", store_down)
     assert (rep.status, rep.ok, rep.error) == ("degraded", False, "failing: backup_store")
     pg_down = [c if c.name != "postgres" else Check(name=c.name, ok=False, detail="x") for c in ok]
-    assert health_report("j", pg_down, None).status == "unhealthy"
+    assert health_report("j", pg_down).status == "unhealthy"
 
 
 def test_scheduled_health_runs_once_per_slot(migrated: Any) -> None:

@@ -40,8 +40,7 @@ TASK_VALIDATE_DATA_FINALIZE = "worktask.validate.finalize"
 
 # Redis keys (all under one prefix so that an operator can find them).
 KEY_PREFIX = "worktask:"
-JOB_KEY = KEY_PREFIX + "job:{job_id}"  # hash: kind, state, counters, report
-JOB_ATTEMPTS_KEY = KEY_PREFIX + "job:{job_id}:attempts"  # hash: task id -> deliveries
+# a job's own keys (worktask:job:<id>…) are named by worker/jobs.py alone
 LAST_VALIDATION_KEY = KEY_PREFIX + "validation:last"  # the last `worktask validate` report
 DYNAMO_SCAN_RESTORE_KEY = KEY_PREFIX + "restore:dynamo_scan"  # items a scan-window restore may hold early (validate)
 BEAT_SLOT_KEY = KEY_PREFIX + "beat:{name}:{slot}"  # SET NX per schedule slot: one run per slot

@@ -1,7 +1,14 @@
 """Jobs: one submission each, with counters in Redis readable from any process (DESIGN §7).
 
-The job hash `worktask:job:<id>` holds kind, state, options, counters, the first error and, at the
-end, the report as JSON. Chunk tasks add to the counters; the finalize task writes the report.
+This module is the only code that names a job's Redis keys. The job hash `worktask:job:<id>` holds
+kind, state, options, counters, the first error, the family's plan (a pydantic model) and, at the
+end, the report as JSON; beside it live the job's markers (`…:marker:<name>`: work done once), the
+deliveries of its tasks (`…:attempts`), the tasks whose failure was recorded (`…:failed-tasks`) and
+its snapshot keys. Resource locks (one restore at a time) are owned by a job and let go by its end.
+
+The life of a job: `submit` (create, send its start task) → `start` (planned once) → `add` per chunk →
+`finish` with the report, or `fail` with the first error; the task base (worker/taskbase.py) calls the
+family's release when its job fails, whichever task fails it (a chunk killed at its time limit too).
 """
 
 from __future__ import annotations
@@ -10,17 +17,23 @@ import json
 import re
 import secrets
 import time
+from datetime import datetime
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
-from worker.constants import BEAT_SLOT_KEY, ID_PATTERN, JOB_KEY, JOB_TTL_SECONDS, QUEUE_BULK, QUEUE_CONTROL
+from pydantic import BaseModel
+
+from worker.constants import BEAT_SLOT_KEY, ID_PATTERN, JOB_TTL_SECONDS, KEY_PREFIX, QUEUE_BULK, QUEUE_CONTROL
 from worker.errors import BadInput, JobTimeout, ServiceUnavailable
 from worker.reports import Progress, utcnow
 from worker.settings import Settings, mask_url
 
+JOB_KEY = KEY_PREFIX + "job:{job_id}"  # hash: kind, state, options, counters, plan, error, report
+LOCK_KEY = KEY_PREFIX + "lock:{resource}"  # the id of the job holding the resource
 COUNTERS = ("chunks_total", "chunks_done", "chunks_failed", "rows", "bytes")
+M = TypeVar("M", bound=BaseModel)
 
 
 def new_job_id(kind: str) -> str:
@@ -33,8 +46,23 @@ def check_id(value: str, what: str = "job") -> str:
     return value
 
 
-def _key(job_id: str) -> str:
-    return JOB_KEY.format(job_id=job_id)
+def _key(job_id: str, *parts: Any) -> str:
+    return ":".join([JOB_KEY.format(job_id=job_id), *map(str, parts)])
+
+
+def snapshot_keys(job_id: str, gen: int) -> tuple[str, str]:
+    """The snapshot holder's hash (snapshot id, tables, pid | error; TTL = heartbeat) and the lease that
+    exists while the backup wants the snapshot, for one generation of a backup."""
+    return _key(job_id, "snapshot", gen), _key(job_id, "snapshot-lease", gen)
+
+
+SNAPSHOT_LEASES = _key("*", "snapshot-lease", "*")  # scan pattern: the leases of every backup
+
+
+def job_of_lease(key: str) -> tuple[str, int]:
+    """(job id, generation) of a key matched by SNAPSHOT_LEASES."""
+    head, gen = key.rsplit(":snapshot-lease:", 1)
+    return head[len(JOB_KEY.format(job_id="")):], int(gen)
 
 
 def create(r: redis.Redis, kind: str, options: dict[str, Any], job_id: str | None = None) -> str:
@@ -104,20 +132,44 @@ def _transition(r: redis.Redis, job_id: str, decide: Callable[[str | None], dict
                 continue
 
 
-def fail(r: redis.Redis, job_id: str, error: str) -> None:
+def fail(r: redis.Redis, job_id: str, error: str, task_id: str | None = None) -> bool:
     """Mark the job failed, keeping the first error (the one that names the chunk). A job that already
-    succeeded stays so: a late duplicate of one of its chunks does not undo its report."""
+    succeeded stays so: a late duplicate of one of its chunks does not undo its report. A task's failure
+    counts once however many paths report it. True when this call ended the job (its caller releases
+    what the job held)."""
+    if task_id:
+        r.expire(_key(job_id, "failed-tasks"), JOB_TTL_SECONDS)
+        if not r.sadd(_key(job_id, "failed-tasks"), task_id):
+            return False
     line = error.splitlines()[0][:500] if error else "failed"
-    r.hsetnx(_key(job_id), "error", line)
-    r.hincrby(_key(job_id), "chunks_failed", 1)
+    succeeded = r.hget(_key(job_id), "state") == "succeeded"
+    if not succeeded:
+        r.hsetnx(_key(job_id), "error", line)
+        r.hincrby(_key(job_id), "chunks_failed", 1)
     now = utcnow().isoformat()
-    _transition(r, job_id, lambda state: None if state in ("succeeded", "failed") else
-                {"state": "failed", "updated_at": now, "finished_at": now})
+    ended = False
+
+    def decide(state: str | None) -> dict[str, Any] | None:
+        nonlocal ended
+        if state in ("succeeded", "failed"):
+            return None
+        ended = True
+        return {"state": "failed", "updated_at": now, "finished_at": now}
+    _transition(r, job_id, decide)
+    return ended
 
 
-def finish(r: redis.Redis, job_id: str, report: dict[str, Any]) -> None:
-    """Store the final report. A job already failed by a chunk stays failed."""
+def finish(r: redis.Redis, job_id: str, report: BaseModel | dict[str, Any]) -> None:
+    """Store the final report (the job's start and end times filled in from its record). A job already
+    failed by a chunk stays failed."""
     now = utcnow().isoformat()
+    if isinstance(report, BaseModel):
+        started = r.hget(_key(job_id), "started_at")
+        if getattr(report, "started_at", "") is None and started:
+            report.started_at = datetime.fromisoformat(started)
+        if getattr(report, "finished_at", "") is None:
+            report.finished_at = utcnow()
+        report = report.model_dump(mode="json")
 
     def decide(state: str | None) -> dict[str, Any]:
         final = report
@@ -130,6 +182,130 @@ def finish(r: redis.Redis, job_id: str, report: dict[str, Any]) -> None:
 
 def options(r: redis.Redis, job_id: str) -> dict[str, Any]:
     return json.loads(r.hget(_key(job_id), "options") or "{}")
+
+
+def state(r: redis.Redis, job_id: str) -> str | None:
+    return r.hget(_key(job_id), "state")
+
+
+def job_kind(r: redis.Redis, job_id: str) -> str | None:
+    return r.hget(_key(job_id), "kind")
+
+
+def is_planned(r: redis.Redis, job_id: str) -> bool:
+    return bool(r.hget(_key(job_id), "planned"))
+
+
+# the family's plan and values ------------------------------------------------------------------------------
+
+def save_plan(r: redis.Redis, job_id: str, plan: BaseModel) -> None:
+    r.hset(_key(job_id), "plan", plan.model_dump_json())
+
+
+def load_plan(r: redis.Redis, job_id: str, model: type[M]) -> M | None:
+    raw = r.hget(_key(job_id), "plan")
+    return model.model_validate_json(raw) if raw else None
+
+
+def put_once(r: redis.Redis, job_id: str, name: str, value: Any) -> Any:
+    """Store `value` under `name` unless a value is there already (a redelivered start); the stored one."""
+    r.hsetnx(_key(job_id), f"value:{name}", json.dumps(value, default=str))
+    return json.loads(r.hget(_key(job_id), f"value:{name}"))
+
+
+def put_value(r: redis.Redis, job_id: str, name: str, value: Any) -> None:
+    r.hset(_key(job_id), f"value:{name}", json.dumps(value, default=str))
+
+
+def value(r: redis.Redis, job_id: str, name: str, default: Any = None) -> Any:
+    raw = r.hget(_key(job_id), f"value:{name}")
+    return json.loads(raw) if raw is not None else default
+
+
+def mark(r: redis.Redis, job_id: str, name: str, result: Any = True) -> bool:
+    """Record that a piece of work `name` is done (with its result); False when it was recorded already."""
+    return bool(r.set(_key(job_id, "marker", name), json.dumps(result, default=str), nx=True,
+                      ex=JOB_TTL_SECONDS))
+
+
+def marked(r: redis.Redis, job_id: str, name: str) -> Any:
+    """The result recorded by `mark`, or None when the work is not done."""
+    raw = r.get(_key(job_id, "marker", name))
+    return json.loads(raw) if raw is not None else None
+
+
+def count_delivery(r: redis.Redis, job_id: str, task_id: str) -> int:
+    """How many times this task has been delivered (retries included)."""
+    with r.pipeline() as p:
+        p.hincrby(_key(job_id, "attempts"), task_id, 1)
+        p.expire(_key(job_id, "attempts"), JOB_TTL_SECONDS)
+        return int(p.execute()[0])
+
+
+def deliveries(r: redis.Redis, job_id: str) -> dict[str, int]:
+    """Task id -> how many times it was delivered."""
+    return {k: int(v) for k, v in r.hgetall(_key(job_id, "attempts")).items()}
+
+
+def generation(r: redis.Redis, job_id: str) -> int:
+    """Which attempt of the job runs: a backup that lost its snapshot starts over at the next one."""
+    return int(r.hget(_key(job_id), "generation") or 0)
+
+
+def next_generation(r: redis.Redis, job_id: str, gen: int) -> bool:
+    """Start the job over at generation gen + 1 (counters and plan cleared, planned again by its start task);
+    False when another task of generation `gen` did it already."""
+    if not r.set(_key(job_id, "restart", gen), "1", nx=True, ex=JOB_TTL_SECONDS):
+        return False
+    with r.pipeline() as p:
+        p.hset(_key(job_id), mapping={"generation": gen + 1, "chunks_done": 0, "rows": 0, "bytes": 0})
+        p.hdel(_key(job_id), "planned", "plan")
+        p.execute()
+    return True
+
+
+# resource locks ----------------------------------------------------------------------------------------------
+
+def lock(r: redis.Redis, resource: str, job_id: str) -> str | None:
+    """Hold `resource` for the job; None when held, else the id of the running job that holds it.
+
+    The lock belongs to a job and is let go by the job's end, whichever way it ends (finish, a failed
+    chunk, a chunk killed at its time limit: worker/taskbase.py). It is never taken over because its
+    holder looks slow (a restore may wait long behind backup chunks in the queue): only from a holder
+    whose record says it ended, or whose record is gone."""
+    key = LOCK_KEY.format(resource=resource)
+    with r.pipeline() as p:
+        while True:
+            try:
+                p.watch(key)
+                holder = p.get(key)
+                if holder and holder != job_id:
+                    held = read(p, holder)  # type: ignore[arg-type]
+                    if held is not None and not held.finished:
+                        p.unwatch()
+                        return holder
+                p.multi()
+                p.set(key, job_id, ex=JOB_TTL_SECONDS)
+                p.execute()
+                return None
+            except redis.WatchError:
+                continue
+
+
+def unlock(r: redis.Redis, resource: str, job_id: str) -> None:
+    """Let go of `resource` if this job holds it."""
+    key = LOCK_KEY.format(resource=resource)
+    with r.pipeline() as p:
+        try:
+            p.watch(key)
+            if p.get(key) == job_id:
+                p.multi()
+                p.delete(key)
+                p.execute()
+            else:
+                p.unwatch()
+        except redis.WatchError:
+            pass  # someone else took it meanwhile: it is not ours to delete
 
 
 def read(r: redis.Redis, job_id: str) -> Progress | None:

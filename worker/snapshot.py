@@ -32,13 +32,11 @@ import redis
 
 from psycopg import sql
 
-from worker.constants import KEY_PREFIX
+from worker import jobs
 from worker.errors import JobFailed, ServiceUnavailable
 
-# One pair of keys per generation of a backup (a restart takes a fresh snapshot under new keys, so an
-# old holder sees its own lease go and cannot touch the new one's keys).
-HOLD_KEY = KEY_PREFIX + "job:{job_id}:snapshot:{gen}"  # hash: snapshot, tables, pid, since | error; TTL = heartbeat
-LEASE_KEY = KEY_PREFIX + "job:{job_id}:snapshot-lease:{gen}"  # exists while the backup wants the snapshot
+# One pair of keys per generation of a backup, named by worker/jobs.py (a restart takes a fresh snapshot
+# under new keys, so an old holder sees its own lease go and cannot touch the new one's keys).
 HEARTBEAT_TTL = 30
 # A restore's replacement tables carry this comment (worker/swap.py): never backed up, never locked.
 REPLACEMENT_MARKER = "worktask:restore:"
@@ -58,9 +56,9 @@ def start_holder(r: redis.Redis, job_id: str, gen: int, max_seconds: int, lock_t
                  wait: float = 30.0) -> tuple[str, list[str]]:
     """Spawn the holder; return the exported snapshot id and the tables it locked. JobFailed when a table
     cannot be locked in time, ServiceUnavailable when the holder does not come."""
-    hold_key = HOLD_KEY.format(job_id=job_id, gen=gen)
+    hold_key, lease_key = jobs.snapshot_keys(job_id, gen)
     r.delete(hold_key)
-    r.set(LEASE_KEY.format(job_id=job_id, gen=gen), "1", ex=max_seconds)
+    r.set(lease_key, "1", ex=max_seconds)
     wait += lock_timeout * LIST_TRIES
     proc = subprocess.Popen([sys.executable, "-m", "worker.snapshot", job_id, str(gen), str(max_seconds),
                              str(lock_timeout)],
@@ -94,20 +92,19 @@ def check_id(snap: str) -> str:
 
 
 def snapshot_id(r: redis.Redis, job_id: str, gen: int) -> str | None:
-    return r.hget(HOLD_KEY.format(job_id=job_id, gen=gen), "snapshot")
+    return r.hget(jobs.snapshot_keys(job_id, gen)[0], "snapshot")
 
 
 def release(r: redis.Redis, job_id: str, gen: int) -> None:
-    r.delete(LEASE_KEY.format(job_id=job_id, gen=gen))
+    r.delete(jobs.snapshot_keys(job_id, gen)[1])
 
 
 def running_backups(r: redis.Redis) -> list[str]:
     """Ids of the backups whose holder is alive and holds its snapshot and table locks now."""
-    head, tail = LEASE_KEY.split("{job_id}")[0], ":snapshot-lease:"
     out = set()
-    for key in r.scan_iter(match=LEASE_KEY.format(job_id="*", gen="*"), count=1000):
-        job_id, gen = key[len(head):].split(tail)
-        if r.hget(HOLD_KEY.format(job_id=job_id, gen=gen), "snapshot"):  # a dead holder's key expires in 30 s
+    for key in r.scan_iter(match=jobs.SNAPSHOT_LEASES, count=1000):
+        job_id, gen = jobs.job_of_lease(key)
+        if r.hget(jobs.snapshot_keys(job_id, gen)[0], "snapshot"):  # a dead holder's key expires in 30 s
             out.add(job_id)
     return sorted(out)
 
@@ -184,7 +181,7 @@ def hold(job_id: str, gen: int, max_seconds: int, lock_timeout: float) -> None:
 
     settings = get_settings()
     r = redis_client(settings)
-    hold_key, lease_key = HOLD_KEY.format(job_id=job_id, gen=gen), LEASE_KEY.format(job_id=job_id, gen=gen)
+    hold_key, lease_key = jobs.snapshot_keys(job_id, gen)
     params: dict[str, Any] = {**pg_params(settings), "application_name": f"worktask-snapshot {job_id}"[:63]}
     if not str(params["host"]).startswith("/"):
         params |= {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}

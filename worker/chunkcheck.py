@@ -1,0 +1,50 @@
+"""Reading a stored chunk back and checking it against its manifest entry (backup validate, restore)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker import backups
+from worker.archive import CorruptChunk, read_chunk
+from worker.settings import Settings
+
+
+def open_chunk(settings: Settings, options: dict[str, Any], backup_id: str, encryption: dict[str, Any] | None,
+               compressed: bool, store_kind: str, table: str, chunk: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(source, plain blocks, hashed reader) of one stored chunk: the blocks decrypt and decompress as they
+    are read; the hashed reader's SHA-256 of the stored bytes is complete once they are all read."""
+    store = backups.store_for(settings, options)
+    key = backups.data_key(settings, backup_id, encryption)
+    src = store.open(chunk["key"])
+    try:
+        blocks, hashed = read_chunk(src, backups.chunk_aad(backup_id, store_kind, table, chunk["n"]), compressed, key)
+    except BaseException:
+        src.close()
+        raise
+    return src, blocks, hashed
+
+
+def check_chunk(settings: Settings, options: dict[str, Any], backup_id: str, encryption: dict[str, Any] | None,
+                compressed: bool, store_kind: str, table: str, chunk: dict[str, Any]) -> str | None:
+    """None when the chunk verifies; else the reason, checksum first (it says the bytes changed)."""
+    try:
+        src, blocks, hashed = open_chunk(settings, options, backup_id, encryption, compressed, store_kind, table, chunk)
+    except FileNotFoundError:
+        return "missing from the store"
+    rows, problem = 0, None
+    with src:
+        try:
+            for block in blocks:
+                rows += block.count(b"\n")
+        except CorruptChunk as err:
+            problem = str(err)
+            while hashed.read(1 << 20):
+                pass
+    if hashed.sha.hexdigest() != chunk["sha256"]:
+        return (f"checksum mismatch: {hashed.size} bytes stored of {chunk['bytes_stored']}, "
+                f"sha256 {hashed.sha.hexdigest()[:12]}… expected {chunk['sha256'][:12]}…")
+    if problem:
+        return problem
+    if rows != chunk["rows"]:
+        return f"{rows} rows, manifest says {chunk['rows']}"
+    return None
