@@ -14,7 +14,9 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# The linter first (fail fast, seconds), then the suite.
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
 # Starts the stack (embedded services where the configured ones do not answer), migrates, seeds,

@@ -1,9 +1,12 @@
-"""Every CLI command is in README.md and has --help with an example; docker-compose runs real commands."""
+"""README.md and the CLI agree both ways (every command is in the README, every `worktask …` the README
+names is a command) and every command's --help has an example; docker-compose runs real commands."""
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,21 +18,89 @@ from conftest import ROOT, run_cli
 from worker.cli import cli
 
 
+def invocable(cmd: click.Command) -> bool:
+    """A command one can run as it is: a leaf, or a group that runs without a subcommand (migrate, backup)."""
+    return not isinstance(cmd, click.Group) or cmd.invoke_without_command
+
+
 def all_commands(group: click.Group = cli, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     out = []
     for name, cmd in group.commands.items():
         path = prefix + (name,)
+        if invocable(cmd):
+            out.append(path)
         if isinstance(cmd, click.Group):
             out += all_commands(cmd, path)
-        else:
-            out.append(path)
     return out
+
+
+WORD = re.compile(r"[a-z][a-z0-9_-]*")
+MENTION = re.compile(r"(?<![\w./-])worktask(?=\s)")  # not worktask-data, `worktask`, worktask.<family>
+
+
+def readme_mentions(text: str) -> list[list[str]]:
+    """The words after each `worktask ` in the text, up to the first that cannot be a command name (an option,
+    an ID, a closing backtick or bracket); a line break may fall inside (`worktask migrate\nrollback`)."""
+    mentions = []
+    for m in MENTION.finditer(text):
+        words = []
+        for token in text[m.end():m.end() + 200].split():
+            word = WORD.match(token)
+            if not word:
+                break
+            words.append(word.group())
+            if word.end() != len(token):  # `worktask keygen)` or `worktask health`: the command ends here
+                break
+        mentions.append(words)
+    return mentions
+
+
+def resolve(words: list[str]) -> tuple[tuple[str, ...], str | None]:
+    """The command path the words name, and why they name none (None when they do)."""
+    cmd: click.Command = cli
+    path: tuple[str, ...] = ()
+    for word in words:
+        if not isinstance(cmd, click.Group) or word not in cmd.commands:
+            break
+        cmd, path = cmd.commands[word], path + (word,)
+    rest = words[len(path):]
+    if not path:
+        return path, f"no command {words[0]!r}" if words else None
+    if not invocable(cmd) and rest:
+        return path, f"no command {' '.join(path + (rest[0],))!r}"
+    return path, None
+
+
+def readme_commands() -> tuple[set[tuple[str, ...]], list[str]]:
+    named, unknown = set(), []
+    for words in readme_mentions((ROOT / "README.md").read_text()):
+        path, problem = resolve(words)
+        if problem:
+            unknown.append(f"worktask {' '.join(words)}: {problem}")
+        elif path:
+            named.add(path)
+    return named, unknown
+
+
+def test_the_readme_parser_reads_commands_and_stops_at_arguments() -> None:
+    text = ("run `worktask migrate\nrollback` then `worktask restore ID --dry-run`, $(worktask keygen) and "
+            "worktask-data; `worktask` calls; worktask.backup.start; worktask init; worktask stack frob")
+    mentions = readme_mentions(text)
+    assert mentions == [["migrate", "rollback"], ["restore"], ["keygen"], ["init"], ["stack", "frob"]]
+    assert [resolve(m)[1] for m in mentions] == [None, None, None, "no command 'init'",
+                                                 "no command 'stack frob'"]
+
+
+def test_every_worktask_command_the_readme_names_exists() -> None:
+    named, unknown = readme_commands()
+    assert unknown == []
+    assert ("backup", "list") in named and ("migrate",) in named
 
 
 @pytest.mark.parametrize("path", all_commands(), ids=" ".join)
 def test_every_command_is_in_the_readme_and_its_help_has_an_example(path: tuple[str, ...]) -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert f"worktask {' '.join(path)}" in readme
+    named, _unknown = readme_commands()
+    assert path in named, f"worktask {' '.join(path)} is not in README.md"
     proc = run_cli(*path, "--help")
     assert proc.returncode == 0 and "Example" in proc.stdout
 
@@ -54,8 +125,7 @@ def test_docker_compose_runs_only_commands_the_project_has() -> None:
     assert checked == 3
 
 
-def run_cli_celery(args: list[str]):
-    import subprocess
+def run_cli_celery(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "celery", "-A", "worker", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 

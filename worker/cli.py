@@ -6,71 +6,19 @@ Exit codes (DESIGN §6): 0 done; 1 the job failed or found errors; 2 bad input; 
 from __future__ import annotations
 
 import base64
-import json
 import os
 import secrets
 import sys
 import traceback
-from collections.abc import Callable
-from typing import Any
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
-from worker import commands
+from worker import cli_jobs, commands
+from worker.cli_options import CONTEXT, emit_json, output_options, run_job, settings
 from worker.errors import WorktaskError
-from worker.render import RENDERERS, err, human_bytes, out, progress_bar, render_any, render_health, render_services
-from worker.reports import JobReport
-from worker.settings import Settings, get_settings
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def settings() -> Settings:
-    return get_settings()
-
-
-def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, default=str))
-
-
-def output_options(wait: bool = True) -> Callable:
-    """--json for every command; --no-wait and --timeout for those that run a job."""
-    def deco(f: Callable) -> Callable:
-        f = click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object on stdout.")(f)
-        if wait:
-            f = click.option("--no-wait", is_flag=True, help="Print the job id and return at once.")(f)
-            f = click.option("--timeout", type=click.IntRange(1), default=None,
-                             help="Seconds to wait for the job (default JOB_TIMEOUT).")(f)
-        return f
-    return deco
-
-
-def dry_run_option(f: Callable) -> Callable:
-    return click.option("--dry-run/--no-dry-run", "dry_run", default=None,
-                        help="Report what would change and change nothing (default: DRY_RUN).")(f)
-
-
-def run_job(submit: Callable[[], str], kind: str, as_json: bool, no_wait: bool, timeout: int | None,
-            render: Callable[[dict[str, Any]], None]) -> int:
-    """Submit, then (unless --no-wait) show progress, print the report and return its exit code."""
-    s = settings()
-    job_id = submit()
-    if no_wait:
-        emit_json({"job_id": job_id, "kind": kind}) if as_json else out.print(job_id)
-        return 0
-    bar, update = progress_bar(kind)
-    with bar:
-        report = commands.wait(s, job_id, timeout, update)
-    if as_json:
-        emit_json(report)
-    else:
-        if set(report) - set(JobReport.model_fields):  # a job that failed early has only the common fields
-            render(report)
-        if report.get("error"):
-            err.print(f"[red]error:[/] {escape(report['error'])}", soft_wrap=True)
-    return 0 if report.get("ok") else 1
+from worker.render import RENDERERS, err, human_bytes, out, render_any, render_health, render_services
 
 
 @click.group(context_settings=CONTEXT)
@@ -230,7 +178,8 @@ def stack_status(as_json: bool) -> int:
     return 0 if all(s["ok"] for s in data["services"]) else 1
 
 
-from worker import cli_jobs  # noqa: E402,F401 - registers migrate, seed, backup, restore, validate, testdata
+for command in cli_jobs.COMMANDS:  # migrate, seed, backup, restore, validate, testdata
+    cli.add_command(command)
 
 
 def _debug() -> bool:
@@ -255,7 +204,5 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-if __name__ == "__main__":  # python -m worker.cli: run the imported module, where the job commands registered
-    from worker.cli import main as registered_main
-
-    registered_main()
+if __name__ == "__main__":  # python -m worker.cli
+    main()

@@ -1,6 +1,7 @@
 """The `worktask` commands that run data jobs: migrate, seed, backup, restore, validate, testdata.
 
-They register on the group of worker/cli.py, which imports this module.
+They are plain click commands listed in COMMANDS; worker/cli.py adds them to its group. This module imports
+only the shared pieces (worker/cli_options.py), never worker/cli.py.
 """
 
 from __future__ import annotations
@@ -10,13 +11,24 @@ from rich.markup import escape
 from rich.table import Table
 
 from worker import commands
-from worker.cli import cli, dry_run_option, emit_json, output_options, run_job, settings
+from worker.cli_options import dry_run_option, emit_json, flag_or, output_options, run_job, settings
+from worker.render import (
+    err,
+    human_bytes,
+    out,
+    render_backup,
+    render_backup_validate,
+    render_cleanup,
+    render_migrate,
+    render_restore,
+    render_seed,
+    render_testdata,
+    render_validate,
+)
 from worker.settings import RETENTION_DAYS_MAX
-from worker.render import (err, human_bytes, out, render_backup, render_backup_validate, render_cleanup,
-                           render_migrate, render_restore, render_seed, render_testdata, render_validate)
 
 
-@cli.group(invoke_without_command=True)
+@click.group(invoke_without_command=True)
 @dry_run_option
 @output_options()
 @click.pass_context
@@ -34,7 +46,7 @@ def migrate(ctx: click.Context, dry_run: bool | None, as_json: bool, no_wait: bo
     if ctx.invoked_subcommand:
         return 0
     s = settings()
-    dry = s.dry_run if dry_run is None else dry_run
+    dry = flag_or(dry_run, s.dry_run)
     return run_job(lambda: commands.migrate(s, "upgrade", None, dry), "migrate", as_json, no_wait, timeout,
                    render_migrate)
 
@@ -81,7 +93,7 @@ def migrate_rollback(version: str | None, dry_run: bool | None, as_json: bool, n
       worktask migrate rollback base --dry-run
     """
     s = settings()
-    dry = s.dry_run if dry_run is None else dry_run
+    dry = flag_or(dry_run, s.dry_run)
     return run_job(lambda: commands.migrate(s, "downgrade", version or "-1", dry), "migrate", as_json, no_wait,
                    timeout, render_migrate)
 
@@ -100,7 +112,7 @@ def migrate_create(name: str, description: str) -> int:
     return 0
 
 
-@cli.command()
+@click.command()
 @click.option("--config-only", is_flag=True, help="Only the three work-task configuration sets (PostgreSQL).")
 @click.option("--skip-existing/--no-skip-existing", default=None,
               help="Leave items that exist as they are (default: SKIP_EXISTING).")
@@ -121,15 +133,15 @@ def seed(config_only: bool, skip_existing: bool | None, overwrite: bool, dry_run
       SKIP_EXISTING=true worktask seed
     """
     s = settings()
-    skip = s.skip_existing if skip_existing is None else skip_existing
+    skip = flag_or(skip_existing, s.skip_existing)
     if skip and overwrite:
         raise click.UsageError("--overwrite and --skip-existing (SKIP_EXISTING) exclude each other")
     mode = "overwrite" if overwrite else "skip" if skip else "conflict"
-    dry = s.dry_run if dry_run is None else dry_run
+    dry = flag_or(dry_run, s.dry_run)
     return run_job(lambda: commands.seed(s, config_only, mode, dry), "seed", as_json, no_wait, timeout, render_seed)
 
 
-@cli.group(invoke_without_command=True)
+@click.group(invoke_without_command=True)
 @click.option("--compress/--no-compress", default=None, help="zstd (default: COMPRESSION_ENABLED).")
 @click.option("--encrypt/--no-encrypt", default=None, help="AES-256-GCM (default: ENCRYPTION_ENABLED).")
 @click.option("--chunk-rows", type=click.IntRange(1000), default=None, help="Rows per chunk (default: CHUNK_ROWS).")
@@ -150,8 +162,8 @@ def backup(ctx: click.Context, compress: bool | None, encrypt: bool | None, chun
     if ctx.invoked_subcommand:
         return 0
     s = settings()
-    comp = s.compression_enabled if compress is None else compress
-    enc = s.encryption_enabled if encrypt is None else encrypt
+    comp = flag_or(compress, s.compression_enabled)
+    enc = flag_or(encrypt, s.encryption_enabled)
     return run_job(lambda: commands.backup(s, comp, enc, chunk_rows), "backup", as_json, no_wait, timeout,
                    render_backup)
 
@@ -224,13 +236,13 @@ def backup_cleanup(retention_days: int | None, dry_run: bool | None, as_json: bo
       RETENTION_DAYS=7 worktask backup cleanup
     """
     s = settings()
-    dry = s.dry_run if dry_run is None else dry_run
-    days = retention_days or s.retention_days
+    dry = flag_or(dry_run, s.dry_run)
+    days = flag_or(retention_days, s.retention_days)
     return run_job(lambda: commands.backup_cleanup(s, days, dry), "backup_cleanup", as_json, no_wait, timeout,
                    render_cleanup)
 
 
-@cli.command()
+@click.command()
 @click.argument("backup_id")
 @click.option("--tables", default=None, help="Comma-separated tables to restore (default: TABLES_ONLY, else all).")
 @click.option("--exact", is_flag=True, help="DynamoDB: also delete items that are not in the backup.")
@@ -252,13 +264,13 @@ def restore(backup_id: str, tables: str | None, exact: bool, allow_schema_mismat
     """
     s = settings()
     names = commands.table_names(tables, s)
-    dry = s.dry_run if dry_run is None else dry_run
+    dry = flag_or(dry_run, s.dry_run)
     return run_job(lambda: commands.restore(s, backup_id, names, exact, dry, allow_schema_mismatch,
                                             allow_unauthenticated), "restore", as_json, no_wait, timeout,
                    render_restore)
 
 
-@cli.command()
+@click.command()
 @click.option("--fix/--no-fix", default=None, help="Repair the fixable issues (default: FIX_ISSUES).")
 @output_options()
 def validate(fix: bool | None, as_json: bool, no_wait: bool, timeout: int | None) -> int:
@@ -271,11 +283,11 @@ def validate(fix: bool | None, as_json: bool, no_wait: bool, timeout: int | None
       worktask validate --fix --json
     """
     s = settings()
-    do_fix = s.fix_issues if fix is None else fix
+    do_fix = flag_or(fix, s.fix_issues)
     return run_job(lambda: commands.validate(s, do_fix), "validate", as_json, no_wait, timeout, render_validate)
 
 
-@cli.group()
+@click.group()
 def testdata() -> None:
     """Realistic, marked test data: generate it, clean it up."""
 
@@ -296,7 +308,7 @@ def testdata_generate(count: int | None, seed: int | None, no_files: bool, as_js
       worktask testdata generate 100000 --no-files
     """
     s = settings()
-    return run_job(lambda: commands.testdata(s, "generate", count or s.test_data_count, seed, no_files),
+    return run_job(lambda: commands.testdata(s, "generate", flag_or(count, s.test_data_count), seed, no_files),
                    "testdata_generate", as_json, no_wait, timeout, render_testdata)
 
 
@@ -312,3 +324,6 @@ def testdata_cleanup(as_json: bool, no_wait: bool, timeout: int | None) -> int:
     s = settings()
     return run_job(lambda: commands.testdata(s, "cleanup"), "testdata_cleanup", as_json, no_wait, timeout,
                    render_testdata)
+
+
+COMMANDS: list[click.Command] = [migrate, seed, backup, restore, validate, testdata]

