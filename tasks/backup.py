@@ -29,17 +29,13 @@ from worker.connections import aws_client, pg_connect, pg_params
 from worker.constants import (TASK_BACKUP_DUMP_DYNAMO, TASK_BACKUP_DUMP_PG, TASK_BACKUP_FINALIZE,
                               TASK_BACKUP_START)
 from worker.dynamo import exists as dynamo_exists
-from worker.errors import JobFailed
+from worker.errors import JobFailed, SnapshotLost
 from worker.reports import BackupReport, BackupTable, utcnow
 from worker.settings import Settings
 from worker.taskbase import JobTask
 
 EXPORT_PATIENCE = 20  # seconds a DynamoDB chunk task waits for the export in one go,
 EXPORT_RETRY = 30  # then it retries this much later (the export's deadline bounds the whole wait)
-
-
-class SnapshotLost(JobFailed):
-    """The exported snapshot is gone (its holder ended): the chunk cannot be read consistently."""
 
 
 quote = chunks.quote  # tasks/restore.py imports it from here

@@ -26,13 +26,13 @@ from celery import chord
 
 from worker import backups, chunks, jobs, snapshot, swap
 from worker.app import app
-from worker.archive import CorruptChunk, read_chunk
+from worker.archive import read_chunk
 from worker.connections import aws_client, pg_connect, pg_params
 from worker.constants import (KEY_PREFIX, TASK_RESTORE_AFTER_LOAD, TASK_RESTORE_AFTER_VERIFY, TASK_RESTORE_BUILD,
                               TASK_RESTORE_FINALIZE, TASK_RESTORE_LOAD, TASK_RESTORE_START, TASK_RESTORE_VERIFY)
 from worker.constants import DYNAMO_SCAN_RESTORE_KEY
 from worker.dynamo import KEY_SCHEMA, batch_write, from_export, from_export_line, to_export
-from worker.errors import JobFailed
+from worker.errors import CorruptChunk, JobFailed
 from worker.reports import RestoreReport, RestoreTable, utcnow
 from worker.settings import Settings
 from worker.taskbase import JobTask

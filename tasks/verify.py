@@ -10,9 +10,10 @@ from celery import chord
 
 from worker import backups, jobs
 from worker.app import app
-from worker.archive import CorruptChunk, read_chunk
+from worker.archive import read_chunk
 from worker.constants import (TASK_CLEANUP_START, TASK_VALIDATE_CHUNK, TASK_VALIDATE_FINALIZE,
                               TASK_VALIDATE_START)
+from worker.errors import CorruptChunk
 from worker.reports import BadChunk, CleanupReport, ValidateBackupReport, utcnow
 from worker.settings import Settings
 from worker.taskbase import JobTask

@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from worker.connections import pg_connect
-from worker.errors import BadInput, JobFailed
+from worker.errors import BadInput, MigrationFailed
 from worker.settings import Settings
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "migrations"
@@ -44,10 +44,6 @@ create table if not exists {RECORD_TABLE} (
     checksum text not null,
     applied_at timestamptz not null default now()
 )"""
-
-
-class MigrationFailed(JobFailed):
-    """A migration failed (or its validate() said no) and was rolled back."""
 
 
 def script_path(settings: Settings, override: str | Path | None = None) -> Path:

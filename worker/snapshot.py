@@ -33,7 +33,7 @@ import redis
 from psycopg import sql
 
 from worker.constants import KEY_PREFIX
-from worker.errors import JobFailed, ServiceUnavailable
+from worker.errors import JobFailed, LockTimeout, ServiceUnavailable
 
 # One pair of keys per generation of a backup (a restart takes a fresh snapshot under new keys, so an
 # old holder sees its own lease go and cannot touch the new one's keys).
@@ -118,12 +118,6 @@ def refuse_during_backup(r: redis.Redis, what: str) -> None:
     if busy:
         raise JobFailed(f"backup job {busy[0]} is running and holds its tables until it ends; run the {what} "
                         f"after it (worktask jobs show {busy[0]})")
-
-
-class LockTimeout(Exception):
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
 
 
 # Who holds (or queues for) the ACCESS EXCLUSIVE lock on a table that a backup's lock waits behind.
