@@ -12,7 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from celery import chord
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker import jobs, migrator
+from worker import backups, jobs, migrator
 from worker.app import app
 from worker.connections import aws_client, pg_connect, redis_client
 from worker.constants import (LAST_VALIDATION_KEY, QUEUE_BULK, QUEUE_CONTROL, TASK_HEALTH_CHECK,
@@ -20,7 +20,6 @@ from worker.constants import (LAST_VALIDATION_KEY, QUEUE_BULK, QUEUE_CONTROL, TA
 from worker.errors import WorktaskError
 from worker.reports import Check, HealthReport, utcnow
 from worker.settings import Settings, mask_url
-from worker.store import get_store
 from worker.taskbase import JobTask
 
 CHECKS = ("postgres", "redis", "dynamodb", "backup_store", "workers", "migrations", "validation")
@@ -56,7 +55,7 @@ def check_dynamodb(settings: Settings) -> str:
 
 
 def check_backup_store(settings: Settings) -> str:
-    return get_store(settings).check()
+    return backups.store_for(settings).check()
 
 
 def check_workers(settings: Settings) -> str:

@@ -53,12 +53,15 @@ def created_at(backup_id: str) -> datetime:
 
 def store_options(settings: Settings) -> dict[str, Any]:
     """Where and how a job's backup is written; part of the job's options (no secrets)."""
-    return {"s3_bucket": settings.s3_bucket_name,
-            "backup_dir": str((settings.backup_dir or settings.worktask_state_dir / "backups").resolve()),
+    return {"s3_bucket": settings.s3_bucket_name, "backup_dir": str(settings.backup_folder),
             "prefix": settings.backup_prefix}
 
 
-def store_for(settings: Settings, options: dict[str, Any]) -> ObjectStore:
+def store_for(settings: Settings, options: dict[str, Any] | None = None) -> ObjectStore:
+    """The one store factory: the store a job's options name (the submitting CLI's choice, carried to the
+    workers), or without options this process's own (S3_BUCKET_NAME, else Settings.backup_folder)."""
+    if options is None:
+        options = store_options(settings)
     if options.get("s3_bucket"):
         return S3Store(settings, options["s3_bucket"])
     return LocalStore(Path(options["backup_dir"]))
