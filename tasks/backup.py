@@ -22,7 +22,7 @@ import psycopg
 from botocore.exceptions import ClientError
 from celery import chord
 
-from worker import backups, chunks, dynamo, jobs, snapshot
+from worker import backups, chunks, dynamo, jobs, snapshot, sqltext
 from worker.app import app
 from worker.archive import ChunkWriter
 from worker.connections import aws_client, pg_connect, pg_params
@@ -39,7 +39,7 @@ EXPORT_PATIENCE = 20  # seconds a DynamoDB chunk task waits for the export in on
 EXPORT_RETRY = 30  # then it retries this much later (the export's deadline bounds the whole wait)
 
 
-quote = chunks.quote  # tasks/restore.py imports it from here
+quote = sqltext.ident  # tasks/restore.py imports it from here
 
 
 # planning --------------------------------------------------------------------------------------------

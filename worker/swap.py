@@ -20,8 +20,11 @@ two tables alike) and marked by their comment, `worktask:restore:<tag>:<table>` 
 drops only marked tables, the backup planning leaves them out, and the swap sets the comment back to
 the live table's.
 
-Names never reach SQL as text: identifiers go through psycopg.sql or PostgreSQL's own format('%I');
-expressions and definitions come from PostgreSQL's catalog functions (pg_get_*def, pg_get_expr).
+Names never reach SQL as text: identifiers go through psycopg.sql (or worker/sqltext.py, its conn-free form)
+or PostgreSQL's own format('%I'); expressions and definitions come from PostgreSQL's catalog functions
+(pg_get_*def, pg_get_expr) and are pasted as they print (they are SQL text already, no parameter can hold them),
+always as an argument of format() (sql.SQL(text)), never into its template, where a `{}` in them (an array or
+JSON literal) would be taken for a placeholder.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+
+from worker.sqltext import ident
 
 SUFFIX = "__restore"
 MARKER = "worktask:restore:"  # the comment of every replacement table: MARKER + "<tag>:<table>"
@@ -67,6 +72,13 @@ def marker(tag: str, table: str) -> str:
 
 
 def qi(conn: psycopg.Connection, name: str) -> str:
+    """An identifier as SQL text (sqltext.ident; `conn` is not used). Kept for tasks/restore.py."""
+    return ident(name)
+
+
+def _printed(conn: psycopg.Connection, name: str) -> str:
+    """A name as PostgreSQL prints it in pg_get_*def() (quote_ident: quoted only where needed), to match that
+    text; the server's own answer, as its keyword list decides the quoting."""
     return conn.execute("select quote_ident(%s)", (name,)).fetchone()[0]
 
 
@@ -356,8 +368,8 @@ def recompute_generated(conn: psycopg.Connection, table: str, tag: str) -> None:
 
 def _retarget(definition: str, old: str, new: str, conn: psycopg.Connection) -> str:
     """An index definition of `old` rewritten for `new` (only the ON clause)."""
-    pattern = re.compile(r" ON (ONLY )?public\." + re.escape(qi(conn, old)) + " ")
-    out, n = pattern.subn(lambda m: f" ON {m.group(1) or ''}public.{qi(conn, new)} ", definition, count=1)
+    pattern = re.compile(r" ON (ONLY )?public\." + re.escape(_printed(conn, old)) + " ")
+    out, n = pattern.subn(lambda m: f" ON {m.group(1) or ''}public.{ident(new)} ", definition, count=1)
     if n != 1:
         raise RuntimeError(f"cannot retarget index definition of {old}: {definition}")
     return out
@@ -374,17 +386,17 @@ def build(conn: psycopg.Connection, cat: dict[str, Any], tag: str) -> None:
     table, new = cat["table"], replacement(cat["table"], tag)
     for i, (_name_, _kind, definition, tablespace, *_comments) in enumerate(cat["constraints"]):
         _default_tablespace(conn, tablespace)
-        conn.execute(sql.SQL("alter table {} add constraint {} " + definition).format(
-            sql.Identifier(new), sql.Identifier(temp_name(table, tag, "c", i))))
+        conn.execute(sql.SQL("alter table {} add constraint {} {}").format(
+            sql.Identifier(new), sql.Identifier(temp_name(table, tag, "c", i)), sql.SQL(definition)))
     for i, (_name_, definition, tablespace, _comment) in enumerate(cat["indexes"]):
         _default_tablespace(conn, tablespace)
         head, rest = definition.split(" ON ", 1)
-        created = head.rsplit(" ", 1)[0] + " " + qi(conn, temp_name(table, tag, "i", i)) + " ON " + rest
+        created = head.rsplit(" ", 1)[0] + " " + ident(temp_name(table, tag, "i", i)) + " ON " + rest
         conn.execute(_retarget(created, table, new, conn))
     _default_tablespace(conn, None)
     if cat["partition_check"]:
-        conn.execute(sql.SQL("alter table {} add constraint {} check " + cat["partition_check"]).format(
-            sql.Identifier(new), sql.Identifier(temp_name(table, tag, "bound"))))
+        conn.execute(sql.SQL("alter table {} add constraint {} check {}").format(
+            sql.Identifier(new), sql.Identifier(temp_name(table, tag, "bound")), sql.SQL(cat["partition_check"])))
     conn.execute(sql.SQL("analyze {}").format(sql.Identifier(new)))
 
 
@@ -460,8 +472,8 @@ def _swap_table(conn: psycopg.Connection, cat: dict[str, Any], tag: str) -> None
         else:
             conn.execute("select setval(%s::oid::regclass, 1, false)", (seq_oid,))
     if cat["parent"]:
-        conn.execute(sql.SQL("alter table {} attach partition {} " + cat["bound"]).format(
-            sql.Identifier(cat["parent"]), t))
+        conn.execute(sql.SQL("alter table {} attach partition {} {}").format(
+            sql.Identifier(cat["parent"]), t, sql.SQL(cat["bound"])))
         conn.execute(sql.SQL("alter table {} drop constraint {}").format(
             t, sql.Identifier(temp_name(table, tag, "bound"))))
     for _name_, definition, comment in cat["triggers"]:
@@ -474,7 +486,7 @@ def _swap_table(conn: psycopg.Connection, cat: dict[str, Any], tag: str) -> None
     conn.execute(sql.SQL("comment on table {} is {}").format(t, sql.Literal(cat["comment"])))  # never the marker
     _comment_columns(conn, table, cat["column_comments"])
     if cat["options"]:
-        conn.execute(sql.SQL("alter table {} set (" + ", ".join(cat["options"]) + ")").format(t))
+        conn.execute(sql.SQL("alter table {} set ({})").format(t, sql.SQL(", ".join(cat["options"]))))
     if cat["rls"]:
         conn.execute(sql.SQL("alter table {} enable row level security").format(t))
     if cat["force_rls"]:
@@ -504,11 +516,12 @@ def _create_policies(conn: psycopg.Connection, cat: dict[str, Any]) -> None:
 
 def _create_view(conn: psycopg.Connection, v: dict[str, Any]) -> None:
     name = sql.Identifier(v["name"])
-    conn.execute(sql.SQL("create view {}{} as " + v["definition"].rstrip().rstrip(";")).format(
-        name, sql.SQL(" with (" + ", ".join(v["options"]) + ")") if v["options"] else sql.SQL("")))
+    conn.execute(sql.SQL("create view {}{} as {}").format(
+        name, sql.SQL(" with (" + ", ".join(v["options"]) + ")") if v["options"] else sql.SQL(""),
+        sql.SQL(v["definition"].rstrip().rstrip(";"))))
     for column, default in v["defaults"]:
-        conn.execute(sql.SQL("alter view {} alter column {} set default " + default).format(
-            name, sql.Identifier(column)))
+        conn.execute(sql.SQL("alter view {} alter column {} set default {}").format(
+            name, sql.Identifier(column), sql.SQL(default)))
     _grant(conn, name, v["grants"])
     _column_grant(conn, name, v["column_grants"])
     conn.execute(sql.SQL("alter view {} owner to {}").format(name, sql.Identifier(v["owner"])))
