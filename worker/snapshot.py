@@ -40,7 +40,7 @@ from worker.errors import JobFailed, LockTimeout, ServiceUnavailable
 HOLD_KEY = KEY_PREFIX + "job:{job_id}:snapshot:{gen}"  # hash: snapshot, tables, pid, since | error; TTL = heartbeat
 LEASE_KEY = KEY_PREFIX + "job:{job_id}:snapshot-lease:{gen}"  # exists while the backup wants the snapshot
 HEARTBEAT_TTL = 30
-# A restore's replacement tables carry this comment (worker/swap.py): never backed up, never locked.
+# A restore's replacement tables carry this comment (worker/swap_replacement.py MARKER): never backed up, never locked.
 REPLACEMENT_MARKER = "worktask:restore:"
 SKIP_TABLES = ("alembic_version", "worktask_migrations")
 LIST_TRIES = 3  # a table dropped between listing and locking: list again
