@@ -4,6 +4,8 @@
     BACKUP_PREFIX/<id>/failed.json                      written when the backup failed
     BACKUP_PREFIX/<id>/postgres/<table>/<n>.<token>.<ext>
     BACKUP_PREFIX/<id>/dynamodb/<table>/<n>.<token>.<ext>
+
+The manifest's format, field by field, and how it is built: worker/manifest.py.
 """
 
 from __future__ import annotations
