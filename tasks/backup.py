@@ -21,14 +21,15 @@ import asyncpg
 import psycopg
 from botocore.exceptions import ClientError
 
-from worker import backups, chunks, dynamo, jobs, snapshot
+from worker import backups, chunks, dynamo, jobs, snapshot, sqltext
 from worker.app import app
 from worker.archive import ChunkWriter
 from worker.connections import aws_client, pg_connect, pg_params
 from worker.constants import (TASK_BACKUP_DUMP_DYNAMO, TASK_BACKUP_DUMP_PG, TASK_BACKUP_FINALIZE,
                               TASK_BACKUP_START)
 from worker.dynamo import exists as dynamo_exists
-from worker.errors import JobFailed
+from worker.errors import JobFailed, SnapshotLost
+from worker.manifest import build_manifest
 from worker.reports import BackupReport, BackupTable, utcnow
 from worker.settings import Settings
 from worker.plans import BackupPlan
@@ -38,11 +39,9 @@ EXPORT_PATIENCE = 20  # seconds a DynamoDB chunk task waits for the export in on
 EXPORT_RETRY = 30  # then it retries this much later (the export's deadline bounds the whole wait)
 
 
-class SnapshotLost(JobFailed):
-    """The exported snapshot is gone (its holder ended): the chunk cannot be read consistently."""
+ident = sqltext.ident
 
 
-quote = chunks.quote
 # planning --------------------------------------------------------------------------------------------
 
 # Per table: its columns as COPY lists them (stored generated columns are left out: the restore's table
@@ -159,9 +158,9 @@ def dump_postgres_chunk(settings: Settings, options: dict[str, Any], backup_id: 
     """COPY one key range TO STDOUT through the snapshot -> zstd -> AES-GCM -> the store (asyncpg, DESIGN §12)."""
     store = backups.store_for(settings, options)
     obj = backups.chunk_key(options, backup_id, "postgres", table["name"], chunk["n"], secrets.token_hex(3))
-    cols = ", ".join(quote(c["name"]) for c in table["columns"])
+    cols = ", ".join(ident(c["name"]) for c in table["columns"])
     where, args = chunks.row_filter(table, chunk)
-    query = f"select {cols} from only {quote(table['name'])}{where}"
+    query = f"select {cols} from only {ident(table['name'])}{where}"  # names quoted, bounds parameters
     rate = options.get("rate_limit") or 0
     began = time.monotonic()
     with store.writer(obj) as out:
@@ -196,14 +195,15 @@ async def _copy_out(settings: Settings, snap: str, table: str, query: str, args:
         try:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 try:
-                    await conn.execute(f"set transaction snapshot '{snapshot.check_id(snap)}'")
+                    # takes no parameter: the id is checked against what pg_export_snapshot() returns, then quoted
+                    await conn.execute("set transaction snapshot " + sqltext.literal(snapshot.check_id(snap)))
                 except (asyncpg.InvalidParameterValueError, asyncpg.UndefinedObjectError) as err:  # 22023 / 42704 (18)
                     raise SnapshotLost(f"snapshot {snap} is gone ({err})") from None
                 # The holder's lock keeps TRUNCATE and rewrites out, but one that queues for its ACCESS EXCLUSIVE
                 # lock meanwhile queues this chunk's ACCESS SHARE behind it: wait a bounded time, then give way
                 # (as pg_dump's workers do), failing the backup by name rather than hanging with the holder.
-                await conn.execute(f"set local lock_timeout = {int(lock_timeout * 1000)}")
-                await conn.execute(f"lock table only {quote(table)} in access share mode")
+                await conn.execute("select set_config('lock_timeout', $1, true)", f"{int(lock_timeout * 1000)}ms")
+                await conn.execute(f"lock table only {ident(table)} in access share mode")
                 await conn.copy_from_query(query, *args, output=sink)
         except asyncpg.LockNotAvailableError:
             blockers = await conn.fetch(snapshot.BLOCKERS_SQL.format(param="$1"), table)
@@ -251,53 +251,7 @@ def _write_items(settings: Settings, options: dict[str, Any], backup_id: str, ta
             "seconds": round(time.monotonic() - began, 3), "ended_at": time.time(), **stats}
 
 
-def dynamo_capture(table: dict[str, Any], chunks: list[dict[str, Any]]) -> dict[str, Any]:
-    """How the DynamoDB part was taken, for the manifest and the report: at one instant (export), or by a
-    scan between the first segment's start and the last one's end."""
-    capture = table.get("capture") or {"method": "scan"}
-    if capture["method"] == "export":
-        rows, expected = sum(c["rows"] for c in chunks), {c.get("export_items") for c in chunks} - {None}
-        if expected and rows != max(expected):
-            raise JobFailed(f"table {table['name']}: the export holds {max(expected)} items, its chunks {rows}")
-        return {k: capture[k] for k in ("method", "at", "export_arn")}
-    windows = [c["window"] for c in chunks if c.get("window")]
-    return {"method": "scan", "window": [_iso(min(w[0] for w in windows)), _iso(max(w[1] for w in windows))]
-            if windows else None, "snapshot_at": capture.get("snapshot_at"), "reason": capture.get("reason")}
-
-
 # finalize -------------------------------------------------------------------------------------------------
-
-def build_manifest(backup_id: str, plan: dict[str, Any], results: list[dict[str, Any]], started: float) -> dict[str, Any]:
-    by_table: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in results:
-        by_table.setdefault((r["store"], r["table"]), []).append(r)
-    tables = []
-    for t in plan["tables"]:
-        got = sorted(by_table.get((t["store"], t["name"]), []), key=lambda c: c["n"])
-        if len(got) != len(t["chunks"]):
-            raise JobFailed(f"table {t['name']}: {len(got)} of {len(t['chunks'])} chunks came back")
-        rows = sum(c["rows"] for c in got)
-        if "planned_rows" in t and rows != t["planned_rows"]:
-            raise JobFailed(f"table {t['name']}: read {rows} rows, {t['planned_rows']} were planned under the "
-                            "snapshot (was it truncated or rewritten during the backup?)")
-        tables.append({**{k: v for k, v in t.items() if k != "chunks"},
-                       "rows": rows, "bytes_raw": sum(c["bytes_raw"] for c in got),
-                       "bytes_stored": sum(c["bytes_stored"] for c in got),
-                       "seconds": round(sum(c["seconds"] for c in got), 3),
-                       "chunks": [{k: c[k] for k in ("n", "key", "rows", "bytes_raw", "bytes_stored", "sha256")}
-                                  | {k: c[k] for k in ("range", "ctid") if k in c} for c in got]}
-                      | ({"capture": dynamo_capture(t, got)} if t["store"] == "dynamodb" else {}))
-    totals = {k: sum(t[k] for t in tables) for k in ("rows", "bytes_raw", "bytes_stored")}
-    totals["chunks"] = sum(len(t["chunks"]) for t in tables)
-    for store in ("postgres", "dynamodb"):  # wall time from the first chunk's start to the last one's end, per store
-        ends = [(r["ended_at"] - r["seconds"], r["ended_at"]) for r in results if r["store"] == store]
-        if ends:
-            totals[f"{store}_wall_s"] = round(max(e for _, e in ends) - min(b for b, _ in ends), 3)
-    return {"format_version": backups.FORMAT_VERSION, "backup_id": backup_id, "created_at": plan["created_at"],
-            "finished_at": utcnow().isoformat(), "duration_s": round(time.time() - started, 3),
-            "source": plan["source"], "options": {k: plan["options"][k] for k in ("compress", "encrypt", "chunk_rows")},
-            "encryption": plan["encryption"], "tables": tables, "totals": totals}
-
 
 def backup_report(job_id: str, manifest: dict[str, Any]) -> BackupReport:
     duration = manifest["duration_s"] or 0.0

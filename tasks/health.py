@@ -11,7 +11,7 @@ import redis
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker import jobs, migrator
+from worker import backups, jobs, migrator
 from worker.app import app
 from worker.connections import aws_client, pg_connect, redis_client
 from worker.constants import (LAST_VALIDATION_KEY, QUEUE_BULK, QUEUE_CONTROL, TASK_HEALTH_CHECK,
@@ -19,7 +19,6 @@ from worker.constants import (LAST_VALIDATION_KEY, QUEUE_BULK, QUEUE_CONTROL, TA
 from worker.errors import WorktaskError
 from worker.reports import Check, HealthReport
 from worker.settings import Settings, mask_url
-from worker.store import get_store
 from worker.taskbase import JobTask, fan_out
 
 CHECKS = ("postgres", "redis", "dynamodb", "backup_store", "workers", "migrations", "validation")
@@ -55,7 +54,7 @@ def check_dynamodb(settings: Settings) -> str:
 
 
 def check_backup_store(settings: Settings) -> str:
-    return get_store(settings).check()
+    return backups.store_for(settings).check()
 
 
 def check_workers(settings: Settings) -> str:

@@ -23,22 +23,21 @@ from typing import Any
 import asyncpg
 import psycopg
 
-from worker import backups, chunks, jobs, snapshot, swap
+from worker import backups, chunks, jobs, snapshot, sqltext, swap
 from worker.app import app
-from worker.archive import CorruptChunk
 from worker.chunkcheck import check_chunk, open_chunk
 from worker.connections import aws_client, pg_connect, pg_params
 from worker.constants import (TASK_RESTORE_AFTER_LOAD, TASK_RESTORE_AFTER_VERIFY, TASK_RESTORE_BUILD,
                               TASK_RESTORE_FINALIZE, TASK_RESTORE_LOAD, TASK_RESTORE_START, TASK_RESTORE_VERIFY)
 from worker.constants import DYNAMO_SCAN_RESTORE_KEY
 from worker.dynamo import KEY_SCHEMA, batch_write, from_export, from_export_line, to_export
-from worker.errors import JobFailed
+from worker.errors import CorruptChunk, JobFailed
 from worker.reports import RestoreReport, RestoreTable, utcnow
 from worker.settings import Settings
 from worker.plans import RestorePlan
 from worker.taskbase import JobTask, fan_out, on_job_failure
 
-quote = chunks.quote
+ident = sqltext.ident
 BATCH = 25  # BatchWriteItem's limit
 
 
@@ -71,9 +70,9 @@ async def _copy_in(settings: Settings, target: str, table: dict[str, Any], chunk
         async with conn.transaction():
             where, args = chunks.row_filter(table, chunk) if chunk.get("range") else ("", [])
             if where:  # a rerun of a key-range chunk replaces what an earlier run of it loaded
-                await conn.execute(f"delete from {quote(target)}{where}", *args)
+                await conn.execute(f"delete from {ident(target)}{where}", *args)
             elif not chunk.get("ctid"):  # the table's only chunk
-                await conn.execute(f"truncate {quote(target)}")
+                await conn.execute(f"truncate {ident(target)}")
             # a page-range (ctid) chunk has no key to delete by: the load task runs it once (a marker)
             await conn.copy_to_table(target, source=source(), columns=[c["name"] for c in table["columns"]],
                                      schema_name="public")
@@ -205,7 +204,7 @@ def note_dynamo_restore(settings: Settings, r: Any, plan: RestorePlan, table: di
 
 def live_rows(settings: Settings, table: str) -> int:
     with pg_connect(settings) as conn:
-        return conn.execute(f"select count(*) from {swap.qi(conn, table)}").fetchone()[0]
+        return conn.execute(psycopg.sql.SQL("select count(*) from {}").format(psycopg.sql.Identifier(table))).fetchone()[0]
 
 
 # tasks --------------------------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ from typing import Any
 from worker import backups, jobs
 from worker.app import app
 from worker.chunkcheck import check_chunk
-from worker.constants import (TASK_CLEANUP_START, TASK_VALIDATE_CHUNK, TASK_VALIDATE_FINALIZE,
-                              TASK_VALIDATE_START)
+from worker.constants import (TASK_BACKUP_VALIDATE_CHUNK, TASK_BACKUP_VALIDATE_FINALIZE, TASK_BACKUP_VALIDATE_START,
+                              TASK_CLEANUP_START)
 from worker.plans import BackupValidatePlan
 from worker.reports import BadChunk, CleanupReport, ValidateBackupReport
 from worker.settings import Settings
@@ -28,7 +28,7 @@ def cleanup(settings: Settings, options: dict[str, Any]) -> tuple[list[dict[str,
     return deleted, len(listed) - len(plan)
 
 
-@app.task(name=TASK_VALIDATE_START, base=JobTask, bind=True)
+@app.task(name=TASK_BACKUP_VALIDATE_START, base=JobTask, bind=True)
 def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]:
     backup_id = options["backup_id"]
     manifest = backups.read_manifest(backups.store_for(self.settings, options), options, backup_id, self.settings,
@@ -44,7 +44,7 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
     return {"job_id": job_id, "chunks": len(header)}
 
 
-@app.task(name=TASK_VALIDATE_CHUNK, base=JobTask, bind=True)
+@app.task(name=TASK_BACKUP_VALIDATE_CHUNK, base=JobTask, bind=True)
 def check(self: JobTask, job_id: str, table: str, chunk: int, store: str, path: str, sha256: str, rows: int,
           size: int) -> dict[str, Any]:
     plan = jobs.load_plan(self.redis, job_id, BackupValidatePlan)
@@ -55,7 +55,7 @@ def check(self: JobTask, job_id: str, table: str, chunk: int, store: str, path: 
     return {"table": table, "chunk": chunk, "path": path, "rows": rows, "reason": reason}
 
 
-@app.task(name=TASK_VALIDATE_FINALIZE, base=JobTask, bind=True)
+@app.task(name=TASK_BACKUP_VALIDATE_FINALIZE, base=JobTask, bind=True)
 def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
     options = jobs.options(self.redis, job_id)
     bad = [BadChunk(table=r["table"], chunk=r["chunk"], path=r["path"], reason=r["reason"])

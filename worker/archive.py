@@ -21,13 +21,11 @@ import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from worker.errors import CorruptChunk
+
 MAGIC = b"WTKE\x01"
 FRAME = 1024 * 1024  # plaintext bytes per encrypted frame
 ZSTD_LEVEL = 3
-
-
-class CorruptChunk(Exception):
-    """A chunk that does not verify: checksum, authentication, compression or row count."""
 
 
 def _aad(name: str, counter: int, last: bool) -> bytes:

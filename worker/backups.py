@@ -4,6 +4,8 @@
     BACKUP_PREFIX/<id>/failed.json                      written when the backup failed
     BACKUP_PREFIX/<id>/postgres/<table>/<n>.<token>.<ext>
     BACKUP_PREFIX/<id>/dynamodb/<table>/<n>.<token>.<ext>
+
+The manifest's format, field by field, and how it is built: worker/manifest.py.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from worker.archive import new_data_key, unwrap_key, wrap_key
 from worker.connections import aws_client
 from worker.errors import BadInput
+from worker.manifest import FORMAT_VERSION, check_format, validate  # noqa: F401 - the format: worker/manifest.py
 from worker.settings import Settings
 from worker.store import LocalStore, ObjectStore, S3Store
 
-FORMAT_VERSION = 1
 ID_RE = re.compile(r"(\d{8}T\d{6}Z)-[0-9A-Za-z-]{1,60}")  # matched whole (fullmatch)
 _key_cache: dict[tuple[str, str], bytes] = {}
 
@@ -53,12 +55,15 @@ def created_at(backup_id: str) -> datetime:
 
 def store_options(settings: Settings) -> dict[str, Any]:
     """Where and how a job's backup is written; part of the job's options (no secrets)."""
-    return {"s3_bucket": settings.s3_bucket_name,
-            "backup_dir": str((settings.backup_dir or settings.worktask_state_dir / "backups").resolve()),
+    return {"s3_bucket": settings.s3_bucket_name, "backup_dir": str(settings.backup_folder),
             "prefix": settings.backup_prefix}
 
 
-def store_for(settings: Settings, options: dict[str, Any]) -> ObjectStore:
+def store_for(settings: Settings, options: dict[str, Any] | None = None) -> ObjectStore:
+    """The one store factory: the store a job's options name (the submitting CLI's choice, carried to the
+    workers), or without options this process's own (S3_BUCKET_NAME, else Settings.backup_folder)."""
+    if options is None:
+        options = store_options(settings)
     if options.get("s3_bucket"):
         return S3Store(settings, options["s3_bucket"])
     return LocalStore(Path(options["backup_dir"]))
@@ -301,9 +306,12 @@ def write_manifest(store: ObjectStore, options: dict[str, Any], manifest: dict[s
 
 
 def read_manifest(store: ObjectStore, options: dict[str, Any], backup_id: str, settings: Settings | None = None,
-                  allow_unauthenticated: bool = False) -> dict[str, Any]:
-    """The manifest of a backup, checked: its checksum, its id, and with `settings` its MAC (verify_manifest).
-    Without settings only the first two: for looking at a manifest, never before acting on one."""
+                  allow_unauthenticated: bool = False, any_format: bool = False) -> dict[str, Any]:
+    """The manifest of a backup, checked: its format version (one this build reads), its checksum, its id, with
+    `settings` its MAC (verify_manifest), then its shape (worker/manifest.py). Without settings no MAC: for
+    looking at a manifest, never before acting on one. `any_format` (listing only) skips the version and the
+    shape. Every check is on the dict as stored, and that very dict is returned (never a re-serialised model:
+    the checksum and MAC are over its bytes)."""
     check_backup_id(backup_id)
     key = prefix(options, backup_id) + "manifest.json"
     try:
@@ -314,13 +322,19 @@ def read_manifest(store: ObjectStore, options: dict[str, Any], backup_id: str, s
     except ValueError:
         raise BadInput(f"manifest of backup {backup_id} is not JSON: it was altered; pick another backup "
                        "(worktask backup list)") from None
-    if not isinstance(manifest, dict) or manifest.get("checksum") != manifest_checksum(manifest):
+    if not isinstance(manifest, dict):
+        raise BadInput(f"manifest of backup {backup_id} fails its checksum: it was altered")
+    if not any_format:
+        check_format(manifest, backup_id)
+    if manifest.get("checksum") != manifest_checksum(manifest):
         raise BadInput(f"manifest of backup {backup_id} fails its checksum: it was altered")
     if manifest.get("backup_id") != backup_id:
         raise BadInput(f"the manifest under backup {backup_id} is that of {manifest.get('backup_id')!r}: it was "
                        "moved or altered; pick another backup (worktask backup list)")
     if settings is not None:
         verify_manifest(settings, options, manifest, allow_unauthenticated)
+    if not any_format:
+        validate(manifest, backup_id)
     return manifest
 
 
@@ -352,7 +366,8 @@ def list_backups(store: ObjectStore, options: dict[str, Any], settings: Settings
                                "last_write": e["last_write"].isoformat()}
         if e["manifest"]:
             try:
-                m = read_manifest(store, options, backup_id)
+                m = read_manifest(store, options, backup_id, any_format=True)  # as before: a newer format is
+                # not turned into a `failed` backup (that retention would delete)
                 if settings is not None:
                     row["authenticated"] = verify_manifest(settings, options, m, allow_unauthenticated=True,
                                                            network=False)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from worker import backups
-from worker.archive import CorruptChunk, read_chunk
+from worker.archive import read_chunk
+from worker.errors import CorruptChunk
 from worker.settings import Settings
 
 

@@ -22,13 +22,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from worker.sqltext import ident
+
 
 TYPE_NAME = re.compile(r'[A-Za-z0-9_ ."]+(\[\])?')  # what regtype prints: bigint, "My Type", public.x
-
-
-def quote(name: str) -> str:
-    """An identifier for SQL text that no driver composes for us (asyncpg)."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def plan_key_chunks(conn: psycopg.Connection, table: str, key: str, count: int, chunk_rows: int) -> list[dict[str, Any]]:
@@ -52,7 +49,7 @@ def plan_page_chunks(conn: psycopg.Connection, table: str, count: int, chunk_row
     if count <= chunk_rows:
         return [{"n": 0}]
     pages = conn.execute("select pg_relation_size(%s::regclass) / current_setting('block_size')::int",
-                         (sql.Identifier(table).as_string(conn),)).fetchone()[0]
+                         (ident(table),)).fetchone()[0]
     n = math.ceil(count / chunk_rows)
     step = max(1, math.ceil(pages / n))
     starts = list(range(0, max(pages, 1), step))
@@ -61,7 +58,8 @@ def plan_page_chunks(conn: psycopg.Connection, table: str, count: int, chunk_row
 
 def row_filter(table: dict[str, Any], chunk: dict[str, Any], first_param: int = 1) -> tuple[str, list[Any]]:
     """The WHERE clause (with $n parameters, for asyncpg) that selects a chunk's rows, and its arguments;
-    ("", []) for a whole table."""
+    ("", []) for a whole table. The bounds are parameters; the key column is an identifier (sqltext.ident);
+    the key's type, a name as regtype prints it, is checked against TYPE_NAME before it is written."""
     conds: list[str] = []
     args: list[Any] = []
     if chunk.get("ctid"):
@@ -71,7 +69,7 @@ def row_filter(table: dict[str, Any], chunk: dict[str, Any], first_param: int = 
         key_type = table.get("key_type")
         if key_type and not TYPE_NAME.fullmatch(key_type):
             raise ValueError(f"not a type name: {key_type!r}")
-        column, cast, (lo, hi) = quote(table["key"]), (f"::text::{key_type}" if key_type else ""), chunk["range"]
+        column, cast, (lo, hi) = ident(table["key"]), (f"::text::{key_type}" if key_type else ""), chunk["range"]
         if key_type:
             lo, hi = (None if lo is None else str(lo)), (None if hi is None else str(hi))
     else:

@@ -13,6 +13,7 @@ from worker import backups, dynamo, jobs, migrator
 from worker.connections import aws_client, check_redis
 from worker.constants import (
     TASK_BACKUP_START,
+    TASK_BACKUP_VALIDATE_START,
     TASK_CLEANUP_START,
     TASK_HEALTH_START,
     TASK_MIGRATE_START,
@@ -20,7 +21,6 @@ from worker.constants import (
     TASK_SEED_START,
     TASK_TESTDATA_START,
     TASK_VALIDATE_DATA_START,
-    TASK_VALIDATE_START,
 )
 from worker.errors import BadInput, ServiceUnavailable
 from worker.reports import Progress
@@ -99,7 +99,7 @@ def backup_validate(settings: Settings, backup_id: str, allow_unauthenticated: b
     backups.check_backup_id(backup_id)
     opts = backups.store_options(settings)
     backups.read_manifest(backups.store_for(settings, opts), opts, backup_id, settings, allow_unauthenticated)
-    return submit(settings, "backup_validate", TASK_VALIDATE_START,
+    return submit(settings, "backup_validate", TASK_BACKUP_VALIDATE_START,
                   {**opts, "backup_id": backup_id, **backups.auth_options(settings, allow_unauthenticated)})
 
 

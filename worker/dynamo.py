@@ -14,7 +14,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from worker.errors import JobFailed
+from worker.errors import ExportPending, JobFailed
 
 KEY_SCHEMA = [{"AttributeName": "PK", "KeyType": "HASH"}, {"AttributeName": "SK", "KeyType": "RANGE"}]
 ATTRIBUTES = [{"AttributeName": "PK", "AttributeType": "S"}, {"AttributeName": "SK", "AttributeType": "S"}]
@@ -151,10 +151,6 @@ def from_export_line(line: bytes) -> dict[str, Any]:
 # ExportTableToPointInTime: the table as it was at one instant, written by DynamoDB into S3 as gzip
 # JSON lines (DYNAMODB_JSON) under <prefix>/AWSDynamoDB/<export id>/data/. moto runs the call but ignores
 # ExportTime and writes only the data files (no manifest-files.json), so the data files are found by listing.
-
-class ExportPending(Exception):
-    """The export is still running; ask again later."""
-
 
 def pitr_enabled(client: Any, table: str) -> bool:
     out = client.describe_continuous_backups(TableName=table)["ContinuousBackupsDescription"]

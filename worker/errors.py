@@ -40,3 +40,31 @@ class JobTimeout(WorktaskError):
 
 class PoisonChunk(WorktaskError):
     """A chunk was delivered more times than allowed (its worker keeps dying)."""
+
+
+class MigrationFailed(JobFailed):
+    """A migration failed (or its validate() said no) and was rolled back."""
+
+
+class SnapshotLost(JobFailed):
+    """The exported snapshot is gone (its holder ended): the chunk cannot be read consistently. A backup
+    that loses its snapshot starts over from a fresh one, a bounded number of times (tasks/backup.py)."""
+
+
+# Signals between the worker's own parts. They are not WorktaskErrors on purpose: each is caught by the
+# code that raises it or by its caller, and says nothing to the operator by itself.
+
+class CorruptChunk(Exception):
+    """A chunk that does not verify: checksum, authentication, compression or row count."""
+
+
+class LockTimeout(Exception):
+    """The snapshot holder could not lock a table in time (its message names who holds it)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class ExportPending(Exception):
+    """The DynamoDB export is still running; ask again later."""

@@ -30,24 +30,22 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from worker.connections import pg_connect
-from worker.errors import BadInput, JobFailed
+from worker.errors import BadInput, MigrationFailed
 from worker.settings import Settings
+from worker.sqltext import ident
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "migrations"
 LOCK_KEY = 7_770_001  # pg advisory lock held by a running `migrate`
 RECORD_TABLE = "worktask_migrations"
+RECORD = ident(RECORD_TABLE)  # as SQL text (SQLAlchemy text() composes no identifiers)
 RECORD_DDL = f"""
-create table if not exists {RECORD_TABLE} (
+create table if not exists {RECORD} (
     version text primary key,
     name text not null,
     description text not null default '',
     checksum text not null,
     applied_at timestamptz not null default now()
 )"""
-
-
-class MigrationFailed(JobFailed):
-    """A migration failed (or its validate() said no) and was rolled back."""
 
 
 def script_path(settings: Settings, override: str | Path | None = None) -> Path:
@@ -101,7 +99,7 @@ def recorded(conn: Connection) -> dict[str, dict[str, Any]]:
     exists = conn.execute(text("select to_regclass(:t)"), {"t": RECORD_TABLE}).scalar()
     if not exists:
         return {}
-    rows = conn.execute(text(f"select version, checksum, applied_at from {RECORD_TABLE}")).mappings()
+    rows = conn.execute(text(f"select version, checksum, applied_at from {RECORD}")).mappings()
     return {r["version"]: dict(r) for r in rows}
 
 
@@ -174,7 +172,7 @@ def _prepare(conn: Connection, settings: Settings, lock_wait: float, lock_timeou
             raise MigrationFailed(f"another migrate holds the migration lock after {lock_wait:.0f} s: "
                                   f"{lock_holder(settings)}")
         time.sleep(0.5)
-    conn.execute(text(f"set lock_timeout = '{int(lock_timeout_s * 1000)}ms'"))
+    conn.execute(text("select set_config('lock_timeout', :v, false)"), {"v": f"{int(lock_timeout_s * 1000)}ms"})
     conn.execute(text("set application_name = 'worktask-migrate'"))
     conn.execute(text(RECORD_DDL))
     conn.commit()
@@ -196,13 +194,13 @@ def on_version_apply(ctx: MigrationContext, step: Any, heads: set, run_args: dic
                 raise MigrationFailed(f"migration {script.revision} ({describe(script)['name']}): "
                                       f"validate() returned {ok!r}; rolled back")
         info = describe(script)
-        conn.execute(text(f"""insert into {RECORD_TABLE} (version, name, description, checksum)
+        conn.execute(text(f"""insert into {RECORD} (version, name, description, checksum)
                               values (:version, :name, :description, :checksum)
                               on conflict (version) do update set checksum = excluded.checksum,
                               applied_at = now(), name = excluded.name, description = excluded.description"""),
                      {**info, "checksum": checksum(script.path)})
     else:  # a downgrade step: up_revision_id is the migration being removed
-        conn.execute(text(f"delete from {RECORD_TABLE} where version = :v"), {"v": step.up_revision_id})
+        conn.execute(text(f"delete from {RECORD} where version = :v"), {"v": step.up_revision_id})
     if ctx.config.attributes.get("on_step"):
         ctx.config.attributes["on_step"](step.up_revision_id)
 

@@ -141,6 +141,12 @@ class Settings(BaseSettings):
         return self.celery_result_backend or self.celery_broker_url
 
     @property
+    def backup_folder(self) -> Path:
+        """The one place that decides where backups go when S3_BUCKET_NAME is unset: BACKUP_DIR, else the folder
+        `backups` in WORKTASK_STATE_DIR; absolute, so that it means the same to the CLI, the workers and the stack."""
+        return (self.backup_dir or self.worktask_state_dir / "backups").expanduser().resolve()
+
+    @property
     def tables(self) -> list[str]:
         return self.tables_only.split(",") if self.tables_only else []
 

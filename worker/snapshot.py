@@ -33,12 +33,12 @@ import redis
 from psycopg import sql
 
 from worker import jobs
-from worker.errors import JobFailed, ServiceUnavailable
+from worker.errors import JobFailed, LockTimeout, ServiceUnavailable
 
 # One pair of keys per generation of a backup, named by worker/jobs.py (a restart takes a fresh snapshot
 # under new keys, so an old holder sees its own lease go and cannot touch the new one's keys).
 HEARTBEAT_TTL = 30
-# A restore's replacement tables carry this comment (worker/swap.py): never backed up, never locked.
+# A restore's replacement tables carry this comment (worker/swap_replacement.py MARKER): never backed up, never locked.
 REPLACEMENT_MARKER = "worktask:restore:"
 SKIP_TABLES = ("alembic_version", "worktask_migrations")
 LIST_TRIES = 3  # a table dropped between listing and locking: list again
@@ -115,12 +115,6 @@ def refuse_during_backup(r: redis.Redis, what: str) -> None:
     if busy:
         raise JobFailed(f"backup job {busy[0]} is running and holds its tables until it ends; run the {what} "
                         f"after it (worktask jobs show {busy[0]})")
-
-
-class LockTimeout(Exception):
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
 
 
 # Who holds (or queues for) the ACCESS EXCLUSIVE lock on a table that a backup's lock waits behind.

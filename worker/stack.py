@@ -290,7 +290,7 @@ class Stack:
         for s in services:
             env.update(s.pop("env", {}))
         if not settings.s3_bucket_name and not settings.backup_dir:
-            env["BACKUP_DIR"] = str(self.dir / "backups")
+            env["BACKUP_DIR"] = str(settings.backup_folder)
         self.settings = settings = Settings(**{k.lower(): v for k, v in env.items()
                                                if k.lower() in Settings.model_fields})
         self._ensure_database(settings)

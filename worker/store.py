@@ -286,10 +286,3 @@ class S3Store(ObjectStore):
         except BotoCoreError as err:
             raise ServiceUnavailable(f"cannot reach S3 for bucket {self.bucket}: {err}") from None
         return f"{self.url()} reachable"
-
-
-def get_store(settings: Settings) -> ObjectStore:
-    """S3 when S3_BUCKET_NAME is set, else the BACKUP_DIR folder (default: under the state folder)."""
-    if settings.s3_bucket_name:
-        return S3Store(settings, settings.s3_bucket_name)
-    return LocalStore(settings.backup_dir or settings.worktask_state_dir / "backups")
