@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -121,7 +121,7 @@ def main(count: int) -> None:
     pg_rows = sum(t["rows"] for t in backup["tables"] if t["store"] == "postgres")
     dyn_rows = sum(t["rows"] for t in backup["tables"] if t["store"] == "dynamodb")
     lines = [
-        f"## {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {count:,} work tasks, {psutil.cpu_count()} cores",
+        f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {count:,} work tasks, {psutil.cpu_count()} cores",
         "",
         "| job | worktask | reference | ratio |",
         "|---|---|---|---|",

@@ -14,7 +14,7 @@ import hashlib
 import json
 import secrets
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -25,14 +25,13 @@ from worker import backups, chunks, dynamo, jobs, snapshot, sqltext
 from worker.app import app
 from worker.archive import ChunkWriter
 from worker.connections import aws_client, pg_connect, pg_params
-from worker.constants import (TASK_BACKUP_DUMP_DYNAMO, TASK_BACKUP_DUMP_PG, TASK_BACKUP_FINALIZE,
-                              TASK_BACKUP_START)
+from worker.constants import TASK_BACKUP_DUMP_DYNAMO, TASK_BACKUP_DUMP_PG, TASK_BACKUP_FINALIZE, TASK_BACKUP_START
 from worker.dynamo import exists as dynamo_exists
 from worker.errors import JobFailed, SnapshotLost
 from worker.manifest import build_manifest
+from worker.plans import BackupPlan
 from worker.reports import BackupReport, BackupTable, utcnow
 from worker.settings import Settings
-from worker.plans import BackupPlan
 from worker.taskbase import JobTask, fan_out, on_job_failure, stale
 
 EXPORT_PATIENCE = 20  # seconds a DynamoDB chunk task waits for the export in one go,
@@ -127,7 +126,7 @@ def plan_dynamo(settings: Settings, segments: int, options: dict[str, Any] | Non
 
 
 def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat()
+    return datetime.fromtimestamp(epoch, UTC).isoformat()
 
 
 def _request_export(settings: Settings, client: Any, desc: dict[str, Any], options: dict[str, Any], backup_id: str,

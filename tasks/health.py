@@ -14,8 +14,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from worker import backups, jobs, migrator
 from worker.app import app
 from worker.connections import aws_client, pg_connect, redis_client
-from worker.constants import (LAST_VALIDATION_KEY, QUEUE_BULK, QUEUE_CONTROL, TASK_HEALTH_CHECK,
-                              TASK_HEALTH_FINALIZE, TASK_HEALTH_START)
+from worker.constants import (
+    LAST_VALIDATION_KEY,
+    QUEUE_BULK,
+    QUEUE_CONTROL,
+    TASK_HEALTH_CHECK,
+    TASK_HEALTH_FINALIZE,
+    TASK_HEALTH_START,
+)
 from worker.errors import WorktaskError
 from worker.reports import Check, HealthReport
 from worker.settings import Settings, mask_url

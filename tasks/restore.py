@@ -27,14 +27,21 @@ from worker import backups, chunks, jobs, snapshot, sqltext, swap
 from worker.app import app
 from worker.chunkcheck import check_chunk, open_chunk
 from worker.connections import aws_client, pg_connect, pg_params
-from worker.constants import (TASK_RESTORE_AFTER_LOAD, TASK_RESTORE_AFTER_VERIFY, TASK_RESTORE_BUILD,
-                              TASK_RESTORE_FINALIZE, TASK_RESTORE_LOAD, TASK_RESTORE_START, TASK_RESTORE_VERIFY)
-from worker.constants import DYNAMO_SCAN_RESTORE_KEY
+from worker.constants import (
+    DYNAMO_SCAN_RESTORE_KEY,
+    TASK_RESTORE_AFTER_LOAD,
+    TASK_RESTORE_AFTER_VERIFY,
+    TASK_RESTORE_BUILD,
+    TASK_RESTORE_FINALIZE,
+    TASK_RESTORE_LOAD,
+    TASK_RESTORE_START,
+    TASK_RESTORE_VERIFY,
+)
 from worker.dynamo import KEY_SCHEMA, batch_write, from_export, from_export_line, to_export
 from worker.errors import CorruptChunk, JobFailed
+from worker.plans import RestorePlan
 from worker.reports import RestoreReport, RestoreTable, utcnow
 from worker.settings import Settings
-from worker.plans import RestorePlan
 from worker.taskbase import JobTask, fan_out, on_job_failure
 
 ident = sqltext.ident

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -19,8 +19,7 @@ from psycopg import sql
 from worker import backups, jobs
 from worker.app import app
 from worker.connections import aws_client, pg_connect
-from worker.constants import (TASK_TESTDATA_CHUNK, TASK_TESTDATA_CLEAN, TASK_TESTDATA_FINALIZE,
-                              TASK_TESTDATA_START)
+from worker.constants import TASK_TESTDATA_CHUNK, TASK_TESTDATA_CLEAN, TASK_TESTDATA_FINALIZE, TASK_TESTDATA_START
 from worker.dynamo import batch_write, to_item
 from worker.dynamo import exists as dynamo_exists
 from worker.errors import JobFailed
@@ -103,7 +102,7 @@ def make_chunk(rng: random.Random, n: int, standards: dict[int, tuple[str, int]]
 
 def generate_chunk(settings: Settings, options: dict[str, Any], chunk: int, count: int) -> dict[str, int]:
     rng = random.Random(f"{options['seed']}:{chunk}")
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc) if options.get("seed_given") else datetime.now(timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC) if options.get("seed_given") else datetime.now(UTC)
     out = {"tasks": 0, "todos": 0, "deliverables": 0, "quality_checks": 0, "analysis_items": 0, "files": 0}
     with pg_connect(settings) as conn, conn.cursor() as cur:
         standards = {i: (k, t) for i, k, t in cur.execute("select id, key, threshold from quality_standards")}

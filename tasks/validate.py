@@ -19,9 +19,13 @@ from pydantic import ValidationError
 from worker import jobs
 from worker.app import app
 from worker.connections import aws_client, pg_connect, redis_client
-from worker.constants import (LAST_VALIDATION_KEY, TASK_VALIDATE_DATA_CHECK, TASK_VALIDATE_DATA_FINALIZE,
-                              TASK_VALIDATE_DATA_START)
-from worker.constants import DYNAMO_SCAN_RESTORE_KEY
+from worker.constants import (
+    DYNAMO_SCAN_RESTORE_KEY,
+    LAST_VALIDATION_KEY,
+    TASK_VALIDATE_DATA_CHECK,
+    TASK_VALIDATE_DATA_FINALIZE,
+    TASK_VALIDATE_DATA_START,
+)
 from worker.dynamo import from_item
 from worker.models import model_for
 from worker.reports import Issue, ValidationReport

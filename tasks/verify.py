@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from worker import backups, jobs
 from worker.app import app
 from worker.chunkcheck import check_chunk
-from worker.constants import (TASK_BACKUP_VALIDATE_CHUNK, TASK_BACKUP_VALIDATE_FINALIZE, TASK_BACKUP_VALIDATE_START,
-                              TASK_CLEANUP_START)
+from worker.constants import (
+    TASK_BACKUP_VALIDATE_CHUNK,
+    TASK_BACKUP_VALIDATE_FINALIZE,
+    TASK_BACKUP_VALIDATE_START,
+    TASK_CLEANUP_START,
+)
 from worker.plans import BackupValidatePlan
 from worker.reports import BadChunk, CleanupReport, ValidateBackupReport
 from worker.settings import Settings

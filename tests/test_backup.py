@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -261,17 +261,17 @@ def test_list_states_and_cleanup_by_retention(data: Any, tmp_path: Path) -> None
     opts = backups.store_options(s)
     store = backups.store_for(s, opts)
     manifest = backups.read_manifest(store, opts, report["backup_id"])
-    old = datetime.now(timezone.utc) - timedelta(days=45)
+    old = datetime.now(UTC) - timedelta(days=45)
     ids = {}
     for name, age in (("old1", 45), ("old2", 40)):  # complete and old: the retention removes them
-        bid = f"{(datetime.now(timezone.utc) - timedelta(days=age)):%Y%m%dT%H%M%SZ}-backup-{name}"
+        bid = f"{(datetime.now(UTC) - timedelta(days=age)):%Y%m%dT%H%M%SZ}-backup-{name}"
         backups.write_manifest(store, opts, {**{k: v for k, v in manifest.items() if k not in ("checksum", "auth")},
                                              "backup_id": bid}, sign_with=s)
         ids[name] = bid
     failed = f"{old:%Y%m%dT%H%M%SZ}-backup-failed"
     store.put(f"backups/{failed}/failed.json", b"{}")
     os.utime(Path(opts["backup_dir"], f"backups/{failed}/failed.json"), (old.timestamp(), old.timestamp()))
-    young = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-backup-running"
+    young = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-backup-running"
     store.put(f"backups/{young}/postgres/x/00000.aaaaaa.data", b"partial")
     states = {b["backup_id"]: b["state"] for b in commands.backup_list(s)}
     assert states == {report["backup_id"]: "complete", ids["old1"]: "complete", ids["old2"]: "complete",
@@ -284,7 +284,7 @@ def test_list_states_and_cleanup_by_retention(data: Any, tmp_path: Path) -> None
     assert {b["backup_id"] for b in commands.backup_list(s)} == {report["backup_id"], young}
     # the newest complete backup stays whatever its age
     assert [b["backup_id"] for b in backups.cleanup_plan(commands.backup_list(s), 1,
-                                                         now=datetime.now(timezone.utc) + timedelta(days=90))] \
+                                                         now=datetime.now(UTC) + timedelta(days=90))] \
         == [young]
 
 

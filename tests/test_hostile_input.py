@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, cli_json, run_cli
+from conftest import ROOT, run_cli
 from test_backup import backup, data, make_data  # noqa: F401 - `data` is a fixture
 from test_restore import hashes
 from worker import backups, commands

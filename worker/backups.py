@@ -16,7 +16,7 @@ import hashlib
 import json
 import re
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ _key_cache: dict[tuple[str, str], bytes] = {}
 
 
 def new_backup_id() -> str:
-    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-backup-{secrets.token_hex(3)}"
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-backup-{secrets.token_hex(3)}"
 
 
 def check_backup_id(value: str) -> str:
@@ -50,7 +50,7 @@ def check_backup_id(value: str) -> str:
 
 def created_at(backup_id: str) -> datetime:
     stamp = ID_RE.fullmatch(backup_id).group(1)  # type: ignore[union-attr]
-    return datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    return datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
 def store_options(settings: Settings) -> dict[str, Any]:
@@ -385,7 +385,7 @@ def list_backups(store: ObjectStore, options: dict[str, Any], settings: Settings
 def cleanup_plan(backups: list[dict[str, Any]], retention_days: int, now: datetime | None = None) -> list[dict[str, Any]]:
     """What retention removes: complete backups older than the retention except the newest complete one,
     and failed or incomplete leftovers whose last write is over a day old."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     complete = [b for b in backups if b["state"] == "complete"]
     newest = complete[0]["backup_id"] if complete else None
     plan = []

@@ -24,7 +24,6 @@ from psycopg import sql
 
 from worker.sqltext import ident
 
-
 TYPE_NAME = re.compile(r'[A-Za-z0-9_ ."]+(\[\])?')  # what regtype prints: bigint, "My Type", public.x
 
 

@@ -7,7 +7,7 @@ import gzip
 import json
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -160,7 +160,7 @@ def pitr_enabled(client: Any, table: str) -> bool:
 def start_export(client: Any, table_arn: str, at: float, bucket: str, prefix: str, token: str) -> str:
     """Ask for an export of the table as it was at `at` (epoch seconds); its ARN. Idempotent per token."""
     out = client.export_table_to_point_in_time(
-        TableArn=table_arn, ExportTime=datetime.fromtimestamp(at, timezone.utc), S3Bucket=bucket, S3Prefix=prefix,
+        TableArn=table_arn, ExportTime=datetime.fromtimestamp(at, UTC), S3Bucket=bucket, S3Prefix=prefix,
         ExportFormat="DYNAMODB_JSON", ExportType="FULL_EXPORT", ClientToken=token)
     return out["ExportDescription"]["ExportArn"]
 
@@ -177,7 +177,7 @@ def wait_export(client: Any, arn: str, deadline: float, patience: float) -> dict
             raise JobFailed(f"DynamoDB export {arn} failed: {desc.get('FailureCode')}: {desc.get('FailureMessage')}")
         if time.time() > deadline:
             raise JobFailed(f"DynamoDB export {arn} did not complete by "
-                            f"{datetime.fromtimestamp(deadline, timezone.utc):%Y-%m-%d %H:%M:%S} UTC "
+                            f"{datetime.fromtimestamp(deadline, UTC):%Y-%m-%d %H:%M:%S} UTC "
                             "(SNAPSHOT_MAX_LIFETIME bounds the wait)")
         if time.monotonic() > until:
             raise ExportPending(arn)

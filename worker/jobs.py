@@ -17,12 +17,11 @@ import json
 import re
 import secrets
 import time
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import redis
-
 from pydantic import BaseModel
 
 from worker.constants import BEAT_SLOT_KEY, ID_PATTERN, JOB_TTL_SECONDS, KEY_PREFIX, QUEUE_BULK, QUEUE_CONTROL
@@ -69,7 +68,7 @@ def create(r: redis.Redis, kind: str, options: dict[str, Any], job_id: str | Non
     job_id = job_id or new_job_id(kind)
     now = utcnow().isoformat()
     fields = {"kind": kind, "state": "queued", "options": json.dumps(options), "created_at": now,
-              "updated_at": now, **{c: 0 for c in COUNTERS}}
+              "updated_at": now, **dict.fromkeys(COUNTERS, 0)}
     with r.pipeline() as p:
         p.hset(_key(job_id), mapping=fields)
         p.expire(_key(job_id), JOB_TTL_SECONDS)

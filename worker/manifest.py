@@ -19,7 +19,7 @@ How the model is used, and why the JSON object itself is what travels:
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -193,7 +193,7 @@ def validate(raw: dict[str, Any], backup_id: str) -> Manifest:
 # building (moved from tasks/backup.py; pure) --------------------------------------------------------------------
 
 def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat()
+    return datetime.fromtimestamp(epoch, UTC).isoformat()
 
 
 def dynamo_capture(table: dict[str, Any], chunks: list[dict[str, Any]]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -331,10 +331,10 @@ def _check_imports(path: Path) -> None:
 def create(settings: Settings, path: Path, name: str, description: str = "") -> Path:
     """Write versions/<YYYYMMDDHHMMSS>_<slug>.py whose revision id is that timestamp."""
     script = scripts(path, settings)
-    rev = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    rev = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     while rev in {s.revision for s in script.walk_revisions()}:
         time.sleep(1)
-        rev = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+        rev = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     name_slug = slug(name)
     if len(description) > 500 or any(ord(c) < 32 and c not in "\t" for c in description):
         raise BadInput("a migration description is one line of at most 500 characters")

@@ -29,7 +29,6 @@ from typing import Any
 
 import psycopg
 import redis
-
 from psycopg import sql
 
 from worker import jobs

@@ -34,10 +34,18 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from worker.swap_catalog import (catalog, dependants, foreign_keys, generated_columns, refusals,  # noqa: F401
-                                 table_oid, view_catalog)
-from worker.swap_replacement import (LOCK_TIMEOUT, MARKER, build, create_replacement,  # noqa: F401
-                                     drop_replacements, qi, recompute_generated, replacement, temp_name)
+from worker.swap_catalog import catalog, dependants, foreign_keys, generated_columns, refusals, table_oid, view_catalog  # noqa: F401
+from worker.swap_replacement import (  # noqa: F401
+    LOCK_TIMEOUT,
+    MARKER,
+    build,
+    create_replacement,
+    drop_replacements,
+    qi,
+    recompute_generated,
+    replacement,
+    temp_name,
+)
 
 PRIVILEGE = re.compile(r"^[A-Z ]+$")
 CMD = {"r": "select", "a": "insert", "w": "update", "d": "delete", "*": "all"}
