@@ -85,7 +85,8 @@ def plan_postgres(settings: Settings, snap: str, chunk_rows: int, locked: list[s
                 conn.rollback()
                 conn.autocommit = True
                 raise JobFailed(snapshot.locked_out(name, lock_timeout, snapshot.blockers(conn, name))) from None
-            table = {"name": name, "store": "postgres", "columns": [{"name": c, "type": t} for c, t in zip(cols, types)],
+            table = {"name": name, "store": "postgres",
+                     "columns": [{"name": c, "type": t} for c, t in zip(cols, types)],
                      "primary_key": pk or [], "partition_of": parent, "partition_bound": bound,
                      "planned_rows": count}
             if pk:
@@ -314,7 +315,8 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
     source["dynamodb"] = {"table": dyn["name"], "key_schema": dyn["key_schema"]} if dyn else None
     encryption = None
     if options["encrypt"]:  # one data key for the backup, kept across restarts
-        encryption = jobs.put_once(r, job_id, "encryption", backups.make_data_key(s, job_id, options.get("kms_key_id"))[1])
+        fresh = backups.make_data_key(s, job_id, options.get("kms_key_id"))[1]
+        encryption = jobs.put_once(r, job_id, "encryption", fresh)
     plan = BackupPlan(created_at=utcnow().isoformat(), started=time.time(), snapshot_time=snapshot_time, source=source,
                       options=options, encryption=encryption, tables=pg_tables + ([dyn] if dyn else []))
     jobs.save_plan(r, job_id, plan)

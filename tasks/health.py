@@ -106,7 +106,8 @@ def run_check(name: str, settings: Settings) -> Check:
     began = time.monotonic()
     try:
         detail, ok = RUNNERS[name](settings), True
-    except (WorktaskError, psycopg.Error, SQLAlchemyError, redis.RedisError, BotoCoreError, ClientError, OSError) as err:
+    except (WorktaskError, psycopg.Error, SQLAlchemyError, redis.RedisError, BotoCoreError, ClientError,
+            OSError) as err:
         text = str(err).strip().splitlines()
         detail, ok = (text[0] if text else type(err).__name__), False
     return Check(name=name, ok=ok, detail=detail, seconds=round(time.monotonic() - began, 3))

@@ -15,7 +15,8 @@ from worker.settings import Settings
 from worker.taskbase import JobTask
 
 
-def run_migrate(settings: Settings, options: dict[str, Any], on_total: Any = None, on_step: Any = None) -> MigrateReport:
+def run_migrate(settings: Settings, options: dict[str, Any], on_total: Any = None,
+                on_step: Any = None) -> MigrateReport:
     """Upgrade or roll back as `options` say; a dry run returns the SQL and changes nothing."""
     path = migrator.script_path(settings, options.get("migrations_path"))
     action, target, dry_run = options.get("action", "upgrade"), options.get("target"), bool(options.get("dry_run"))

@@ -5,8 +5,9 @@
           -> chord(build one task per table: keys, checks, indexes) -> finalize (one swap transaction)
 
 A table with a bad chunk is skipped before anything is written. Until the swap commits, the live
-PostgreSQL tables keep their rows (DynamoDB items are upserted during the load and stay, README says so); a failed restore drops its replacement tables, and the next restore drops
-those of one that was killed. One restore runs at a time.
+PostgreSQL tables keep their rows (DynamoDB items are upserted during the load and stay, README says so);
+a failed restore drops its replacement tables, and the next restore drops those of one that was killed.
+One restore runs at a time (a lock its job holds until it ends).
 """
 
 from __future__ import annotations
@@ -211,7 +212,8 @@ def note_dynamo_restore(settings: Settings, r: Any, plan: RestorePlan, table: di
 
 def live_rows(settings: Settings, table: str) -> int:
     with pg_connect(settings) as conn:
-        return conn.execute(psycopg.sql.SQL("select count(*) from {}").format(psycopg.sql.Identifier(table))).fetchone()[0]
+        query = psycopg.sql.SQL("select count(*) from {}").format(psycopg.sql.Identifier(table))
+        return conn.execute(query).fetchone()[0]
 
 
 # tasks --------------------------------------------------------------------------------------------------------

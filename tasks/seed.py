@@ -179,7 +179,8 @@ def seed_set(self: JobTask, job_id: str, part: str, options: dict[str, Any]) -> 
 
 
 @app.task(name=TASK_SEED_FINALIZE, base=JobTask, bind=True)
-def finalize(self: JobTask, results: list[list[dict[str, Any]]], job_id: str, options: dict[str, Any]) -> dict[str, Any]:
+def finalize(self: JobTask, results: list[list[dict[str, Any]]], job_id: str,
+             options: dict[str, Any]) -> dict[str, Any]:
     report = seed_report(job_id, options, [SeedSet(**s) for part in results for s in part])
     jobs.finish(self.redis, job_id, report)
     return {"job_id": job_id, "ok": report.ok}

@@ -48,7 +48,8 @@ def _ts(t: datetime) -> str:
 
 
 def _copy(cur: Any, table: str, columns: list[str], rows: list[list[Any]]) -> None:
-    query = sql.SQL("copy {} ({}) from stdin").format(sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)))
+    query = sql.SQL("copy {} ({}) from stdin").format(sql.Identifier(table),
+                                                      sql.SQL(", ").join(map(sql.Identifier, columns)))
     with cur.copy(query) as copy:
         for row in rows:
             copy.write_row(row)
@@ -62,7 +63,8 @@ def _reserve(cur: Any, table: str, n: int) -> list[int]:
 
 
 def make_chunk(rng: random.Random, n: int, standards: dict[int, tuple[str, int]],
-               types: list[tuple[int, str, str, int]], workgroups: list[int], now: datetime) -> dict[str, list[dict[str, Any]]]:
+               types: list[tuple[int, str, str, int]], workgroups: list[int],
+               now: datetime) -> dict[str, list[dict[str, Any]]]:
     """The rows of n work tasks (ids assigned later): tasks with todos (a DAG), deliverables, checks."""
     tasks = []
     for _ in range(n):
@@ -122,7 +124,8 @@ def generate_chunk(settings: Settings, options: dict[str, Any], chunk: int, coun
         for tid, t in zip(task_ids, data):
             upd = t["completed"] or t["created"] + timedelta(hours=rng.uniform(1, 48))
             rows["work_tasks"].append([tid, t["title"], t["description"], t["priority"], t["status"], t["workgroup_id"],
-                                       True, _ts(t["created"]), _ts(upd), _ts(t["completed"]) if t["completed"] else None])
+                                       True, _ts(t["created"]), _ts(upd),
+                                       _ts(t["completed"]) if t["completed"] else None])
             ids = []
             for todo in t["todos"]:
                 ids.append(next(todo_ids))
@@ -139,13 +142,15 @@ def generate_chunk(settings: Settings, options: dict[str, Any], chunk: int, coun
                                                json.dumps(c["details"]), _ts(upd)])
                 files.append((key, f"# {d['name']}\n\nDeliverable of work task {tid}. Test data.\n"))
             items.append({"PK": f"TASK#{tid}", "SK": "ANALYSIS", "type": "analysis", "is_test": True,
-                          "work_task_id": tid, "complexity": rng.randint(1, 13), "risk": rng.choice(["low", "medium", "high"]),
+                          "work_task_id": tid, "complexity": rng.randint(1, 13),
+                          "risk": rng.choice(["low", "medium", "high"]),
                           "summary": f"Analysis of '{t['title']}': {len(t['todos'])} steps, "
                                      f"{len(t['deliverables'])} deliverable(s).",
                           "estimated_hours": round(rng.uniform(2, 80), 1)})
         cols = {"work_tasks": ["id", "title", "description", "priority", "status", "workgroup_id", "is_test",
                                "created_at", "updated_at", "completed_at"],
-                "todo_items": ["id", "work_task_id", "title", "status", "position", "is_test", "created_at", "updated_at"],
+                "todo_items": ["id", "work_task_id", "title", "status", "position", "is_test", "created_at",
+                               "updated_at"],
                 "todo_dependencies": ["todo_id", "depends_on_todo_id"],
                 "deliverables": ["id", "work_task_id", "todo_id", "artifact_type_id", "name", "file_key", "status",
                                  "is_test", "created_at", "updated_at"],
@@ -185,9 +190,10 @@ def cleanup(settings: Settings, options: dict[str, Any]) -> dict[str, int]:
         out["tasks"] = conn.execute("delete from work_tasks where is_test").rowcount
         conn.commit()
     client, table = aws_client(settings, "dynamodb"), settings.dynamo_table_name
-    keys = [] if not dynamo_exists(client, table) else [(i["PK"], i["SK"]) for page in client.get_paginator("scan").paginate(
-        TableName=table, FilterExpression="is_test = :t", ExpressionAttributeValues={":t": {"BOOL": True}},
-        ProjectionExpression="PK, SK") for i in page.get("Items", [])]
+    keys = [] if not dynamo_exists(client, table) else [
+        (i["PK"], i["SK"]) for page in client.get_paginator("scan").paginate(
+            TableName=table, FilterExpression="is_test = :t", ExpressionAttributeValues={":t": {"BOOL": True}},
+            ProjectionExpression="PK, SK") for i in page.get("Items", [])]
     batch_write(client, table, [{"DeleteRequest": {"Key": {"PK": pk, "SK": sk}}} for pk, sk in keys])
     out["analysis_items"] = len(keys)
     store = backups.store_for(settings, options)

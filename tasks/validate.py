@@ -49,7 +49,7 @@ def ident(name: str) -> psycopg.sql.Identifier:
 
 def check_config(conn: psycopg.Connection, fix: bool) -> tuple[int, list[dict[str, Any]]]:
     out, n = [], 0
-    for key, criteria, threshold in conn.execute("select key, criteria, threshold from quality_standards"):
+    for key, criteria in conn.execute("select key, criteria from quality_standards"):
         n += 1
         if not criteria:
             out.append(issue("error", "schema", "quality_standards", key, "no criteria"))
@@ -131,7 +131,8 @@ def scan_restore_note(settings: Settings) -> dict[str, Any] | None:
 
 def foreign_keys(conn: psycopg.Connection) -> list[dict[str, Any]]:
     rows = conn.execute("""
-        select c.conname, c.conrelid::regclass::text, c.confrelid::regclass::text,
+        select c.conname, (select relname::text from pg_class where oid = c.conrelid),
+               (select relname::text from pg_class where oid = c.confrelid),
                array_agg(a.attname::text order by k.ord), array_agg(fa.attname::text order by k.ord)
         from pg_constraint c, unnest(c.conkey, c.confkey) with ordinality k(att, fatt, ord), pg_attribute a,
              pg_attribute fa
@@ -144,13 +145,14 @@ def foreign_keys(conn: psycopg.Connection) -> list[dict[str, Any]]:
 def check_fk(conn: psycopg.Connection, fk: dict[str, Any], fix: bool) -> tuple[int, list[dict[str, Any]]]:
     """Rows whose reference points nowhere (possible when the constraint was disabled or deferred)."""
     sql = psycopg.sql
-    on = sql.SQL(" and ").join(sql.SQL("r.{} = t.{}").format(ident(a), ident(b)) for a, b in zip(fk["ref_cols"], fk["cols"]))
+    on = sql.SQL(" and ").join(sql.SQL("r.{} = t.{}").format(ident(a), ident(b))
+                               for a, b in zip(fk["ref_cols"], fk["cols"]))
     notnull = sql.SQL(" and ").join(sql.SQL("t.{} is not null").format(ident(c)) for c in fk["cols"])
     key = sql.SQL("t.todo_id::text || '->' || t.depends_on_todo_id::text" if fk["table"] == "todo_dependencies"
                   else "t.id::text")
-    n = conn.execute(sql.SQL("select count(*) from {}").format(sql.SQL(fk["table"]))).fetchone()[0]
-    rows = conn.execute(sql.SQL("select {}, t.ctid from {} t where {} and not exists (select 1 from {} r where {})").format(
-        key, sql.SQL(fk["table"]), notnull, sql.SQL(fk["ref"]), on)).fetchall()
+    n = conn.execute(sql.SQL("select count(*) from {}").format(ident(fk["table"]))).fetchone()[0]
+    query = sql.SQL("select {}, t.ctid from {} t where {} and not exists (select 1 from {} r where {})")
+    rows = conn.execute(query.format(key, ident(fk["table"]), notnull, ident(fk["ref"]), on)).fetchall()
     out = []
     for k, ctid in rows:
         entry = issue("error", "referential", fk["table"], k, f"orphan: {', '.join(fk['cols'])} points to no row of "
@@ -224,8 +226,8 @@ def check_tasks(conn: psycopg.Connection, lo: int, hi: int, fix: bool) -> tuple[
     for tid, in conn.execute("""select id from work_tasks where id >= %s and id < %s and
                                 ((status = 'completed') <> (completed_at is not null) or updated_at < created_at)""",
                              (lo, hi)).fetchall():
-        out.append(issue("warning", "consistency", "work_tasks", tid, "completed_at or updated_at disagrees with status "
-                                                                      "or created_at"))
+        out.append(issue("warning", "consistency", "work_tasks", tid,
+                         "completed_at or updated_at disagrees with status or created_at"))
     for did, failing in conn.execute("""
             select d.id, count(*) from deliverables d join quality_checks q on q.deliverable_id = d.id
             where d.work_task_id >= %s and d.work_task_id < %s and d.status = 'approved' and not q.passed
@@ -238,15 +240,18 @@ def check_tasks(conn: psycopg.Connection, lo: int, hi: int, fix: bool) -> tuple[
         out.append(entry)
     for keep, dup, title in conn.execute("""
             select min(id), unnest((array_agg(id order by id))[2:]), min(title) from todo_items
-            where work_task_id >= %s and work_task_id < %s group by work_task_id, position, title having count(*) > 1""",
+            where work_task_id >= %s and work_task_id < %s
+            group by work_task_id, position, title having count(*) > 1""",
                                          (lo, hi)).fetchall():
-        entry = issue("warning", "consistency", "todo_items", dup, f"duplicate of todo {keep} ({title!r})", fixable=True)
+        entry = issue("warning", "consistency", "todo_items", dup, f"duplicate of todo {keep} ({title!r})",
+                      fixable=True)
         if fix:
             conn.execute("delete from todo_items where id = %s", (dup,))
             entry["fixed"] = True
         out.append(entry)
-    for did, key in conn.execute("""select id, file_key from deliverables where work_task_id >= %s and work_task_id < %s
-                                    and file_key is not null and file_key !~ '^[A-Za-z0-9._/-]+$'""", (lo, hi)).fetchall():
+    for did, key in conn.execute("""select id, file_key from deliverables
+                                    where work_task_id >= %s and work_task_id < %s and file_key is not null
+                                      and file_key !~ '^[A-Za-z0-9._/-]+$'""", (lo, hi)).fetchall():
         out.append(issue("warning", "consistency", "deliverables", did, f"file_key {key!r} is not a valid object key"))
     return n, out
 
@@ -270,10 +275,11 @@ def check_performance(conn: psycopg.Connection, fix: bool) -> tuple[int, list[di
                                                                          f"on {live:,} rows"))
         if dead > 1_000 and dead > 0.2 * max(live, 1):
             out.append(issue("info", "performance", name, "n_dead_tup", f"{dead:,} dead rows for {live:,} live: "
-                                                                        "vacuum (worktask maintenance)"))
+                                                                        "vacuum it (VACUUM (ANALYZE))"))
     total = conn.execute("select count(*) from work_tasks").fetchone()[0]
     if total >= 1_000:
-        top = conn.execute("""select workgroup_id, count(*) from work_tasks group by 1 order by 2 desc limit 1""").fetchone()
+        top = conn.execute("""select workgroup_id, count(*) from work_tasks
+                              group by 1 order by 2 desc limit 1""").fetchone()
         if top and top[1] > 0.8 * total:
             out.append(issue("info", "performance", "work_tasks", f"workgroup_id={top[0]}",
                              f"skewed: {top[1] / total:.0%} of work tasks belong to one workgroup"))
@@ -291,7 +297,8 @@ def plan_units(settings: Settings) -> list[dict[str, Any]]:
     units += [{"check": "fk", "name": fk["name"]} for fk in fks]
     units += [{"check": "tasks", "lo": lo + i * RANGE, "hi": lo + (i + 1) * RANGE}
               for i in range(max(1, math.ceil((hi - lo + 1) / RANGE)))]
-    units += [{"check": "dynamo", "segment": i, "segments": settings.dynamo_segments} for i in range(settings.dynamo_segments)]
+    units += [{"check": "dynamo", "segment": i, "segments": settings.dynamo_segments}
+              for i in range(settings.dynamo_segments)]
     return units
 
 
@@ -321,7 +328,8 @@ def validation_report(job_id: str, fix: bool, results: list[dict[str, Any]]) -> 
     checked = sum(r["checked"] for r in results)
     bad_records = {(i.table, i.key) for i in issues if i.category != "performance"}
     open_errors = [i for i in issues if i.severity == "error" and not i.fixed]
-    error = f"{len(open_errors)} error(s) remain" + ("" if fix else "; --fix repairs the fixable ones") if open_errors else None
+    error = (f"{len(open_errors)} error(s) remain" + ("" if fix else "; --fix repairs the fixable ones")
+             if open_errors else None)
     return ValidationReport(job_id=job_id, state="succeeded", ok=not open_errors, fix=fix, records_checked=checked,
                             records_valid=max(checked - len(bad_records), 0), issues=issues,
                             by_severity=dict(Counter(i.severity for i in issues)),
@@ -353,6 +361,6 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
     report = validation_report(job_id, fix, results)
     jobs.finish(self.redis, job_id, report)
     data = report.model_dump(mode="json")
-    self.redis.set(LAST_VALIDATION_KEY, json.dumps({k: data[k] for k in ("job_id", "finished_at", "ok", "records_checked",
-                                                                           "by_severity", "fixed", "error")}))
+    last = ("job_id", "finished_at", "ok", "records_checked", "by_severity", "fixed", "error")
+    self.redis.set(LAST_VALIDATION_KEY, json.dumps({k: data[k] for k in last}))
     return {"job_id": job_id, "issues": len(report.issues)}

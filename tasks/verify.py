@@ -53,7 +53,8 @@ def check(self: JobTask, job_id: str, table: str, chunk: int, store: str, path: 
     plan = jobs.load_plan(self.redis, job_id, BackupValidatePlan)
     options = jobs.options(self.redis, job_id)
     c = {"n": chunk, "key": path, "sha256": sha256, "rows": rows, "bytes_stored": size}
-    reason = check_chunk(self.settings, options, options["backup_id"], plan.encryption, plan.compressed, store, table, c)
+    reason = check_chunk(self.settings, options, options["backup_id"], plan.encryption, plan.compressed, store,
+                         table, c)
     jobs.add(self.redis, job_id, rows=rows if reason is None else 0, nbytes=size, failed=1 if reason else 0)
     return {"table": table, "chunk": chunk, "path": path, "rows": rows, "reason": reason}
 
@@ -67,7 +68,8 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
     if bad:
         error = f"{len(bad)} bad chunk(s): " + "; ".join(f"{b.table} chunk {b.chunk}: {b.reason}" for b in bad[:3])
     report = ValidateBackupReport(job_id=job_id, state="succeeded", ok=not bad, backup_id=options["backup_id"],
-                                  chunks_checked=len(results), rows_checked=sum(r["rows"] for r in results if not r["reason"]),
+                                  chunks_checked=len(results),
+                                  rows_checked=sum(r["rows"] for r in results if not r["reason"]),
                                   bad_chunks=bad, error=error)
     jobs.finish(self.redis, job_id, report)
     return {"job_id": job_id, "bad": len(bad)}
