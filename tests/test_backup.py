@@ -37,7 +37,8 @@ def make_data(settings: Any) -> None:
         pg.execute("""insert into dependencies (service_id, depends_on_service_id)
                       select a.id, b.id from services a, services b where a.id < b.id on conflict do nothing""")
         pg.execute("""insert into work_tasks (title, description, priority, status, service_id, workgroup_id)
-                      select 'task ' || g, %s || g, (array['low','medium','high','critical'])[1 + g %% 4]::task_priority,
+                      select 'task ' || g, %s || g,
+                             (array['low','medium','high','critical'])[1 + g %% 4]::task_priority,
                              'pending', (select min(id) from services), %s from generate_series(1, %s) g""",
                    (ODD, wg, TASKS))
         pg.execute("""insert into todo_items (work_task_id, title, position)
@@ -46,7 +47,8 @@ def make_data(settings: Any) -> None:
                       select b.id, a.id from todo_items a join todo_items b
                       on a.work_task_id = b.work_task_id and b.position = a.position + 1""")
         pg.execute("""insert into deliverables (work_task_id, artifact_type_id, name, file_key)
-                      select id, %s, 'deliverable of ' || id, 'files/' || id from work_tasks where id %% 10 = 0""", (art,))
+                      select id, %s, 'deliverable of ' || id, 'files/' || id
+                      from work_tasks where id %% 10 = 0""", (art,))
         pg.execute("""insert into quality_checks (deliverable_id, standard_id, score, passed, details)
                       select id, %s, 81.5, true, '{"by": "test"}' from deliverables""", (std,))
         task_ids = [r[0] for r in pg.execute("select id from work_tasks order by id limit 40")]
@@ -146,7 +148,8 @@ def test_s3_store_with_kms_wrapped_keys(data: Any, bucket: str) -> None:
     s3 = aws_client(data, "s3")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"backups/{report['backup_id']}/")["Contents"]]
     assert f"backups/{report['backup_id']}/manifest.json" in keys
-    manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"backups/{report['backup_id']}/manifest.json")["Body"].read())
+    manifest = json.loads(
+        s3.get_object(Bucket=bucket, Key=f"backups/{report['backup_id']}/manifest.json")["Body"].read())
     assert manifest["encryption"]["wrapping"] == "kms" and manifest["encryption"]["kms_key_id"] == kms_key
     assert len(keys) == report["totals"]["chunks"] + 1
     code, checked = cli_json("backup", "validate", report["backup_id"], env=env)

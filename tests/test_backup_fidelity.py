@@ -172,7 +172,8 @@ def test_partitions_are_backed_up_once_by_leaf_with_their_parent_and_bounds(migr
 
 def test_generated_columns_are_not_copied_and_replacement_tables_are_never_backed_up(migrated: Any,
                                                                                    made: list[str]) -> None:
-    sql(migrated, "create table fid_gen (id int primary key, price int, doubled int generated always as (price * 2) stored)",
+    sql(migrated, "create table fid_gen (id int primary key, price int, "
+                  "doubled int generated always as (price * 2) stored)",
         "insert into fid_gen (id, price) select g, g from generate_series(1, 50) g",
         "create table fid_leftover (id int primary key)",
         "comment on table fid_leftover is 'worktask:restore:abc123:fid_gen'",

@@ -30,8 +30,8 @@ pytestmark = pytest.mark.slow
 
 ser, de = TypeSerializer(), TypeDeserializer()
 BINARY_ITEMS = [
-    {"PK": "BIN#1", "SK": "A", "blob": b"\x00\xff\x10binary\nwith a newline", "blobs": {b"a", b"\x00\x01", b"\xff" * 40},
-     "text": "plain", "n": 3},
+    {"PK": "BIN#1", "SK": "A", "blob": b"\x00\xff\x10binary\nwith a newline",
+     "blobs": {b"a", b"\x00\x01", b"\xff" * 40}, "text": "plain", "n": 3},
     {"PK": "BIN#2", "SK": "B", "nested": {"m": {"inner": b"\x01\x02", "list": [b"\x03", {"deep": b"\x04\x00"}, "text"]},
                                         "bs": {b"x", b"y"}},
      "list": [b"\x05", [b"\x06", {b"\x07"}]], "empty_map": {}},
@@ -195,7 +195,8 @@ def test_a_dynamodb_chunk_changed_after_the_verify_step_is_not_loaded(data: Any)
     path = Path(backups.store_options(data)["backup_dir"], chunk["key"])
     text = zstandard.ZstdDecompressor().stream_reader(path.read_bytes()).read()
     planted = {"PK": f"TAMPERED#{secrets.token_hex(3)}", "SK": "X"}
-    path.write_bytes(zstandard.ZstdCompressor().compress(text + json.dumps({"Item": to_item(planted)}).encode() + b"\n"))
+    path.write_bytes(
+        zstandard.ZstdCompressor().compress(text + json.dumps({"Item": to_item(planted)}).encode() + b"\n"))
     plan = {"backup_id": manifest["backup_id"], "options": backups.store_options(data),
             "encryption": manifest["encryption"], "compress": manifest["options"]["compress"]}
     with pytest.raises(JobFailed) as err:
@@ -272,7 +273,8 @@ def test_validate_fix_keeps_a_dangling_item_a_scan_window_may_have_caught_early(
                         "complexity": 2, "risk": "low", "summary": "s", "estimated_hours": 1.0})
     dynamo.put_item(TableName=table, Item=analysis(x))
     second = backup(migrated)
-    assert dynamo_entry(manifest_of(migrated, second["backup_id"])).get("capture", {"method": "scan"})["method"] == "scan"
+    assert (dynamo_entry(manifest_of(migrated, second["backup_id"])).get("capture", {"method": "scan"})["method"]
+            == "scan")
     try:
         assert restore(migrated, first["backup_id"], ["work_tasks"], exact=False)["ok"]
         assert restore(migrated, second["backup_id"], [table], exact=False)["ok"]
@@ -285,7 +287,8 @@ def test_validate_fix_keeps_a_dangling_item_a_scan_window_may_have_caught_early(
         assert second["backup_id"] in kept["message"]
         assert by_key[f"TASK#{stale}|ANALYSIS"]["fixed"]
         assert "Item" in dynamo.get_item(TableName=table, Key={"PK": {"S": f"TASK#{x}"}, "SK": {"S": "ANALYSIS"}})
-        assert "Item" not in dynamo.get_item(TableName=table, Key={"PK": {"S": f"TASK#{stale}"}, "SK": {"S": "ANALYSIS"}})
+        assert "Item" not in dynamo.get_item(TableName=table,
+                                             Key={"PK": {"S": f"TASK#{stale}"}, "SK": {"S": "ANALYSIS"}})
     finally:
         dynamo.delete_item(TableName=table, Key={"PK": {"S": f"TASK#{x}"}, "SK": {"S": "ANALYSIS"}})
         with pg_connect(migrated, autocommit=True) as pg:

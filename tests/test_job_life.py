@@ -108,7 +108,8 @@ def test_a_chunk_killed_at_its_hard_time_limit_fails_the_backup_naming_it_and_le
         report = json.loads(out)
         assert proc.returncode == 1 and report["state"] == "failed", report
         kwargs = victim["kwargs"]
-        assert report["error"].startswith(f"worktask.backup.dump_chunk table={kwargs['table']} chunk={kwargs['chunk']}: "
+        assert report["error"].startswith(f"worktask.backup.dump_chunk table={kwargs['table']} "
+                                          f"chunk={kwargs['chunk']}: "
                                           "killed at its time limit of 40 s"), report["error"]
         assert waited < 100, f"the job took {waited:.0f} s to notice a chunk killed at 40 s"
         assert snapshot.running_backups(r) == []  # the snapshot and its table locks are let go

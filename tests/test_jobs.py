@@ -34,7 +34,8 @@ def test_a_failed_chunk_fails_the_job_naming_the_chunk(settings: Any) -> None:
     jobs.start(r, job_id, 3)
     task = JobTask()
     task.name = "worktask.demo.dump_chunk"
-    task.on_failure(ValueError("checksum mismatch"), "tid", (), {"job_id": job_id, "table": "services", "chunk": 2}, None)
+    task.on_failure(ValueError("checksum mismatch"), "tid", (),
+                    {"job_id": job_id, "table": "services", "chunk": 2}, None)
     task.on_failure(ValueError("later error"), "tid2", (), {"job_id": job_id, "table": "services", "chunk": 3}, None)
     report = jobs.wait(r, job_id, timeout=5)
     assert report["state"] == "failed" and report["ok"] is False

@@ -170,7 +170,8 @@ def test_a_backup_made_without_a_key_needs_allow_unauthenticated_where_a_key_is_
     keyless = data.model_copy(update={"backup_encryption_key": None, "backup_kms_key_id": None})
     assert backups.read_manifest(backups.store_for(data, opts), opts, backup_id, keyless)["backup_id"] == backup_id
     # a CLI without a key cannot waive the workers' check: they have a key, and refuse it
-    code, checked = cli_json("backup", "validate", backup_id, env={"BACKUP_ENCRYPTION_KEY": "", "BACKUP_KMS_KEY_ID": ""})
+    code, checked = cli_json("backup", "validate", backup_id,
+                             env={"BACKUP_ENCRYPTION_KEY": "", "BACKUP_KMS_KEY_ID": ""})
     assert code != 0 and not checked["ok"] and "--allow-unauthenticated" in checked["error"], checked
     # one with a key refuses it, naming the flag
     refused(run_cli("backup", "validate", backup_id), backup_id, "--allow-unauthenticated")

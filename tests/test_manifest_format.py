@@ -34,7 +34,8 @@ def test_check_format_reads_only_its_versions() -> None:
         assert f"format version {found!r}" in str(err.value) and "reads format version 1" in str(err.value)
     with pytest.raises(BadInput, match="format version None"):
         manifest.check_format({}, "b")
-    assert manifest.FORMAT_VERSION == backups.FORMAT_VERSION == 1 and manifest.FORMAT_VERSION in manifest.READABLE_VERSIONS
+    assert (manifest.FORMAT_VERSION == backups.FORMAT_VERSION == 1
+            and manifest.FORMAT_VERSION in manifest.READABLE_VERSIONS)
 
 
 def test_a_malformed_manifest_is_bad_input_naming_the_field() -> None:

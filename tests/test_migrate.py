@@ -205,7 +205,8 @@ def test_drift_is_reported_by_status_and_health(at_head: Any, pg: psycopg.Connec
 
 
 def test_lock_timeout_fails_the_migration_naming_the_blocking_session(at_head: Any, scratch_path: Path) -> None:
-    add_migration(scratch_path, "20991231000002", "    op.execute('alter table quality_standards add column probe int')")
+    add_migration(scratch_path, "20991231000002",
+                  "    op.execute('alter table quality_standards add column probe int')")
     with pg_connect(at_head, application_name="long-backup-reader") as blocker:
         blocker.execute("select count(*) from quality_standards")  # holds ACCESS SHARE until rollback
         code, report = cli_json("migrate", env={"MIGRATIONS_PATH": str(scratch_path)})

@@ -33,7 +33,8 @@ def hashes(settings: Any) -> dict[str, str]:
     with pg_connect(settings) as conn:
         out = {t: table_hash(conn, t) for t in PG_TABLES}
     items = aws_client(settings, "dynamodb").scan(TableName=settings.dynamo_table_name, ConsistentRead=True)["Items"]
-    out["dynamodb"] = hashlib.sha256("\n".join(sorted(json.dumps(i, sort_keys=True) for i in items)).encode()).hexdigest()
+    out["dynamodb"] = hashlib.sha256(
+        "\n".join(sorted(json.dumps(i, sort_keys=True) for i in items)).encode()).hexdigest()
     return out
 
 
@@ -60,7 +61,8 @@ def catalog_snapshot(settings: Any) -> dict[str, Any]:
         "class": """select relname, relpersistence, reltablespace, relrowsecurity, relforcerowsecurity, relreplident,
                     reloptions from pg_class where relnamespace = 'public'::regnamespace and relname = any(%(t)s)
                     order by 1""",
-        "column_grants": """select table_name, column_name, grantee, privilege_type from information_schema.column_privileges
+        "column_grants": """select table_name, column_name, grantee, privilege_type
+                            from information_schema.column_privileges
                             where table_schema = 'public' and table_name = any(%(t)s) and grantee <> 'postgres'
                             order by 1, 2, 3, 4""",
         "policies": """select tablename, policyname, permissive, roles, cmd, qual, with_check from pg_policies
@@ -69,7 +71,8 @@ def catalog_snapshot(settings: Any) -> dict[str, Any]:
                            where schemaname = 'public' and tablename = any(%(t)s) order by 1, 2""",
         "constraint_comments": """select conrelid::regclass::text, conname, obj_description(oid, 'pg_constraint')
                                   from pg_constraint where connamespace = 'public'::regnamespace order by 1, 2""",
-        "index_comments": """select tablename, indexname, obj_description(format('%%I', indexname)::regclass, 'pg_class')
+        "index_comments": """select tablename, indexname,
+                                    obj_description(format('%%I', indexname)::regclass, 'pg_class')
                              from pg_indexes where schemaname = 'public' order by 1, 2""",
     }
     with pg_connect(settings) as conn:
@@ -106,7 +109,8 @@ def dressed(migrated: Any) -> Iterator[Any]:
     configuration is put back afterwards."""
     make_data(migrated)
     with pg_connect(migrated, autocommit=True) as pg:
-        pg.execute("""do $$ begin create role worktask_reader nologin; exception when duplicate_object then null; end $$""")
+        pg.execute("""do $$ begin create role worktask_reader nologin;
+                      exception when duplicate_object then null; end $$""")
         pg.execute("grant select on services, work_tasks to worktask_reader")
         pg.execute("comment on table services is 'services owned by workgroups'")
         pg.execute("comment on column work_tasks.title is 'what the task is'")
@@ -120,7 +124,8 @@ def dressed(migrated: Any) -> Iterator[Any]:
         pg.execute("""create or replace function touch_updated_at() returns trigger language plpgsql as
                       $$ begin new.updated_at = now(); return new; end $$""")
         pg.execute("drop trigger if exists services_touch on services")
-        pg.execute("create trigger services_touch before update on services for each row execute function touch_updated_at()")
+        pg.execute("create trigger services_touch before update on services "
+                   "for each row execute function touch_updated_at()")
     yield migrated
     assert run_job(migrated, lambda: commands.seed(migrated, True, "overwrite", False))["ok"]
 

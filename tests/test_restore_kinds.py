@@ -66,7 +66,8 @@ def full_catalog(conn: psycopg.Connection, tables: list[str], views: list[str] =
                       from pg_index i join pg_class c on c.oid = i.indexrelid join pg_class t on t.oid = i.indrelid
                       left join pg_tablespace ts on ts.oid = c.reltablespace
                       where t.relnamespace = 'public'::regnamespace and t.relname = any(%(t)s) order by 1, 2""",
-        "triggers": """select tgrelid::regclass::text, tgname, pg_get_triggerdef(oid), obj_description(oid, 'pg_trigger')
+        "triggers": """select tgrelid::regclass::text, tgname, pg_get_triggerdef(oid),
+                              obj_description(oid, 'pg_trigger')
                        from pg_trigger where not tgisinternal and tgrelid::regclass::text = any(%(t)s) order by 1, 2""",
         "policies": """select tablename, policyname, permissive, roles, cmd, qual, with_check,
                               (select obj_description(p.oid, 'pg_policy') from pg_policy p
@@ -157,7 +158,8 @@ def test_row_level_security_policies_and_force_are_carried_over(db: Any) -> None
                    .format(sql.Identifier(READER)))
         pg.execute("comment on policy readers_see_visible on rls_notes is 'readers see visible notes'")
     assert as_role(settings, READER, "select count(*) from rls_notes") == 100
-    roundtrip(settings, ["rls_notes"], ["delete from rls_notes where id % 4 = 0", "update rls_notes set visible = true"])
+    roundtrip(settings, ["rls_notes"],
+              ["delete from rls_notes where id % 4 = 0", "update rls_notes set visible = true"])
     assert as_role(settings, READER, "select count(*) from rls_notes") == 100  # the policy, not nothing
     assert as_role(settings, OWNER, "select count(*) from rls_notes") == 150  # FORCE: the owner is filtered too
 
@@ -230,7 +232,8 @@ def test_column_grants_are_carried_over(db: Any) -> None:
         pg.execute("drop table if exists granted_items")
         pg.execute("create table granted_items (id int primary key, name text, secret text)")
         pg.execute("insert into granted_items select g, 'n' || g, 's' || g from generate_series(1, 100) g")
-        pg.execute(sql.SQL("grant select (id, name), update (name) on granted_items to {}").format(sql.Identifier(READER)))
+        pg.execute(sql.SQL("grant select (id, name), update (name) on granted_items to {}")
+                   .format(sql.Identifier(READER)))
         pg.execute(sql.SQL("grant insert (id) on granted_items to {} with grant option").format(sql.Identifier(OWNER)))
     roundtrip(settings, ["granted_items"], ["delete from granted_items where id > 90"])
     assert as_role(settings, READER, "select count(name) from granted_items") == 100
@@ -367,7 +370,8 @@ def test_two_long_names_sharing_a_prefix_restore_together(db: Any) -> None:
             pg.execute(sql.SQL("create table {} (id int primary key, v text)").format(sql.Identifier(name)))
             pg.execute(sql.SQL("insert into {} select g, {} from generate_series(1, 50 + {}) g").format(
                 sql.Identifier(name), sql.Literal(name), sql.Literal(i * 10)))
-    mutate = [sql.SQL("delete from {} where id > 20").format(sql.Identifier(n)).as_string(None) for n in (LONG_A, LONG_B)]
+    mutate = [sql.SQL("delete from {} where id > 20").format(sql.Identifier(n)).as_string(None)
+              for n in (LONG_A, LONG_B)]
     roundtrip(settings, [LONG_A, LONG_B], mutate)
     assert all(len(swap.replacement(n, "abcdef").encode()) <= 63 for n in (LONG_A, LONG_B, "ü" * 63))
     assert swap.replacement(LONG_A, "abcdef") != swap.replacement(LONG_B, "abcdef")

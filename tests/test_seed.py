@@ -48,7 +48,8 @@ def test_seed_twice_creates_nothing_the_second_time(migrated: Any, pg: psycopg.C
     assert all(s["created"] == 0 and s["conflicts"] == 0 for s in by.values())
     for table, n in COUNTS.items():
         assert by[table]["unchanged"] == n
-        assert pg.execute(psycopg.sql.SQL("select count(*) from {}").format(psycopg.sql.Identifier(table))).fetchone()[0] == n
+        assert pg.execute(psycopg.sql.SQL("select count(*) from {}").format(
+            psycopg.sql.Identifier(table))).fetchone()[0] == n
     art = pg.execute("""select q.key from artifact_types a join quality_standards q on q.id = a.standard_id
                         where a.key = 'test_files'""").fetchone()
     assert art == ("testing",)

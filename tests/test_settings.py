@@ -33,7 +33,8 @@ def test_every_variable_of_the_guide_is_honoured(monkeypatch: pytest.MonkeyPatch
     for k, v in values.items():
         monkeypatch.setenv(k, v)
     s = load_settings()
-    assert (s.aws_region, s.dynamo_table_name, s.postgres_secret_arn, s.postgres_host) == ("eu-west-1", "t-1", "arn:x", "db")
+    assert (s.aws_region, s.dynamo_table_name, s.postgres_secret_arn, s.postgres_host) == (
+        "eu-west-1", "t-1", "arn:x", "db")
     assert (s.postgres_port, s.postgres_database, s.s3_bucket_name, str(s.migrations_path)) == (6543, "d", "b", "/m")
     assert (s.backup_prefix, s.retention_days, s.tables) == ("p/q", 7, ["services", "dependencies"])
     assert s.dry_run and s.skip_existing and s.skip_migrations and s.skip_seeding and s.skip_backup

@@ -67,7 +67,8 @@ def test_catalog_text_holding_braces_is_carried_over_by_the_swap(braces: Any) ->
         for t in before:
             assert [c[:3] for c in after[t]["constraints"]] == [c[:3] for c in before[t]["constraints"]]
             assert after[t]["options"] == before[t]["options"] and after[t]["bound"] == before[t]["bound"]
-        assert after[BRACES]["options"] == ["fillfactor=90"] and after[f"{BRACES}_p1"]["bound"] == "FOR VALUES IN ('{a}')"
+        assert (after[BRACES]["options"] == ["fillfactor=90"]
+                and after[f"{BRACES}_p1"]["bound"] == "FOR VALUES IN ('{a}')")
         assert conn.execute(f"select id, tags, extra from {BRACES}_v").fetchall() == [(1, ["a", "b"], ["z"])]
         assert conn.execute(f"""select pg_get_expr(d.adbin, d.adrelid) from pg_attrdef d
                                 where d.adrelid = '{BRACES}_v'::regclass""").fetchone()[0] == "'{d}'::text[]"

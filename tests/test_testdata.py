@@ -36,7 +36,8 @@ def everything_else(settings: Any) -> str:
         for table in ("quality_standards", "artifact_types", "workgroup_skills", "services", "dependencies"):
             h.update(repr(pg.execute(f"select t::text from {table} t order by 1").fetchall()).encode())
         for table in ("work_tasks", "todo_items", "deliverables"):
-            h.update(repr(pg.execute(f"select t::text from {table} t where not is_test order by 1").fetchall()).encode())
+            h.update(repr(
+                pg.execute(f"select t::text from {table} t where not is_test order by 1").fetchall()).encode())
         h.update(repr(pg.execute("""select q::text from quality_checks q join deliverables d on d.id = q.deliverable_id
                                     where not d.is_test order by 1""").fetchall()).encode())
     items = aws_client(settings, "dynamodb").scan(TableName=settings.dynamo_table_name, ConsistentRead=True)["Items"]
@@ -69,7 +70,8 @@ def test_generate_makes_consistent_tasks_that_validate_with_zero_errors(clean: A
         assert pg.execute("""select count(*) from work_tasks t where t.is_test and t.status = 'completed'
                              and exists (select 1 from todo_items i where i.work_task_id = t.id and i.status <> 'done')
                           """).fetchone()[0] == 0
-        wrong_standard = pg.execute("""select count(*) from quality_checks q join deliverables d on d.id = q.deliverable_id
+        wrong_standard = pg.execute("""select count(*) from quality_checks q
+                                       join deliverables d on d.id = q.deliverable_id
                                        join artifact_types a on a.id = d.artifact_type_id
                                        where d.is_test and q.standard_id <> a.standard_id""").fetchone()[0]
         assert wrong_standard == 0

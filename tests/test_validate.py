@@ -42,9 +42,9 @@ def planted(migrated: Any) -> Any:
                             order by id limit 1 returning id""", (t_dup,)).fetchone()[0]
     dynamo = aws_client(migrated, "dynamodb")
     dynamo.put_item(TableName=table, Item=to_item({"PK": "RULE#bad_scope", "SK": "CONFIG", "type": "rule",
-                                                   "key": "bad_scope", "name": "Bad", "description": "", "scope": "galaxy",
-                                                   "condition": "true", "action": "warn", "severity": "info",
-                                                   "enabled": True}))
+                                                   "key": "bad_scope", "name": "Bad", "description": "",
+                                                   "scope": "galaxy", "condition": "true", "action": "warn",
+                                                   "severity": "info", "enabled": True}))
     dynamo.put_item(TableName=table, Item=to_item({"PK": "TASK#987654321", "SK": "ANALYSIS", "type": "analysis",
                                                    "work_task_id": 987654321, "complexity": 3, "risk": "low",
                                                    "summary": "dangling", "estimated_hours": 1.0, "is_test": True}))
@@ -76,7 +76,8 @@ def test_every_planted_defect_is_found_and_fix_repairs_the_fixable(planted: dict
     with pg_connect(migrated) as pg:
         edges = [tuple(r) for r in pg.execute("select todo_id, depends_on_todo_id from todo_dependencies")]
         assert find_cycles(edges) == []
-        assert pg.execute("select status from work_tasks where id = %s", (planted["done"],)).fetchone()[0] == "in_progress"
+        assert pg.execute("select status from work_tasks where id = %s",
+                          (planted["done"],)).fetchone()[0] == "in_progress"
     aws_client(migrated, "dynamodb").delete_item(TableName=table, Key=to_item({"PK": "RULE#bad_scope", "SK": "CONFIG"}))
     code, clean = cli_json("validate", timeout=300)
     assert code == 0 and clean["ok"], [i for i in clean["issues"] if i["severity"] == "error"]

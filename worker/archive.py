@@ -81,7 +81,8 @@ class ChunkWriter:
         self.raw = 0
         self.enc = _Encryptor(self.stored, key, name) if key else None
         sink: Any = self.enc or self.stored
-        self.zw = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).stream_writer(sink, closefd=False) if compress else None
+        self.zw = (zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).stream_writer(sink, closefd=False)
+                   if compress else None)
         self.sink = self.zw or sink
 
     def write(self, data: bytes) -> None:

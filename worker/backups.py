@@ -382,7 +382,8 @@ def list_backups(store: ObjectStore, options: dict[str, Any], settings: Settings
     return sorted(out, key=lambda r: r["backup_id"], reverse=True)
 
 
-def cleanup_plan(backups: list[dict[str, Any]], retention_days: int, now: datetime | None = None) -> list[dict[str, Any]]:
+def cleanup_plan(backups: list[dict[str, Any]], retention_days: int,
+                 now: datetime | None = None) -> list[dict[str, Any]]:
     """What retention removes: complete backups older than the retention except the newest complete one,
     and failed or incomplete leftovers whose last write is over a day old."""
     now = now or datetime.now(UTC)

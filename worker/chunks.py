@@ -27,7 +27,8 @@ from worker.sqltext import ident
 TYPE_NAME = re.compile(r'[A-Za-z0-9_ ."]+(\[\])?')  # what regtype prints: bigint, "My Type", public.x
 
 
-def plan_key_chunks(conn: psycopg.Connection, table: str, key: str, count: int, chunk_rows: int) -> list[dict[str, Any]]:
+def plan_key_chunks(conn: psycopg.Connection, table: str, key: str, count: int,
+                    chunk_rows: int) -> list[dict[str, Any]]:
     """Key ranges of about `chunk_rows` rows each, cut at every chunk_rows-th key value (an index scan)."""
     if count <= chunk_rows:
         return [{"n": 0, "range": [None, None]}]

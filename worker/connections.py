@@ -104,7 +104,8 @@ def redis_client(settings: Settings, url: str | None = None) -> redis.Redis:
 
 def check_redis(settings: Settings) -> redis.Redis:
     """The job store's client, after a ping; ServiceUnavailable naming the URL when it does not answer."""
-    for name, url in (("CELERY_BROKER_URL", settings.celery_broker_url), ("CELERY_RESULT_BACKEND", settings.result_backend)):
+    for name, url in (("CELERY_BROKER_URL", settings.celery_broker_url),
+                      ("CELERY_RESULT_BACKEND", settings.result_backend)):
         client = redis_client(settings, url)
         try:
             client.ping()

@@ -66,7 +66,8 @@ def batch_write(client: Any, table: str, requests: list[dict[str, Any]], tries: 
                 break
             time.sleep(min(0.05 * 2 ** attempt, 5))
         if pending:
-            raise JobFailed(f"DynamoDB kept {len(pending)} writes to {table} unprocessed after {tries} tries (throttled)")
+            raise JobFailed(f"DynamoDB kept {len(pending)} writes to {table} "
+                            f"unprocessed after {tries} tries (throttled)")
 
 
 def _numbers(value: Any) -> Any:

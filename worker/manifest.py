@@ -210,7 +210,8 @@ def dynamo_capture(table: dict[str, Any], chunks: list[dict[str, Any]]) -> dict[
             if windows else None, "snapshot_at": capture.get("snapshot_at"), "reason": capture.get("reason")}
 
 
-def build_manifest(backup_id: str, plan: dict[str, Any], results: list[dict[str, Any]], started: float) -> dict[str, Any]:
+def build_manifest(backup_id: str, plan: dict[str, Any], results: list[dict[str, Any]],
+                   started: float) -> dict[str, Any]:
     """The manifest of a backup from its plan and its chunks' results: the exact dict that is signed and
     written (backups.write_manifest), checked against the model. JobFailed when chunks or rows are missing."""
     by_table: dict[tuple[str, str], list[dict[str, Any]]] = {}

@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     aws_region: str = _f("us-east-1", "an AWS region name such as us-east-1", min_length=1)
     dynamo_table_name: str = _f("ai-agent-system", "a DynamoDB table name (3-255 of A-Z a-z 0-9 _ . -)",
                                 pattern=r"^[A-Za-z0-9_.-]{3,255}$")
-    postgres_secret_arn: str | None = _f(None, "a Secrets Manager ARN or name holding username/password/host/port/dbname")
+    postgres_secret_arn: str | None = _f(None,
+                                         "a Secrets Manager ARN or name holding username/password/host/port/dbname")
     postgres_host: str = _f("localhost", "a host name, an IP address or a Unix socket folder", min_length=1)
     postgres_port: int = _f(5432, "a TCP port, 1-65535", ge=1, le=65535)
     postgres_database: str = _f("ai_agent_system", "a database name", min_length=1)

@@ -145,7 +145,7 @@ def locked_out(table: str, lock_timeout: float, who: str) -> str:
 def lock_and_export(conn: psycopg.Connection, lock_timeout: float) -> tuple[str, list[str]]:
     """List the tables, lock each in ACCESS SHARE mode, then export the snapshot (taken after the locks,
     as LOCK does not take one): every table in the snapshot is safe from TRUNCATE and rewrites."""
-    for attempt in range(LIST_TRIES):
+    for _attempt in range(LIST_TRIES):
         conn.autocommit = True
         tables = [row[0] for row in conn.execute(TABLES_SQL, (list(SKIP_TABLES), REPLACEMENT_MARKER + "%"))]
         conn.autocommit = False

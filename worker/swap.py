@@ -88,7 +88,7 @@ def _swap_table(conn: psycopg.Connection, cat: dict[str, Any], tag: str) -> None
     if cat["parent"]:
         conn.execute(sql.SQL("alter table {} detach partition {}").format(sql.Identifier(cat["parent"]), t))
     positions = {}
-    for column, seq, deptype, _owner, _comment, seq_oid, schema, _grants_ in cat["sequences"]:
+    for column, seq, deptype, _owner, _comment, _seq_oid, schema, _grants in cat["sequences"]:
         positions[column] = conn.execute(sql.SQL("select last_value, is_called from {}").format(
             sql.Identifier(schema, seq))).fetchone()
         if deptype == "a":  # serial: the replacement's default uses this very sequence; it moves over
@@ -101,7 +101,8 @@ def _swap_table(conn: psycopg.Connection, cat: dict[str, Any], tag: str) -> None
     for i, (name, kind, _def, _ts, comment, index_comment) in enumerate(cat["constraints"]):
         conn.execute(sql.SQL("alter table {} rename constraint {} to {}").format(
             t, sql.Identifier(temp_name(table, tag, "c", i)), sql.Identifier(name)))  # its index too
-        conn.execute(sql.SQL("comment on constraint {} on {} is {}").format(sql.Identifier(name), t, sql.Literal(comment)))
+        conn.execute(sql.SQL("comment on constraint {} on {} is {}").format(
+            sql.Identifier(name), t, sql.Literal(comment)))
         if kind in ("p", "u", "x"):
             conn.execute(sql.SQL("comment on index {} is {}").format(sql.Identifier(name), sql.Literal(index_comment)))
     for i, (name, _def, _ts, comment) in enumerate(cat["indexes"]):
@@ -119,12 +120,14 @@ def _swap_table(conn: psycopg.Connection, cat: dict[str, Any], tag: str) -> None
         if deptype == "i":  # identity: the replacement has a sequence of its own; it takes the old one's place
             seq_oid, current, schema = conn.execute("""
                 select s.oid, s.relname, (select nspname from pg_namespace where oid = s.relnamespace) from pg_depend d
-                join pg_class s on s.oid = d.objid join pg_attribute a on a.attrelid = d.refobjid and a.attnum = d.refobjsubid
+                join pg_class s on s.oid = d.objid
+                join pg_attribute a on a.attrelid = d.refobjid and a.attnum = d.refobjsubid
                 where d.classid = 'pg_class'::regclass and d.refobjid = %s and d.deptype = 'i' and s.relkind = 'S'
                   and a.attname = %s""", (table_oid(conn, table), column)).fetchone()
             conn.execute(sql.SQL("alter sequence {} rename to {}").format(
                 sql.Identifier(schema, current), sql.Identifier(seq)))
-            conn.execute(sql.SQL("comment on sequence {} is {}").format(sql.Identifier(schema, seq), sql.Literal(comment)))
+            conn.execute(sql.SQL("comment on sequence {} is {}").format(
+                sql.Identifier(schema, seq), sql.Literal(comment)))
             _grant(conn, sql.SQL("sequence {}").format(sql.Identifier(schema, seq)), grants)
         last, called = positions[column]
         top = conn.execute(sql.SQL("select max({}) from {}").format(sql.Identifier(column), t)).fetchone()[0]

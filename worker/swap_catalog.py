@@ -36,7 +36,8 @@ def _column_grants(conn: psycopg.Connection, oid: int) -> list[tuple[str, str, s
 
 def _column_comments(conn: psycopg.Connection, oid: int) -> list[tuple[str, str | None]]:
     return conn.execute("""select attname, col_description(attrelid, attnum) from pg_attribute
-                           where attrelid = %s and attnum > 0 and not attisdropped order by attnum""", (oid,)).fetchall()
+                           where attrelid = %s and attnum > 0 and not attisdropped
+                           order by attnum""", (oid,)).fetchall()
 
 
 def catalog(conn: psycopg.Connection, table: str) -> dict[str, Any]:
@@ -55,7 +56,8 @@ def catalog(conn: psycopg.Connection, table: str) -> dict[str, Any]:
     constraints = conn.execute("""
         select c.conname, c.contype, pg_get_constraintdef(c.oid), ts.spcname, obj_description(c.oid, 'pg_constraint'),
                obj_description(c.conindid, 'pg_class')
-        from pg_constraint c left join pg_class i on i.oid = c.conindid left join pg_tablespace ts on ts.oid = i.reltablespace
+        from pg_constraint c left join pg_class i on i.oid = c.conindid
+        left join pg_tablespace ts on ts.oid = i.reltablespace
         where c.conrelid = %s and c.contype in ('p', 'u', 'x', 'c') order by c.conname""", (oid,)).fetchall()
     indexes = conn.execute("""
         select c.relname, pg_get_indexdef(i.indexrelid), ts.spcname, obj_description(c.oid, 'pg_class')
@@ -173,7 +175,8 @@ def dependants(conn: psycopg.Connection, tables: list[str]) -> tuple[list[int], 
                         continue  # a view's own rule
                     if kind == "v" and rule == "_RETURN" and owner not in own:
                         extra = conn.execute("""select string_agg(rulename, ', ') from pg_rewrite
-                                                where ev_class = %s and rulename <> '_RETURN'""", (owner,)).fetchone()[0]
+                                                where ev_class = %s
+                                                  and rulename <> '_RETURN'""", (owner,)).fetchone()[0]
                         if extra:
                             refused.setdefault(table, []).append(f"rules {extra} on view {_name(conn, owner)}")
                         views.setdefault(owner, set())

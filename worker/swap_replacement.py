@@ -76,7 +76,8 @@ def _create(conn: psycopg.Connection, table: str, tag: str, plain_generated: boo
     new = replacement(table, tag)
     cat = conn.execute("""select relpersistence, ts.spcname from pg_class c left join pg_tablespace ts
                           on ts.oid = c.reltablespace where c.oid = %s""", (table_oid(conn, table),)).fetchone()
-    conn.execute(sql.SQL("create {}table {} (like {} including all {}excluding indexes excluding constraints){}").format(
+    conn.execute(sql.SQL("create {}table {} (like {} including all {}excluding indexes "
+                         "excluding constraints){}").format(
         sql.SQL("unlogged " if cat[0] == "u" else ""), sql.Identifier(new), sql.Identifier(table),
         sql.SQL("excluding generated " if plain_generated else ""),
         sql.SQL(" tablespace {}").format(sql.Identifier(cat[1])) if cat[1] else sql.SQL("")))
@@ -118,11 +119,11 @@ def build(conn: psycopg.Connection, cat: dict[str, Any], tag: str) -> None:
     names, each in the tablespace of the live one; a partition also gets a check of its bound, so that
     ATTACH PARTITION in the swap need not scan it. In the caller's transaction."""
     table, new = cat["table"], replacement(cat["table"], tag)
-    for i, (_name_, _kind, definition, tablespace, *_comments) in enumerate(cat["constraints"]):
+    for i, (_name, _kind, definition, tablespace, *_comments) in enumerate(cat["constraints"]):
         _default_tablespace(conn, tablespace)
         conn.execute(sql.SQL("alter table {} add constraint {} {}").format(
             sql.Identifier(new), sql.Identifier(temp_name(table, tag, "c", i)), sql.SQL(definition)))
-    for i, (_name_, definition, tablespace, _comment) in enumerate(cat["indexes"]):
+    for i, (_name, definition, tablespace, _comment) in enumerate(cat["indexes"]):
         _default_tablespace(conn, tablespace)
         head, rest = definition.split(" ON ", 1)
         created = head.rsplit(" ", 1)[0] + " " + ident(temp_name(table, tag, "i", i)) + " ON " + rest
