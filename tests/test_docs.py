@@ -111,6 +111,8 @@ def test_docker_compose_runs_only_commands_the_project_has() -> None:
     assert {"redis", "postgres", "aws", "worker", "beat", "flower"} <= set(services)
     assert services["worker"]["deploy"]["replicas"] == 2
     assert "FLOWER_BASIC_AUTH" in str(services["flower"]["environment"])
+    # Flower's /metrics and /healthcheck need no auth: published on the host's loopback only
+    assert services["flower"]["ports"] and all(str(p).startswith("127.0.0.1:") for p in services["flower"]["ports"])
     checked = 0
     for name in ("worker", "beat", "flower"):
         argv = shlex.split(services[name]["command"]) if isinstance(services[name]["command"], str) \
