@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -27,8 +30,32 @@ from worker.reports import Check, HealthReport
 from worker.settings import Settings, mask_url
 from worker.taskbase import JobTask, fan_out
 
-CHECKS = ("postgres", "redis", "dynamodb", "backup_store", "workers", "migrations", "validation")
-CRITICAL = {"postgres", "redis"}  # without these nothing works: unhealthy, not degraded
+CHECKS = ("postgres", "redis", "dynamodb", "backup_store", "workers", "migrations", "validation", "backups",
+          "queues")
+# The status rule: a failing check named here makes `unhealthy` (nothing works without it: no data, no job
+# store, nobody to run jobs); any other failing check makes `degraded`; none failing is `healthy`.
+CRITICAL = {"postgres", "redis", "workers"}
+
+# What to do when a check fails, unless the check says something more precise (CheckFailed's hint).
+HINTS = {
+    "postgres": "start PostgreSQL or fix POSTGRES_HOST/POSTGRES_PORT/POSTGRES_DATABASE (or POSTGRES_SECRET_ARN)",
+    "redis": "start Redis or fix CELERY_BROKER_URL / CELERY_RESULT_BACKEND",
+    "dynamodb": "check AWS credentials, AWS_REGION and AWS_ENDPOINT_URL; a missing table: run worktask migrate",
+    "backup_store": "check S3_BUCKET_NAME and its permissions, or that BACKUP_DIR exists and is writable",
+    "workers": "start workers: worktask stack up or celery -A worker worker -Q control,bulk",
+    "migrations": "run worktask migrate (drift: a migration file changed after it was applied; restore it)",
+    "validation": "run worktask validate and read its issues (worktask validate --fix fixes the fixable ones)",
+    "backups": "run worktask backup",
+    "queues": "check that Redis answers (worktask health --json shows the error)",
+}
+
+
+class CheckFailed(WorktaskError):
+    """A check's failure with a hint of its own."""
+
+    def __init__(self, detail: str, hint: str):
+        super().__init__(detail)
+        self.hint = hint
 
 
 def check_postgres(settings: Settings) -> str:
@@ -64,7 +91,7 @@ def check_backup_store(settings: Settings) -> str:
 
 
 def check_workers(settings: Settings) -> str:
-    workers = jobs.live_workers(app, timeout=1.5)
+    workers = jobs.live_workers(app, timeout=1.5)  # the bound: inspect waits 1.5 s, however many answer
     if not workers:
         raise WorktaskError("no worker answered within 1.5 s")
     missing = {QUEUE_CONTROL, QUEUE_BULK} - {q for qs in workers.values() for q in qs}
@@ -96,21 +123,149 @@ def check_validation(settings: Settings) -> str:
     return line
 
 
+def _age(seconds: float) -> str:
+    seconds = max(seconds, 0)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86_400:.1f}d"
+
+
+VALIDATED = "validated.json"  # beside a backup's manifest; written by the backup-validate finalize (tasks/verify.py)
+
+
+def last_validation(store: Any, options: dict[str, Any], backup_id: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(store.get(backups.prefix(options, backup_id) + VALIDATED))
+    except FileNotFoundError:  # both stores: never validated
+        return None
+
+
+def check_backups(settings: Settings, now: datetime | None = None) -> str:
+    """The newest complete backup: its age against BACKUP_MAX_AGE_HOURS and its last validation; and any
+    failed backup since it. Bounded by the store's own timeouts: one listing, one manifest read per backup."""
+    now = now or datetime.now(UTC)
+    options = backups.store_options(settings)
+    store = backups.store_for(settings, options)
+    listed = backups.list_backups(store, options, settings)
+    complete = [b for b in listed if b["state"] == "complete"]
+    where = store.url(options["prefix"] + "/")
+    if not complete:
+        failed = sum(b["state"] == "failed" for b in listed)
+        raise CheckFailed(f"no complete backup in {where}" + (f" ({failed} failed)" if failed else ""),
+                          "run worktask backup")
+    newest = complete[0]
+    age_h = (now - datetime.fromisoformat(newest["created_at"])).total_seconds() / 3600
+    limit = settings.backup_max_age_hours
+    parts = [f"newest complete {newest['backup_id']}, {_age(age_h * 3600)} old (limit {limit:g}h)"]
+    problems: list[tuple[str, str]] = []  # (what, hint)
+    if age_h > limit:
+        problems.append(("stale", "run worktask backup (and check that beat or cron takes one daily)"))
+    v = last_validation(store, options, newest["backup_id"])
+    if v is None:
+        parts.append(f"not validated (worktask backup validate {newest['backup_id']})")
+    else:
+        ago = _age((now - datetime.fromisoformat(v["at"])).total_seconds())
+        if v["ok"]:
+            parts.append(f"validated ok {v['at'][:19]}Z ({ago} ago, {v['chunks_checked']} chunks)")
+        else:
+            parts.append(f"validation FAILED {v['at'][:19]}Z ({ago} ago): {v['bad_chunks']} bad chunk(s)")
+            problems.append(("its validation failed", f"worktask backup validate {newest['backup_id']} names the "
+                             "bad chunks; take a new backup: worktask backup"))
+    since = [b for b in listed if b["backup_id"] > newest["backup_id"]]
+    failed = [b["backup_id"] for b in since if b["state"] == "failed"]
+    running = [b["backup_id"] for b in since if b["state"] == "incomplete"]
+    if failed:
+        parts.append(f"{len(failed)} failed since: {', '.join(failed[:3])}")
+        problems.append((f"{len(failed)} failed since",
+                         f"worktask jobs show {failed[0]} gives the error; then worktask backup"))
+    if running:  # a backup still running looks the same: reported, not failed
+        parts.append(f"{len(running)} incomplete since (running, or abandoned): {', '.join(running[:3])}")
+    detail = "; ".join(parts)
+    if problems:
+        raise CheckFailed(f"{', '.join(p for p, _ in problems).upper()}: {detail}",
+                          "; ".join(dict.fromkeys(h for _, h in problems)))
+    return detail
+
+
+QUEUE_SEP = "\x06\x16"  # kombu's Redis transport: a priority above 0 goes to the list "<queue>\x06\x16<priority>"
+PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+def _waiting_job(raw: str | None) -> str | None:
+    """The job id of a waiting kombu message, from its task kwargs (the body), if it has one."""
+    if not raw:
+        return None
+    try:
+        message = json.loads(raw)
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        _args, kwargs, _embed = json.loads(body)
+        job_id = kwargs.get("job_id")
+        return job_id if isinstance(job_id, str) else None
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        return None
+
+
+def check_queues(settings: Settings, now: datetime | None = None,
+                 queues: tuple[str, ...] = (QUEUE_CONTROL, QUEUE_BULK)) -> str:
+    """Depth of each queue (the Redis lists kombu keeps, priority sub-queues included) and the age of the
+    job of the message consumed next (the list's tail): kombu and Celery record no enqueue time in a message,
+    so the wait shown is the age of that message's job, an upper bound of its own wait."""
+    now = now or datetime.now(UTC)
+    client = redis_client(settings, settings.celery_broker_url)
+    parts = []
+    for queue in queues:
+        names = [queue] + [f"{queue}{QUEUE_SEP}{p}" for p in PRIORITY_STEPS[1:]]
+        with client.pipeline() as p:
+            for name in names:
+                p.llen(name)
+                p.lindex(name, -1)
+            got = p.execute()
+        depth = sum(got[0::2])
+        if not depth:
+            parts.append(f"{queue}: 0 waiting")
+            continue
+        job_ids = [j for j in map(_waiting_job, got[1::2]) if j]
+        stamps = [jobs_created(j) for j in job_ids]
+        stamps = [s for s in stamps if s]
+        if stamps:
+            oldest = min(stamps)
+            parts.append(f"{queue}: {depth} waiting, next from a job created {_age((now - oldest).total_seconds())}"
+                         " ago")
+        else:
+            parts.append(f"{queue}: {depth} waiting (no enqueue time recorded)")
+    return "; ".join(parts) + " (kombu stores no enqueue time: a wait is its job's age)"
+
+
+def jobs_created(job_id: str) -> datetime | None:
+    try:
+        return datetime.strptime(job_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
 RUNNERS = {"postgres": check_postgres, "redis": check_redis, "dynamodb": check_dynamodb,
            "backup_store": check_backup_store, "workers": check_workers, "migrations": check_migrations,
-           "validation": check_validation}
+           "validation": check_validation, "backups": check_backups, "queues": check_queues}
 
 
 def run_check(name: str, settings: Settings) -> Check:
     """Run one check; any failure becomes ok=False with a one-line detail, never an exception."""
     began = time.monotonic()
+    hint = None
     try:
         detail, ok = RUNNERS[name](settings), True
     except (WorktaskError, psycopg.Error, SQLAlchemyError, redis.RedisError, BotoCoreError, ClientError,
             OSError) as err:
         text = str(err).strip().splitlines()
         detail, ok = (text[0] if text else type(err).__name__), False
-    return Check(name=name, ok=ok, detail=detail, seconds=round(time.monotonic() - began, 3))
+        hint = getattr(err, "hint", None) or HINTS.get(name)
+    return Check(name=name, ok=ok, detail=detail, hint=hint, seconds=round(time.monotonic() - began, 3))
 
 
 def health_report(job_id: str, checks: list[Check]) -> HealthReport:

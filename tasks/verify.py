@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from worker import backups, jobs
@@ -15,7 +16,7 @@ from worker.constants import (
     TASK_CLEANUP_START,
 )
 from worker.plans import BackupValidatePlan
-from worker.reports import BadChunk, CleanupReport, ValidateBackupReport
+from worker.reports import BadChunk, CleanupReport, ValidateBackupReport, utcnow
 from worker.settings import Settings
 from worker.taskbase import JobTask, fan_out
 
@@ -71,6 +72,11 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
                                   chunks_checked=len(results),
                                   rows_checked=sum(r["rows"] for r in results if not r["reason"]),
                                   bad_chunks=bad, error=error)
+    # The outcome beside the manifest (survives Redis): what `worktask health` reads as "validated".
+    backups.store_for(self.settings, options).put(
+        backups.prefix(options, options["backup_id"]) + "validated.json",
+        json.dumps({"job_id": job_id, "ok": not bad, "at": utcnow().isoformat(), "chunks_checked": len(results),
+                    "bad_chunks": len(bad), "error": error}).encode())
     jobs.finish(self.redis, job_id, report)
     return {"job_id": job_id, "bad": len(bad)}
 

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from conftest import cli_json, run_cli
-from tasks.health import CHECKS, health_report, run_check
+from tasks.health import CHECKS, QUEUE_SEP, CheckFailed, check_backups, check_queues, health_report, run_check
 from worker import jobs
 from worker.connections import redis_client
 from worker.reports import Check
 
 
-def test_health_json_is_one_object_with_every_check_green(migrated: Any) -> None:
+@pytest.fixture(scope="module")
+def backed_up(migrated: Any) -> Any:
+    """A fresh, validated backup in the workers' own store: what a green `backups` check needs."""
+    code, backup = cli_json("backup", timeout=300)
+    assert code == 0, backup
+    code, checked = cli_json("backup", "validate", backup["backup_id"])
+    assert code == 0 and checked["ok"], checked
+    return migrated
+
+
+def test_health_json_is_one_object_with_every_check_green(backed_up: Any) -> None:
     code, report = cli_json("health")
     assert code == 0, report
     assert report["kind"] == "health" and report["state"] == "succeeded" and report["ok"] is True
@@ -25,7 +40,7 @@ def test_health_json_is_one_object_with_every_check_green(migrated: Any) -> None
         assert key in report
 
 
-def test_jobs_show_gives_the_counters_and_report_of_a_finished_job(migrated: Any) -> None:
+def test_jobs_show_gives_the_counters_and_report_of_a_finished_job(backed_up: Any) -> None:
     _, report = cli_json("health")
     code, shown = cli_json("jobs", "show", report["job_id"])
     assert code == 0
@@ -34,11 +49,11 @@ def test_jobs_show_gives_the_counters_and_report_of_a_finished_job(migrated: Any
     assert shown["report"] == report
 
 
-def test_no_wait_prints_the_job_id_and_the_job_runs_on(migrated: Any) -> None:
+def test_no_wait_prints_the_job_id_and_the_job_runs_on(backed_up: Any) -> None:
     proc = run_cli("health", "--no-wait")
     assert proc.returncode == 0
     job_id = proc.stdout.strip()
-    report = jobs.wait(redis_client(migrated), job_id, timeout=60)
+    report = jobs.wait(redis_client(backed_up), job_id, timeout=60)
     assert report["job_id"] == job_id and report["status"] == "healthy"
 
 
@@ -75,10 +90,10 @@ def test_status_is_degraded_for_a_store_and_unhealthy_for_postgres() -> None:
     assert health_report("j", pg_down).status == "unhealthy"
 
 
-def test_scheduled_health_runs_once_per_slot(migrated: Any) -> None:
+def test_scheduled_health_runs_once_per_slot(backed_up: Any) -> None:
     from tasks.health import start
 
-    r = redis_client(migrated)
+    r = redis_client(backed_up)
     results = [start.apply_async(kwargs={"job_id": None, "options": {"scheduled": True}}) for _ in range(2)]
     first, second = (res.get(timeout=30) for res in results)
     del results  # let the result consumer go while Redis still answers
@@ -87,3 +102,87 @@ def test_scheduled_health_runs_once_per_slot(migrated: Any) -> None:
     assert len(skipped) >= 1
     for x in ran:
         assert jobs.wait(r, x["job_id"], timeout=60)["ok"]
+
+
+def test_health_json_has_exactly_the_design_check_names_each_with_a_hint_field(migrated: Any) -> None:
+    _code, report = cli_json("health")
+    assert [c["name"] for c in report["checks"]] == ["postgres", "redis", "dynamodb", "backup_store", "workers",
+                                                     "migrations", "validation", "backups", "queues"]
+    for c in report["checks"]:
+        assert set(c) >= {"name", "ok", "detail", "hint"}
+        assert (c["hint"] is None) == c["ok"], c
+
+
+def test_backups_check_without_a_backup_says_none_and_degrades(settings: Any) -> None:
+    empty = settings.model_copy(update={"backup_prefix": "health-none"})
+    check = run_check("backups", empty)
+    assert not check.ok and "no complete backup" in check.detail and check.hint == "run worktask backup"
+    ok = [Check(name=n, ok=True, detail="") for n in CHECKS]
+    rep = health_report("j", [c if c.name != "backups" else check for c in ok])
+    assert rep.status == "degraded"
+
+
+def test_backups_check_names_a_fresh_validated_backup_and_calls_an_old_one_stale(migrated: Any) -> None:
+    env = {"BACKUP_PREFIX": "health-fresh"}
+    code, backup = cli_json("backup", env=env, timeout=300)
+    assert code == 0, backup
+    s = migrated.model_copy(update={"backup_prefix": "health-fresh"})
+    check = run_check("backups", s)
+    assert check.ok and backup["backup_id"] in check.detail and "not validated" in check.detail, check
+    code, checked = cli_json("backup", "validate", backup["backup_id"], env=env)
+    assert code == 0 and checked["ok"], checked
+    check = run_check("backups", s)
+    assert check.ok and backup["backup_id"] in check.detail and "validated ok" in check.detail, check
+    assert check.hint is None
+    # the same backup an hour later, with a limit of 0.01 h (36 s): stale, with what to do
+    stale = s.model_copy(update={"backup_max_age_hours": 0.01})
+    with pytest.raises(CheckFailed) as failed:
+        check_backups(stale, now=datetime.now(UTC) + timedelta(hours=1))
+    assert "STALE" in str(failed.value) and backup["backup_id"] in str(failed.value)
+    assert "worktask backup" in failed.value.hint
+    ok = [Check(name=n, ok=True, detail="") for n in CHECKS]
+    bad = Check(name="backups", ok=False, detail=str(failed.value), hint=failed.value.hint)
+    assert health_report("j", [c if c.name != "backups" else bad for c in ok]).status == "degraded"
+
+
+def test_backups_setting_accepts_fractions_and_refuses_below_001(settings: Any) -> None:
+    proc = run_cli("health", "--no-wait", env={"BACKUP_MAX_AGE_HOURS": "0.001"})
+    assert proc.returncode == 2 and "BACKUP_MAX_AGE_HOURS" in proc.stderr
+    assert settings.model_copy(update={"backup_max_age_hours": 0.5}).backup_max_age_hours == 0.5
+
+
+def test_queues_check_reports_each_queue_depth_and_the_age_of_the_next_job(settings: Any) -> None:
+    check = run_check("queues", settings)
+    assert check.ok and "control:" in check.detail and "bulk:" in check.detail, check
+    # the shape kombu's Redis transport stores (body in base64), in a priority sub-queue of a queue no worker
+    # consumes (the workers would pop it from bulk's)
+    r = redis_client(settings, settings.celery_broker_url)
+    key = "health-test" + QUEUE_SEP + "9"
+    job_id = "20200101T000000Z-health-abcdef"
+    body = base64.b64encode(json.dumps([[], {"job_id": job_id}, {}]).encode()).decode()
+    r.rpush(key, json.dumps({"body": body, "headers": {}, "properties": {"body_encoding": "base64"}}))
+    try:
+        detail = check_queues(settings, queues=("health-test",))
+    finally:
+        r.delete(key)
+    assert "health-test: 1 waiting" in detail and "job created" in detail and "d ago" in detail, detail
+
+
+def test_unhealthy_when_no_worker_consumes_degraded_for_the_rest() -> None:
+    ok = [Check(name=n, ok=True, detail="") for n in CHECKS]
+    for name in CHECKS:
+        rep = health_report("j", [c if c.name != name else Check(name=name, ok=False, detail="x") for c in ok])
+        assert rep.status == ("unhealthy" if name in {"postgres", "redis", "workers"} else "degraded"), name
+
+
+def test_human_output_says_what_to_do_for_a_failing_check(settings: Any) -> None:
+    from worker.render import out, render_health
+
+    checks = [run_check(n, settings) if n == "backups" else Check(name=n, ok=True, detail="fine") for n in CHECKS]
+    checks[CHECKS.index("backups")] = run_check("backups", settings.model_copy(update={"backup_prefix": "no-b"}))
+    report = health_report("j", checks).model_dump(mode="json")
+    with out.capture() as cap:
+        render_health(report)
+    text = cap.get()
+    assert "degraded" in text and "what to do" in text and "backups: run worktask backup" in text
+    assert len(text.splitlines()) < 40  # one screen

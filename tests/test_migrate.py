@@ -18,7 +18,7 @@ from worker import commands, migrator
 from worker.connections import aws_client, pg_connect
 from worker.dynamo import exists
 
-VERSIONS = ["20261124100000", "20261124100100", "20261124100200", "20261124100300"]
+VERSIONS = ["20261124100000", "20261124100100", "20261124100200", "20261124100300", "20261124100400"]
 TABLES = ["quality_standards", "artifact_types", "workgroup_skills", "services", "dependencies", "work_tasks",
           "todo_items", "todo_dependencies", "deliverables", "quality_checks"]
 
@@ -139,7 +139,7 @@ def test_rollback_goes_down_to_the_version_given_and_one_step_by_default(at_head
     report = migrate(at_head, "downgrade", "-1")
     assert report["versions"] == [VERSIONS[-1]] and report["after"] == VERSIONS[-2]
     report = migrate(at_head, "downgrade", VERSIONS[0])
-    assert report["versions"] == [VERSIONS[2], VERSIONS[1]] and report["after"] == VERSIONS[0]
+    assert report["versions"] == list(reversed(VERSIONS[1:-1])) and report["after"] == VERSIONS[0]
     code, st = cli_json("migrate", "status")
     assert [p["version"] for p in st["pending"]] == VERSIONS[1:]
 
@@ -238,3 +238,25 @@ def test_create_writes_a_timestamped_revision_with_validate(at_head: Any, scratc
 def test_bad_input_exits_2_with_one_line(migrated: Any, args: list[str], env: dict[str, str], needle: str) -> None:
     proc = run_cli(*args, env=env)
     assert proc.returncode == 2 and needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+GUIDE_NAMES = {"frontend": "Frontend Development Team", "backend": "Backend Development Team", "qa": "QA Team",
+               "mobile": "Mobile Development Team"}
+
+
+def test_workgroups_move_to_the_guide_names_keeping_their_ids_and_seed_agrees(at_head: Any,
+                                                                              pg: psycopg.Connection) -> None:
+    old = {"frontend": "Frontend Team", "backend": "Backend Team", "qa": "Quality Assurance Team",
+           "mobile": "Mobile Team"}
+    assert migrate(at_head, "downgrade", "-1")["ok"]  # an installation seeded before the rename
+    before = dict(pg.execute("select key, id from workgroup_skills").fetchall())
+    names = dict(pg.execute("select key, name from workgroup_skills where key = any(%s)", (list(old),)).fetchall())
+    assert names == old
+    report = migrate(at_head)
+    assert report["ok"] and report["versions"] == [VERSIONS[-1]]
+    assert dict(pg.execute("select key, id from workgroup_skills").fetchall()) == before
+    names = {n for (n,) in pg.execute("select name from workgroup_skills").fetchall()}
+    assert set(GUIDE_NAMES.values()) <= names and not names & set(old.values())
+    code, seeded = cli_json("seed", "--config-only")
+    ws = next(s for s in seeded["sets"] if s["name"] == "workgroup_skills")
+    assert code == 0 and ws["conflicts"] == 0 and ws["unchanged"] == 10, ws

@@ -45,13 +45,20 @@ def progress_bar(kind: str) -> tuple[Progress, Callable[[JobProgress], None]]:
 
 
 def render_health(report: dict[str, Any]) -> None:
-    table = Table(title=f"health: {report['status']}  (job {report['job_id']})")
+    """One screen: a line per check, then what to do for each failing one."""
+    colour = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}.get(report["status"], "red")
+    table = Table(title=f"health: [{colour}]{report['status']}[/]  (job {report['job_id']})")
     for col in ("check", "ok", "detail", "s"):
         table.add_column(col)
     for c in report["checks"]:
         table.add_row(c["name"], "[green]ok[/]" if c["ok"] else "[red]FAIL[/]", escape(c["detail"]),
                       f"{c['seconds']:.2f}")
     out.print(table)
+    failing = [c for c in report["checks"] if not c["ok"]]
+    if failing:
+        out.print("what to do:")
+        for c in failing:
+            out.print(f"  {c['name']}: {escape(c.get('hint') or 'see the detail above')}")
 
 
 def render_any(report: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ class Check(BaseModel):
     ok: bool
     detail: str
     seconds: float = 0.0
+    hint: str | None = None  # what to do about a failing check (health)
 
 
 class HealthReport(JobReport):

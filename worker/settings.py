@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     health_interval_minutes: int = _f(15, "minutes between scheduled health checks, 1-1440", ge=1, le=1440)
     flower_basic_auth: SecretStr | None = _f(None, "user:password for Flower's basic auth")
     worktask_state_dir: Path = _f(Path(".worktask"), "a folder for the embedded stack's state and logs")
+    backup_max_age_hours: float = _f(26, "hours (a number, 0.01-8760) before health calls the newest complete "
+                                     "backup stale", ge=0.01, le=8760)
 
     @field_validator("backup_encryption_key")
     @classmethod
