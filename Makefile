@@ -19,9 +19,9 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
-# Starts the stack (embedded services where the configured ones do not answer), migrates, seeds,
-# generates test data and validates it, checks health, backs up with progress, lists and validates the backup, restores it as a dry run and
-# one table for real, then stops the stack
+# Starts the stack (embedded services where the configured ones do not answer), runs `worktask init --test-data 200`
+# (migrate, seed, test data, validate, backup), checks health, lists and validates the backup, restores it as a dry run
+# and one table for real, then stops the stack
 # whatever happened. Without BACKUP_ENCRYPTION_KEY the demo makes one and keeps it in the state folder.
 STATE ?= $(or $(WORKTASK_STATE_DIR),.worktask)
 demo: install
@@ -30,13 +30,9 @@ demo: install
 	$(BIN)/worktask stack up || exit $$?; \
 	rc=0; \
 	( set -e; \
-	  $(BIN)/worktask migrate; \
+	  $(BIN)/worktask init --test-data 200; \
 	  $(BIN)/worktask migrate status; \
-	  $(BIN)/worktask seed --skip-existing; \
-	  $(BIN)/worktask testdata generate 200 --seed 1; \
-	  $(BIN)/worktask validate; \
 	  $(BIN)/worktask health; \
-	  $(BIN)/worktask backup; \
 	  $(BIN)/worktask backup list; \
 	  id=$$($(BIN)/worktask backup list --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)[0]["backup_id"])'); \
 	  $(BIN)/worktask backup validate "$$id"; \

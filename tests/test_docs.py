@@ -84,10 +84,10 @@ def readme_commands() -> tuple[set[tuple[str, ...]], list[str]]:
 
 def test_the_readme_parser_reads_commands_and_stops_at_arguments() -> None:
     text = ("run `worktask migrate\nrollback` then `worktask restore ID --dry-run`, $(worktask keygen) and "
-            "worktask-data; `worktask` calls; worktask.backup.start; worktask init; worktask stack frob")
+            "worktask-data; `worktask` calls; worktask.backup.start; worktask frob; worktask stack frob")
     mentions = readme_mentions(text)
-    assert mentions == [["migrate", "rollback"], ["restore"], ["keygen"], ["init"], ["stack", "frob"]]
-    assert [resolve(m)[1] for m in mentions] == [None, None, None, "no command 'init'",
+    assert mentions == [["migrate", "rollback"], ["restore"], ["keygen"], ["frob"], ["stack", "frob"]]
+    assert [resolve(m)[1] for m in mentions] == [None, None, None, "no command 'frob'",
                                                  "no command 'stack frob'"]
 
 

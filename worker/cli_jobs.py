@@ -13,6 +13,7 @@ from rich.table import Table
 from worker import commands
 from worker.cli_options import dry_run_option, emit_json, flag_or, output_options, run_job, settings
 from worker.render import (
+    STEP_DETAIL,
     err,
     human_bytes,
     out,
@@ -20,11 +21,13 @@ from worker.render import (
     render_backup_validate,
     render_cleanup,
     render_migrate,
+    render_pipeline,
     render_restore,
     render_seed,
     render_testdata,
     render_validate,
 )
+from worker.reports import Progress as JobProgress
 from worker.settings import RETENTION_DAYS_MAX
 
 
@@ -326,4 +329,66 @@ def testdata_cleanup(as_json: bool, no_wait: bool, timeout: int | None) -> int:
                    render_testdata)
 
 
-COMMANDS: list[click.Command] = [migrate, seed, backup, restore, validate, testdata]
+@click.command()
+@click.option("--skip-migrations/--no-skip-migrations", default=None, help="Skip migrate (default: SKIP_MIGRATIONS).")
+@click.option("--skip-seeding/--no-skip-seeding", default=None, help="Skip seed (default: SKIP_SEEDING).")
+@click.option("--skip-validation/--no-skip-validation", default=None, help="Skip validate (default: SKIP_VALIDATION).")
+@click.option("--skip-backup/--no-skip-backup", default=None, help="Skip backup (default: SKIP_BACKUP).")
+@click.option("--test-data", "test_data", type=click.IntRange(0, 10_000_000), is_flag=False, flag_value=0,
+              default=None, metavar="[COUNT]",
+              help="Generate COUNT work tasks of test data (default: GENERATE_TEST_DATA, TEST_DATA_COUNT).")
+@dry_run_option
+@output_options()
+def init(skip_migrations: bool | None, skip_seeding: bool | None, skip_validation: bool | None,
+         skip_backup: bool | None, test_data: int | None, dry_run: bool | None, as_json: bool, no_wait: bool,
+         timeout: int | None) -> int:
+    """Initialise: migrate -> seed (skip existing) -> testdata (with --test-data) -> validate -> backup, each
+    step a job of its own; a failing step stops the rest (exit 1). Running it twice creates nothing new: the
+    testdata step is skipped when test data exists already.
+
+    \b
+    Examples:
+      worktask init --test-data 200
+      SKIP_BACKUP=true worktask init --json
+      worktask init --dry-run
+    """
+    s = settings()
+    skip = {"migrations": flag_or(skip_migrations, s.skip_migrations), "seeding": flag_or(skip_seeding, s.skip_seeding),
+            "validation": flag_or(skip_validation, s.skip_validation), "backup": flag_or(skip_backup, s.skip_backup)}
+    count = (test_data or s.test_data_count) if test_data is not None else (
+        s.test_data_count if s.generate_test_data else None)
+    dry = flag_or(dry_run, s.dry_run)
+    return run_job(lambda: commands.init(s, skip, count, dry), "init", as_json, no_wait, timeout, render_pipeline)
+
+
+@click.command()
+@click.option("--fix/--no-fix", default=None, help="validate repairs the fixable issues (default: FIX_ISSUES).")
+@click.option("--retention-days", type=click.IntRange(1, RETENTION_DAYS_MAX), default=None,
+              help=f"Days of backups to keep, 1-{RETENTION_DAYS_MAX} (default: RETENTION_DAYS).")
+@dry_run_option
+@output_options()
+def maintenance(fix: bool | None, retention_days: int | None, dry_run: bool | None, as_json: bool, no_wait: bool,
+                timeout: int | None) -> int:
+    """Maintain: backup_cleanup (retention) -> validate (--fix) -> optimize (VACUUM (ANALYZE) of the tables
+    with many dead tuples or stale statistics, never VACUUM FULL; a table whose lock is not granted within
+    2 s is skipped, not waited on). Exit 1 if a step failed.
+
+    \b
+    Examples:
+      worktask maintenance
+      FIX_ISSUES=true worktask maintenance --json
+    """
+    s = settings()
+    days, do_fix = flag_or(retention_days, s.retention_days), flag_or(fix, s.fix_issues)
+    dry = flag_or(dry_run, s.dry_run)
+    return run_job(lambda: commands.maintenance(s, days, do_fix, dry), "maintenance", as_json, no_wait, timeout,
+                   render_pipeline)
+
+
+def _step_detail(p: JobProgress) -> str | None:
+    return commands.pipeline_step(settings(), p.job_id)
+
+
+STEP_DETAIL.update(init=_step_detail, maintenance=_step_detail)
+
+COMMANDS: list[click.Command] = [migrate, seed, backup, restore, validate, testdata, init, maintenance]

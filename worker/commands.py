@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -16,7 +17,10 @@ from worker.constants import (
     TASK_BACKUP_VALIDATE_START,
     TASK_CLEANUP_START,
     TASK_HEALTH_START,
+    TASK_INIT_START,
+    TASK_MAINTENANCE_START,
     TASK_MIGRATE_START,
+    TASK_OPTIMIZE_START,
     TASK_RESTORE_START,
     TASK_SEED_START,
     TASK_TESTDATA_START,
@@ -34,8 +38,16 @@ def config(settings: Settings) -> dict[str, Any]:
     return settings.public_dict()
 
 
+_PLANNING: ContextVar[list[dict[str, Any]] | None] = ContextVar("_PLANNING", default=None)
+
+
 def submit(settings: Settings, kind: str, task: str, options: dict[str, Any]) -> str:
-    """Enqueue a job; ServiceUnavailable (exit 3) when Redis or the workers do not answer."""
+    """Enqueue a job; ServiceUnavailable (exit 3) when Redis or the workers do not answer. While a pipeline
+    plans its steps (plan_step), the job is recorded instead of enqueued."""
+    planned = _PLANNING.get()
+    if planned is not None:
+        planned.append({"kind": kind, "task": task, "options": options})
+        return ""
     from worker.app import app
 
     r = check_redis(settings)
@@ -207,3 +219,75 @@ def stack_down(settings: Settings) -> dict[str, Any]:
 def stack_status(settings: Settings) -> dict[str, Any]:
     require_local()
     return {"services": Stack(settings).status()}
+
+
+# pipelines (worker/pipeline.py) -----------------------------------------------------------------------------
+
+def plan_step(name: str, skip: str | None, call: Callable[[], str]) -> dict[str, Any]:
+    """A pipeline's step: what `call` (one of the command functions above) would submit, with its checks run
+    (bad input fails here, before anything runs), not submitted. A skipped step is not planned."""
+    if skip:
+        return {"name": name, "skip": skip}
+    token = _PLANNING.set([])
+    try:
+        call()
+        (job,) = _PLANNING.get() or [None]
+    finally:
+        _PLANNING.reset(token)
+    return {"name": name, "skip": None, **job}
+
+
+def init_options(settings: Settings, skip: dict[str, bool], test_data: int | None, dry_run: bool) -> dict[str, Any]:
+    """migrate -> seed (skip-existing) -> testdata (when asked for) -> validate -> backup; skips name their switch."""
+    def why(step: str) -> str | None:
+        return f"SKIP_{step.upper()} / --skip-{step}" if skip.get(step) else None
+    dry = "dry run: {} has no dry run, it would {}"
+    testdata_skip = ("not asked for (GENERATE_TEST_DATA / --test-data)" if test_data is None else
+                     dry.format("testdata generate", f"generate {test_data} work tasks") if dry_run else None)
+    steps = [
+        plan_step("migrate", why("migrations"), lambda: migrate(settings, "upgrade", None, dry_run)),
+        plan_step("seed", why("seeding"), lambda: seed(settings, False, "skip", dry_run)),
+        plan_step("testdata", testdata_skip, lambda: testdata(settings, "generate", test_data)),
+        plan_step("validate", why("validation"), lambda: validate(settings, False)),
+        plan_step("backup", why("backup") or (dry.format("backup", "write a backup") if dry_run else None),
+                  lambda: backup(settings, settings.compression_enabled, settings.encryption_enabled, None)),
+    ]
+    return {"dry_run": dry_run, "steps": steps}
+
+
+def init(settings: Settings, skip: dict[str, bool], test_data: int | None, dry_run: bool) -> str:
+    return submit(settings, "init", TASK_INIT_START, init_options(settings, skip, test_data, dry_run))
+
+
+OPTIMIZE_DEFAULTS = {"dead_ratio": 0.1, "min_dead": 100, "min_mods": 1000, "analyze_age_days": 7, "lock_timeout": 2.0}
+
+
+def optimize(settings: Settings, dry_run: bool) -> str:
+    """VACUUM (ANALYZE) of the tables that need it (maintenance's optimize step; a job of kind optimize)."""
+    return submit(settings, "optimize", TASK_OPTIMIZE_START, {**OPTIMIZE_DEFAULTS, "dry_run": dry_run})
+
+
+def maintenance_options(settings: Settings, retention_days: int, fix: bool, dry_run: bool) -> dict[str, Any]:
+    """backup_cleanup -> validate (--fix) -> optimize; beat's scheduled run plans with the worker's settings."""
+    steps = [
+        plan_step("backup_cleanup", None, lambda: backup_cleanup(settings, retention_days, dry_run)),
+        plan_step("validate", None, lambda: validate(settings, fix and not dry_run)),
+        plan_step("optimize", None, lambda: optimize(settings, dry_run)),
+    ]
+    return {"dry_run": dry_run, "fix": fix, "retention_days": retention_days, "steps": steps}
+
+
+def maintenance(settings: Settings, retention_days: int, fix: bool, dry_run: bool) -> str:
+    return submit(settings, "maintenance", TASK_MAINTENANCE_START,
+                  maintenance_options(settings, retention_days, fix, dry_run))
+
+
+def pipeline_step(settings: Settings, job_id: str) -> str | None:
+    """`step seed: 3/7 chunks`: the running step of a pipeline (worker/pipeline.py) and its job's own progress."""
+    r = check_redis(settings)
+    current = jobs.value(r, job_id, "current")
+    p = jobs.read(r, current["child"]) if current else None
+    if not current or p is None:
+        return None
+    return f"step {current['step']}: {p.chunks_done}/{p.chunks_total or '?'} chunks" + (
+        f", {p.rows:,} rows" if p.rows else "")

@@ -4,9 +4,9 @@ QUEUE_CONTROL = "control"  # planning, coordinating, finalising
 QUEUE_BULK = "bulk"  # per-table, per-chunk work
 
 # Task names are worktask.<family>.<step>. Coordinators go to `control`, the rest to `bulk`.
-CONTROL_STEPS = ("start", "finalize", "fail", "after_verify", "after_load")
+CONTROL_STEPS = ("start", "finalize", "fail", "after_verify", "after_load", "advance")
 TASK_MODULES = ["tasks.health", "tasks.migrate", "tasks.seed", "tasks.backup", "tasks.verify",
-                "tasks.restore", "tasks.testdata", "tasks.validate"]
+                "tasks.restore", "tasks.testdata", "tasks.validate", "tasks.init", "tasks.maintenance"]
 
 TASK_HEALTH_START = "worktask.health.start"
 TASK_HEALTH_CHECK = "worktask.health.check"
@@ -39,6 +39,12 @@ TASK_TESTDATA_FINALIZE = "worktask.testdata.finalize"
 TASK_VALIDATE_DATA_START = "worktask.validate.start"
 TASK_VALIDATE_DATA_CHECK = "worktask.validate.check"
 TASK_VALIDATE_DATA_FINALIZE = "worktask.validate.finalize"
+# pipelines (worker/pipeline.py): a start, and an advance sent when a step's job ends (<kind>.advance)
+TASK_INIT_START = "worktask.init.start"
+TASK_INIT_ADVANCE = "worktask.init.advance"
+TASK_MAINTENANCE_START = "worktask.maintenance.start"
+TASK_MAINTENANCE_ADVANCE = "worktask.maintenance.advance"
+TASK_OPTIMIZE_START = "worktask.optimize.start"  # maintenance's optimize step: a job of its own (VACUUM (ANALYZE))
 
 # Redis keys (all under one prefix so that an operator can find them).
 KEY_PREFIX = "worktask:"

@@ -27,6 +27,10 @@ def human_bytes(n: float) -> str:
     return str(n)
 
 
+# kind -> a line that replaces the progress detail while the job runs (a pipeline names its running step)
+STEP_DETAIL: dict[str, Callable[[JobProgress], str | None]] = {}
+
+
 def progress_bar(kind: str) -> tuple[Progress, Callable[[JobProgress], None]]:
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=err, transient=False)
@@ -40,6 +44,8 @@ def progress_bar(kind: str) -> tuple[Progress, Callable[[JobProgress], None]]:
             detail += f", {p.rate_rows_per_s:,.0f} rows/s"
         if p.eta_seconds is not None and not p.finished:
             detail += f", ETA {p.eta_seconds:.0f} s"
+        if kind in STEP_DETAIL and not p.finished:
+            detail = STEP_DETAIL[kind](p) or detail
         bar.update(task, total=p.chunks_total or None, completed=p.chunks_done, detail=detail)
     return bar, update
 
@@ -183,3 +189,55 @@ def render_services(services: list[dict[str, Any]]) -> None:
     out.print(table)
 
 
+
+
+def step_summary(step: dict[str, Any]) -> str:
+    rep = step.get("report") or {}
+    if step["state"] == "skipped" or "kind" not in rep:
+        return rep.get("reason") or rep.get("error") or ""
+    if rep.get("error"):
+        return rep["error"]
+    if rep["kind"] == "optimize":
+        acts = [t["action"] for t in rep["tables"]]
+        return (", ".join(f"{acts.count(a)} {a}" for a in dict.fromkeys(acts))
+                or f"{rep['checked']} tables, none needs it")
+    if rep["kind"] == "validate":
+        return f"{rep['records_checked']:,} records, issues {rep['by_severity'] or 'none'}, {rep['fixed']} fixed"
+    if rep["kind"] == "seed":
+        return ", ".join(f"{s['name']} +{s['created']}" for s in rep["sets"])
+    if rep["kind"] == "migrate":
+        return f"applied {', '.join(rep['versions']) or 'nothing'}; at {rep['after'] or 'base'}"
+    if rep["kind"] == "backup":
+        return f"backup {rep['backup_id']}"
+    if rep["kind"] == "backup_cleanup":
+        return f"{len(rep['deleted'])} deleted, {rep['kept']} kept"
+    if rep["kind"].startswith("testdata"):
+        return f"{rep['tasks']:,} work tasks"
+    return "ok"
+
+
+def render_optimize(report: dict[str, Any]) -> None:
+    table = Table("table", "action", "why", "live", "dead before", "dead after", "last vacuum", "last analyze",
+                  title=f"optimize: VACUUM (ANALYZE), lock_timeout {report['lock_timeout']:g} s")
+    for t in report["tables"]:
+        b, a = t["before"], t["after"]
+        vac = a.get("last_vacuum") or a.get("last_autovacuum") or b.get("last_vacuum") or b.get("last_autovacuum")
+        ana = a.get("last_analyze") or a.get("last_autoanalyze") or b.get("last_analyze") or b.get("last_autoanalyze")
+        action = t["action"] if not t["reason"] else f"[yellow]skipped[/]: {escape(t['reason'])}"
+        table.add_row(escape(t["name"]), action,
+                      escape(t["why"]), f"{b.get('n_live_tup', 0):,}", f"{b.get('n_dead_tup', 0):,}",
+                      f"{a['n_dead_tup']:,}" if a else "-", str(vac or "-")[:19], str(ana or "-")[:19])
+    out.print(table)
+
+
+def render_pipeline(report: dict[str, Any]) -> None:
+    title = f"{report['kind']} (job {report['job_id']})" + (" (dry run)" if report.get("dry_run") else "")
+    table = Table("step", "state", "job", "result", title=title)
+    colour = {"succeeded": "green", "failed": "red", "skipped": "yellow"}
+    for st in report["steps"]:
+        table.add_row(st["name"], f"[{colour[st['state']]}]{st['state']}[/]", st.get("job_id") or "-",
+                      escape(step_summary(st)))
+    out.print(table)
+    for st in report["steps"]:
+        if st["name"] == "optimize" and (st.get("report") or {}).get("tables"):
+            render_optimize(st["report"])

@@ -183,3 +183,40 @@ class ValidationReport(JobReport):
     by_category: dict[str, int] = Field(default_factory=dict)
     by_table: dict[str, int] = Field(default_factory=dict)
     fixed: int = 0
+
+
+class PipelineStep(BaseModel):
+    """One step of a pipeline (init, maintenance): the report of its job, or why it was skipped or failed."""
+
+    name: str
+    state: Literal["succeeded", "failed", "skipped"]
+    job_id: str | None = None  # the step's job (none when skipped, or failed before its job was made)
+    report: dict[str, Any] | None = None  # the step's job report; {"reason": …} when skipped or not submitted
+
+
+class InitReport(JobReport):
+    kind: str = "init"
+    steps: list[PipelineStep] = Field(default_factory=list)  # migrate, seed, testdata, validate, backup
+
+
+class MaintenanceReport(JobReport):
+    kind: str = "maintenance"
+    steps: list[PipelineStep] = Field(default_factory=list)  # backup_cleanup, validate, optimize
+
+
+class OptimizeTable(BaseModel):
+    name: str  # schema.table
+    action: Literal["vacuumed", "skipped", "would vacuum"]
+    why: str  # the figure that chose it
+    reason: str | None = None  # why skipped (lock not granted within lock_timeout)
+    before: dict[str, Any] = Field(default_factory=dict)  # n_live_tup, n_dead_tup, last_vacuum, last_autovacuum, …
+    after: dict[str, Any] = Field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class OptimizeReport(JobReport):
+    kind: str = "optimize"
+    dead_ratio: float  # the threshold of n_dead_tup / (n_live_tup + n_dead_tup)
+    lock_timeout: float
+    tables: list[OptimizeTable] = Field(default_factory=list)
+    checked: int = 0  # user tables looked at

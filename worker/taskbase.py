@@ -22,6 +22,7 @@ from celery.canvas import Signature
 
 from worker import jobs
 from worker.connections import redis_client
+from worker.constants import QUEUE_CONTROL
 from worker.errors import PoisonChunk, WorktaskError
 from worker.settings import Settings, get_settings
 
@@ -76,6 +77,18 @@ def fail_job(settings: Settings, r: redis.Redis, job_id: str, message: str, task
             log.exception("job %s: releasing after the failure failed", job_id)
 
 
+def notify_parent(app: Any, r: redis.Redis, job_id: str) -> None:
+    """The pipeline hook (worker/pipeline.py): when a job that is a step of a pipeline (options["parent"]) has
+    ended, however it ended, send `worktask.<parent kind>.advance` to `control`, once. Never waits."""
+    if jobs.state(r, job_id) not in ("succeeded", "failed"):
+        return
+    parent = jobs.options(r, job_id).get("parent")
+    if not parent or not jobs.mark(r, job_id, "parent-notified"):
+        return
+    kind = jobs.job_kind(r, parent)
+    app.send_task(f"worktask.{kind}.advance", kwargs={"job_id": parent, "child": job_id}, queue=QUEUE_CONTROL)
+
+
 class JobTask(Task):
     abstract = True
     autoretry_for = TRANSIENT
@@ -118,6 +131,12 @@ class JobTask(Task):
             log.info("job %s: %s (of an abandoned attempt, ignored)", job_id, message)
             return
         fail_job(self.settings, self.redis, job_id, message, task_id)
+        notify_parent(self.app, self.redis, job_id)  # a task killed at its time limit gets no after_return
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        job_id = (kwargs or {}).get("job_id")
+        if job_id:
+            notify_parent(self.app, self.redis, job_id)
 
 
 def fan_out(header: list[Signature], body: Signature) -> None:
