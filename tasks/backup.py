@@ -301,8 +301,15 @@ on_job_failure("backup", release)
 
 
 @app.task(name=TASK_BACKUP_START, base=JobTask, bind=True, max_retries=0)
-def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]:
+def start(self: JobTask, job_id: str | None, options: dict[str, Any]) -> dict[str, Any]:
     r, s = self.redis, self.settings
+    if job_id is None:  # from beat: one backup per schedule slot, none while another backup runs
+        options = {**backups.backup_options(s), **options}
+        job_id = jobs.scheduled(r, "backup", s.crontab("backup"), options)
+        if job_id is None:
+            return {"skipped": "slot already run, or a backup is running"}
+        self.apply_async(kwargs={"job_id": job_id, "options": options})  # the job's own start: failures fail it
+        return {"job_id": job_id, "scheduled": True}
     if jobs.is_planned(r, job_id):
         return {"job_id": job_id, "skipped": "already planned"}
     backups.require_key(s, options["encrypt"])

@@ -281,9 +281,9 @@ def health_report(job_id: str, checks: list[Check]) -> HealthReport:
 @app.task(name=TASK_HEALTH_START, base=JobTask, bind=True)
 def start(self: JobTask, job_id: str | None, options: dict[str, Any]) -> dict[str, Any]:
     if job_id is None:  # from beat: one run per schedule slot, however many beats fire
-        job_id = jobs.scheduled(self.redis, "health", self.settings.health_interval_minutes * 60, options)
+        job_id = jobs.scheduled(self.redis, "health", self.settings.crontab("health"), options)
         if job_id is None:
-            return {"skipped": "slot already run"}
+            return {"skipped": "slot already run, or a health check is running"}
     if not jobs.start(self.redis, job_id, len(CHECKS)):
         return {"job_id": job_id, "skipped": "already planned"}
     header = [check.s(job_id=job_id, name=name) for name in CHECKS]

@@ -83,12 +83,14 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
 
 @app.task(name=TASK_CLEANUP_START, base=JobTask, bind=True)
 def cleanup_start(self: JobTask, job_id: str | None, options: dict[str, Any]) -> dict[str, Any]:
-    if job_id is None:  # from beat: one run per day, however many beats fire
+    if job_id is None:  # from beat: one run per schedule slot, however many beats fire; none while one runs
         options = {**backups.store_options(self.settings), "retention_days": self.settings.retention_days,
                    "dry_run": False, **options}
-        job_id = jobs.scheduled(self.redis, "backup_cleanup", 86_400, options)
+        job_id = jobs.scheduled(self.redis, "backup_cleanup", self.settings.crontab("backup_cleanup"), options)
         if job_id is None:
-            return {"skipped": "slot already run"}
+            return {"skipped": "slot already run, or a clean-up is running"}
+        self.apply_async(kwargs={"job_id": job_id, "options": options})  # the job's own start: failures fail it
+        return {"job_id": job_id, "scheduled": True}
     jobs.start(self.redis, job_id, 1)
     deleted, kept = cleanup(self.settings, options)
     jobs.add(self.redis, job_id, rows=len(deleted))

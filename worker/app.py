@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -84,10 +86,17 @@ def point_at(settings: Any) -> None:
 
 @app.on_configure.connect
 def _configure(sender: Celery, **kw: Any) -> None:
+    from worker.errors import BadInput
     from worker.logs import setup_logging
     from worker.settings import get_settings
 
-    settings = _pointed or get_settings()
+    try:
+        settings = _pointed or get_settings()
+    except BadInput as err:  # celery swallows a signal handler's error and would go on with its defaults
+        if Path(sys.argv[0]).name != "celery" and Path(sys.argv[0]).parent.name != "celery":
+            raise
+        print(f"error: {err.message}", file=sys.stderr)  # noqa: T201 - the `celery` program: no console yet
+        sys.exit(2)  # `celery worker` / `celery beat` refuse to start, as `worktask` does
     setup_logging(settings.debug)
     os.environ["CELERY_BROKER_URL"] = settings.celery_broker_url
     os.environ["CELERY_RESULT_BACKEND"] = settings.result_backend

@@ -59,6 +59,18 @@ def store_options(settings: Settings) -> dict[str, Any]:
             "prefix": settings.backup_prefix}
 
 
+def backup_options(settings: Settings, compress: bool | None = None, encrypt: bool | None = None,
+                   chunk_rows: int | None = None) -> dict[str, Any]:
+    """A backup job's options, the same for `worktask backup` and the nightly one from beat (no secrets:
+    the key stays in the workers' settings). None takes the setting."""
+    return {**store_options(settings),
+            "compress": settings.compression_enabled if compress is None else compress,
+            "encrypt": settings.encryption_enabled if encrypt is None else encrypt,
+            "chunk_rows": chunk_rows or settings.chunk_rows, "dynamo_segments": settings.dynamo_segments,
+            "kms_key_id": settings.backup_kms_key_id, "rate_limit": settings.backup_rate_limit,
+            "lock_timeout": settings.backup_lock_timeout}
+
+
 def store_for(settings: Settings, options: dict[str, Any] | None = None) -> ObjectStore:
     """The one store factory: the store a job's options name (the submitting CLI's choice, carried to the
     workers), or without options this process's own (S3_BUCKET_NAME, else Settings.backup_folder)."""

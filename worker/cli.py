@@ -18,7 +18,16 @@ from rich.table import Table
 from worker import cli_jobs, commands
 from worker.cli_options import CONTEXT, emit_json, output_options, run_job, settings
 from worker.errors import WorktaskError
-from worker.render import RENDERERS, err, human_bytes, out, render_any, render_health, render_services
+from worker.render import (
+    RENDERERS,
+    err,
+    human_bytes,
+    out,
+    render_any,
+    render_health,
+    render_job_list,
+    render_services,
+)
 
 
 @click.group(context_settings=CONTEXT)
@@ -110,6 +119,26 @@ def jobs_show(job_id: str, as_json: bool) -> int:
         out.print(f"error: {p['error']}", markup=False)
     if data["report"]:
         RENDERERS.get(p["kind"], render_any)(data["report"])
+    return 0
+
+
+@jobs.command("list")
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="How many jobs to show.")
+@output_options(wait=False)
+def jobs_list(limit: int, as_json: bool) -> int:
+    """List recent jobs, newest first: id, kind, trigger (cli or beat), state, duration. A scheduled run
+    skipped because a job of its kind was running says so.
+
+    \b
+    Example:
+      worktask jobs list --limit 5 --json
+    """
+    rows = commands.job_list(settings(), limit)
+    if as_json:
+        emit_json([{k: j[k] for k in ("job_id", "kind", "trigger", "state", "started_at", "finished_at",
+                                      "duration_s", "created_at", "skipped", "error")} for j in rows])
+    else:
+        render_job_list(rows)
     return 0
 
 

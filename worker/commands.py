@@ -92,12 +92,9 @@ def seed(settings: Settings, config_only: bool, mode: str, dry_run: bool) -> str
 def backup(settings: Settings, compress: bool, encrypt: bool, chunk_rows: int | None) -> str:
     """Enqueue a full backup; exit 2 when encryption is on without a key, 3 when the store is unreachable."""
     backups.require_key(settings, encrypt)
-    opts = backups.store_options(settings)
+    opts = backups.backup_options(settings, compress, encrypt, chunk_rows)
     backups.store_for(settings, opts).check()
-    return submit(settings, "backup", TASK_BACKUP_START, {
-        **opts, "compress": compress, "encrypt": encrypt, "chunk_rows": chunk_rows or settings.chunk_rows,
-        "dynamo_segments": settings.dynamo_segments, "kms_key_id": settings.backup_kms_key_id,
-        "rate_limit": settings.backup_rate_limit, "lock_timeout": settings.backup_lock_timeout})
+    return submit(settings, "backup", TASK_BACKUP_START, opts)
 
 
 def backup_list(settings: Settings) -> list[dict[str, Any]]:
@@ -291,3 +288,10 @@ def pipeline_step(settings: Settings, job_id: str) -> str | None:
         return None
     return f"step {current['step']}: {p.chunks_done}/{p.chunks_total or '?'} chunks" + (
         f", {p.rows:,} rows" if p.rows else "")
+
+
+def job_list(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest `limit` jobs, newest first (DESIGN §11: job_id, kind, trigger, state, times, duration_s)."""
+    if limit < 1:
+        raise BadInput(f"--limit {limit}: expects a whole number of jobs, 1 or more")
+    return jobs.recent(check_redis(settings), limit)

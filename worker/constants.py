@@ -56,3 +56,6 @@ JOB_TTL_SECONDS = 14 * 24 * 3600
 
 # Job and backup ids: sortable, [0-9A-Za-z-] only.
 ID_PATTERN = r"[0-9A-Za-z][0-9A-Za-z-]{0,79}"  # matched whole (re.fullmatch: no trailing newline)
+
+# The nightly cycle (beat_schedule.py). Maintenance's task lives in its own family (tasks/maintenance.py).
+TASK_MAINTENANCE_START = "worktask.maintenance.start"

@@ -18,7 +18,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import redis
@@ -27,10 +27,14 @@ from pydantic import BaseModel
 from worker.constants import BEAT_SLOT_KEY, ID_PATTERN, JOB_TTL_SECONDS, KEY_PREFIX, QUEUE_BULK, QUEUE_CONTROL
 from worker.errors import BadInput, JobTimeout, ServiceUnavailable
 from worker.reports import Progress, utcnow
-from worker.settings import Settings, mask_url
+from worker.settings import Settings, mask_url, parse_crontab
 
 JOB_KEY = KEY_PREFIX + "job:{job_id}"  # hash: kind, state, options, counters, plan, error, report
 LOCK_KEY = KEY_PREFIX + "lock:{resource}"  # the id of the job holding the resource
+INDEX_KEY = KEY_PREFIX + "jobs:index"  # sorted set: job id -> creation time (epoch s); read by `jobs list`
+INDEX_MAX = 10_000  # ids kept in the index (besides those older than the job TTL, trimmed on each create)
+ACTIVE_WINDOW_S = 24 * 3600  # a queued or running job older than this no longer holds back a scheduled one
+LIST_FIELDS = ("kind", "trigger", "state", "created_at", "started_at", "finished_at", "skipped", "error")
 COUNTERS = ("chunks_total", "chunks_done", "chunks_failed", "rows", "bytes")
 M = TypeVar("M", bound=BaseModel)
 
@@ -64,24 +68,117 @@ def job_of_lease(key: str) -> tuple[str, int]:
     return head[len(JOB_KEY.format(job_id="")):], int(gen)
 
 
-def create(r: redis.Redis, kind: str, options: dict[str, Any], job_id: str | None = None) -> str:
+def create(r: redis.Redis, kind: str, options: dict[str, Any], job_id: str | None = None,
+           trigger: str = "cli", **extra: Any) -> str:
+    """The job's hash (`queued`, or the state given in `extra`), indexed by creation time for `jobs list`."""
     job_id = job_id or new_job_id(kind)
-    now = utcnow().isoformat()
-    fields = {"kind": kind, "state": "queued", "options": json.dumps(options), "created_at": now,
-              "updated_at": now, **dict.fromkeys(COUNTERS, 0)}
+    at = utcnow()
+    now = at.isoformat()
+    fields = {"kind": kind, "state": "queued", "trigger": trigger, "options": json.dumps(options), "created_at": now,
+              "updated_at": now, **dict.fromkeys(COUNTERS, 0), **extra}
     with r.pipeline() as p:
         p.hset(_key(job_id), mapping=fields)
         p.expire(_key(job_id), JOB_TTL_SECONDS)
+        p.zadd(INDEX_KEY, {job_id: at.timestamp()})
+        p.zremrangebyscore(INDEX_KEY, "-inf", at.timestamp() - JOB_TTL_SECONDS)
+        p.zremrangebyrank(INDEX_KEY, 0, -INDEX_MAX - 1)
+        p.expire(INDEX_KEY, JOB_TTL_SECONDS)
         p.execute()
     return job_id
 
 
-def scheduled(r: redis.Redis, kind: str, period_s: int, options: dict[str, Any]) -> str | None:
-    """A job for a beat trigger, or None when this schedule slot has run already (a second beat)."""
-    slot = int(time.time() // period_s)
-    if not r.set(BEAT_SLOT_KEY.format(name=kind, slot=slot), "1", nx=True, ex=max(period_s * 2, 3600)):
+def previous_fire(schedule: Any, now: datetime | None = None) -> datetime:
+    """The most recent time at or before `now` (UTC, whole minutes) that a celery crontab is due: the slot a
+    beat fired for, the same in every beat that fired for it."""
+    t = (now or utcnow()).astimezone(UTC).replace(second=0, microsecond=0)
+    minute = timedelta(minutes=1)
+    for _ in range(100_000):  # each step skips a whole month, day, hour or minute that cannot match
+        if t.month not in schedule.month_of_year:
+            t = t.replace(day=1, hour=0, minute=0) - minute
+        elif t.day not in schedule.day_of_month or t.isoweekday() % 7 not in schedule.day_of_week:
+            t = t.replace(hour=0, minute=0) - minute
+        elif t.hour not in schedule.hour:
+            t = t.replace(minute=0) - minute
+        elif t.minute not in schedule.minute:
+            t -= minute
+        else:
+            return t
+    raise BadInput(f"the schedule {schedule} has no due time in the past")
+
+
+def _slot(schedule: Any) -> tuple[str, int]:
+    """The slot of a beat trigger and how long its key lives: for a crontab, its previous due time; for a
+    period in seconds (the older form), the period's number since the epoch."""
+    if isinstance(schedule, int | float):
+        return str(int(time.time() // schedule)), max(int(schedule) * 2, 3600)
+    return f"{previous_fire(schedule):%Y%m%dT%H%MZ}", 2 * 86_400
+
+
+def active(r: redis.Redis, kind: str, window_s: int = ACTIVE_WINDOW_S) -> str | None:
+    """The id of a queued or running job of this kind created in the last `window_s` seconds, newest first."""
+    ids = r.zrevrangebyscore(INDEX_KEY, "+inf", time.time() - window_s)
+    with r.pipeline() as p:
+        for job_id in ids:
+            p.hmget(_key(job_id), "kind", "state")
+        rows = p.execute() if ids else []
+    return next((job_id for job_id, (k, st) in zip(ids, rows, strict=True)
+                 if k == kind and st in ("queued", "running")), None)
+
+
+def scheduled(r: redis.Redis, kind: str, schedule: Any, options: dict[str, Any]) -> str | None:
+    """A job (trigger `beat`) for a beat trigger, or None when there is nothing to run: this schedule slot was
+    taken already (a second beat, or a beat restarted within the slot: one SET NX per kind and slot), or a
+    job of the same kind is queued or running (then a `succeeded` job whose `skipped` field says which one is
+    recorded, for `jobs list`). The slot comes from the crontab the beat fired by, which beat_schedule.py puts in
+    the options (`schedule`: the beat's settings, not this worker's, name the slot), else from `schedule`: a
+    celery crontab, or (the older form) a period in seconds."""
+    if options.get("schedule"):
+        schedule = parse_crontab(options["schedule"])
+    slot, ttl = _slot(schedule)
+    if not r.set(BEAT_SLOT_KEY.format(name=kind, slot=slot), "1", nx=True, ex=ttl):
         return None
-    return create(r, kind, options)
+    running = active(r, kind)
+    if running is not None:
+        now = utcnow().isoformat()
+        why = f"{kind} {running} is running"
+        job_id = create(r, kind, options, trigger="beat", state="succeeded", started_at=now, finished_at=now,
+                        skipped=why, planned="1")
+        r.hset(_key(job_id), "report", json.dumps({
+            "job_id": job_id, "kind": kind, "state": "succeeded", "ok": True, "started_at": now, "finished_at": now,
+            "dry_run": bool(options.get("dry_run")), "error": None, "skipped": why}))
+        return None
+    return create(r, kind, options, trigger="beat")
+
+
+def recent(r: redis.Redis, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest `limit` jobs (from the index: no scan of Redis), newest first, as `jobs list` shows them."""
+    out: list[dict[str, Any]] = []
+    start = 0
+    while len(out) < limit:
+        ids = r.zrevrange(INDEX_KEY, start, start + limit - len(out) - 1)
+        if not ids:
+            break
+        start += len(ids)
+        with r.pipeline() as p:
+            for job_id in ids:
+                p.hmget(_key(job_id), *LIST_FIELDS)
+            rows = p.execute()
+        gone = []
+        for job_id, values in zip(ids, rows, strict=True):
+            row = dict(zip(LIST_FIELDS, values, strict=True))
+            if row["kind"] is None:  # its hash expired
+                gone.append(job_id)
+                continue
+            began, ended = row["started_at"], row["finished_at"]
+            duration = None
+            if began and ended:
+                duration = round((datetime.fromisoformat(ended) - datetime.fromisoformat(began)).total_seconds(), 3)
+            out.append({"job_id": job_id, "kind": row["kind"], "trigger": row["trigger"] or "cli",
+                        "state": row["state"], "started_at": began, "finished_at": ended, "duration_s": duration,
+                        "created_at": row["created_at"], "skipped": row["skipped"], "error": row["error"]})
+        if gone:
+            r.zrem(INDEX_KEY, *gone)
+    return out
 
 
 def start(r: redis.Redis, job_id: str, chunks_total: int) -> bool:
@@ -377,6 +474,6 @@ def submit(app: Any, settings: Settings, r: redis.Redis, kind: str, task: str,
         raise ServiceUnavailable(
             f"no Celery worker consumes queue {', '.join(sorted(missing))} on {where}; start workers with "
             f"`worktask stack up` or `celery -A worker worker -Q control,bulk`")
-    job_id = create(r, kind, opts)
+    job_id = create(r, kind, opts, trigger="cli")
     app.send_task(task, kwargs={"job_id": job_id, "options": opts}, queue=QUEUE_CONTROL)
     return job_id

@@ -241,3 +241,18 @@ def render_pipeline(report: dict[str, Any]) -> None:
     for st in report["steps"]:
         if st["name"] == "optimize" and (st.get("report") or {}).get("tables"):
             render_optimize(st["report"])
+
+
+def render_job_list(rows: list[dict[str, Any]]) -> None:
+    """`jobs list`: newest first; a skipped scheduled run says why, a failed one its first error."""
+    if not rows:
+        out.print("no jobs yet (jobs are kept 14 days)")
+        return
+    table = Table("job", "kind", "trigger", "state", "started (UTC)", "duration", "note")
+    for j in rows:
+        state = {"succeeded": "[green]succeeded[/]", "failed": "[red]failed[/]"}.get(j["state"], j["state"] or "?")
+        duration = "" if j["duration_s"] is None else f"{j['duration_s']:.1f} s"
+        started = (j["started_at"] or "")[:19].replace("T", " ")
+        note = f"skipped: {j['skipped']}" if j.get("skipped") else (j.get("error") or "")
+        table.add_row(j["job_id"], j["kind"], j["trigger"], state, started, duration, escape(note))
+    out.print(table)

@@ -29,6 +29,27 @@ def _f(default: Any, accepts: str, **kw: Any) -> Any:
     return Field(default, description=accepts, **kw)
 
 
+CRONTAB_ACCEPTS = ("a crontab of 5 fields, minute hour day-of-month month day-of-week (UTC), "
+                   "e.g. '0 1 * * *' or '*/15 * * * *'")
+DEFAULT_BACKUP_SCHEDULE = "0 1 * * *"  # 01:00 UTC; clean-up 02:30 (CLEANUP_HOUR/MINUTE), maintenance 03:30
+DEFAULT_MAINTENANCE_SCHEDULE = "30 3 * * *"
+
+
+def parse_crontab(expr: str) -> Any:
+    """celery's crontab for a 5-field expression; ValueError (with the reason) when it is not one."""
+    from celery.schedules import ParseException, crontab
+
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ValueError(f"{len(fields)} field(s), not 5")
+    minute, hour, day_of_month, month, day_of_week = fields
+    try:
+        return crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month,
+                       day_of_week=day_of_week)
+    except (ParseException, ValueError, TypeError, IndexError) as err:
+        raise ValueError(str(err) or type(err).__name__) from None
+
+
 RETENTION_DAYS_MAX = 36_500  # a hundred years: the one bound of RETENTION_DAYS and --retention-days
 
 
@@ -88,9 +109,14 @@ class Settings(BaseSettings):
     job_timeout: int = _f(3600, "seconds the CLI waits for a job, 5-604800", ge=5, le=604_800)
     migration_lock_timeout: float = _f(5, "seconds a migration waits for a table lock, 0.1-600", ge=0.1, le=600)
     migration_lock_wait: float = _f(60, "seconds a migrate waits for another migrate to finish, 0-3600", ge=0, le=3600)
-    cleanup_hour: int = _f(3, "hour (UTC, 0-23) of the nightly backup retention clean-up", ge=0, le=23)
+    cleanup_hour: int = _f(2, "hour (UTC, 0-23) of the nightly backup retention clean-up", ge=0, le=23)
     cleanup_minute: int = _f(30, "minute (0-59) of the nightly backup retention clean-up", ge=0, le=59)
-    health_interval_minutes: int = _f(15, "minutes between scheduled health checks, 1-1440", ge=1, le=1440)
+    health_interval_minutes: int = _f(15, "minutes between scheduled health checks: 1-59, or whole hours up to 1440",
+                                      ge=1, le=1440)
+    backup_schedule: str = _f(DEFAULT_BACKUP_SCHEDULE, CRONTAB_ACCEPTS)
+    cleanup_schedule: str | None = _f(None, CRONTAB_ACCEPTS + " (default: from CLEANUP_HOUR/CLEANUP_MINUTE)")
+    maintenance_schedule: str = _f(DEFAULT_MAINTENANCE_SCHEDULE, CRONTAB_ACCEPTS)
+    health_schedule: str | None = _f(None, CRONTAB_ACCEPTS + " (default: from HEALTH_INTERVAL_MINUTES)")
     flower_basic_auth: SecretStr | None = _f(None, "user:password for Flower's basic auth")
     worktask_state_dir: Path = _f(Path(".worktask"), "a folder for the embedded stack's state and logs")
     backup_max_age_hours: float = _f(26, "hours (a number, 0.01-8760) before health calls the newest complete "
@@ -132,6 +158,22 @@ class Settings(BaseSettings):
             raise ValueError("expects user:password")
         return v
 
+    @field_validator("backup_schedule", "cleanup_schedule", "maintenance_schedule", "health_schedule")
+    @classmethod
+    def _crontab(cls, v: str | None) -> str | None:
+        if v is not None:
+            v = " ".join(v.split())
+            parse_crontab(v)
+        return v
+
+    @model_validator(mode="after")
+    def _health_interval_is_a_crontab(self) -> Settings:
+        m = self.health_interval_minutes
+        if self.health_schedule is None and not (m < 60 or m % 60 == 0):
+            raise ValueError(f"HEALTH_INTERVAL_MINUTES={m} is not a crontab step (1-59, or whole hours): "
+                             "set HEALTH_SCHEDULE instead")
+        return self
+
     @model_validator(mode="after")
     def _visibility_above_time_limit(self) -> Settings:
         if self.visibility_timeout <= self.task_time_limit:
@@ -148,6 +190,20 @@ class Settings(BaseSettings):
         """The one place that decides where backups go when S3_BUCKET_NAME is unset: BACKUP_DIR, else the folder
         `backups` in WORKTASK_STATE_DIR; absolute, so that it means the same to the CLI, the workers and the stack."""
         return (self.backup_dir or self.worktask_state_dir / "backups").expanduser().resolve()
+
+    @property
+    def schedules(self) -> dict[str, str]:
+        """The effective crontab expression of each scheduled job kind (beat_schedule.py, the start tasks)."""
+        m = self.health_interval_minutes
+        health = f"*/{m} * * * *" if m < 60 else f"0 */{m // 60} * * *"
+        return {"backup": self.backup_schedule,
+                "backup_cleanup": self.cleanup_schedule or f"{self.cleanup_minute} {self.cleanup_hour} * * *",
+                "maintenance": self.maintenance_schedule,
+                "health": self.health_schedule or health}
+
+    def crontab(self, kind: str) -> Any:
+        """celery's crontab of the scheduled job kind (validated when the settings were read)."""
+        return parse_crontab(self.schedules[kind])
 
     @property
     def tables(self) -> list[str]:
