@@ -25,7 +25,7 @@ from worker.constants import (
     TASK_HEALTH_FINALIZE,
     TASK_HEALTH_START,
 )
-from worker.errors import WorktaskError
+from worker.errors import CheckFailed, WorktaskError
 from worker.reports import Check, HealthReport
 from worker.settings import Settings, mask_url
 from worker.taskbase import JobTask, fan_out
@@ -48,14 +48,6 @@ HINTS = {
     "backups": "run worktask backup",
     "queues": "check that Redis answers (worktask health --json shows the error)",
 }
-
-
-class CheckFailed(WorktaskError):
-    """A check's failure with a hint of its own."""
-
-    def __init__(self, detail: str, hint: str):
-        super().__init__(detail)
-        self.hint = hint
 
 
 def check_postgres(settings: Settings) -> str:
@@ -134,7 +126,7 @@ def _age(seconds: float) -> str:
     return f"{seconds / 86_400:.1f}d"
 
 
-VALIDATED = "validated.json"  # beside a backup's manifest; written by the backup-validate finalize (tasks/verify.py)
+VALIDATED = backups.VALIDATED
 
 
 def last_validation(store: Any, options: dict[str, Any], backup_id: str) -> dict[str, Any] | None:

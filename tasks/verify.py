@@ -74,7 +74,7 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
                                   bad_chunks=bad, error=error)
     # The outcome beside the manifest (survives Redis): what `worktask health` reads as "validated".
     backups.store_for(self.settings, options).put(
-        backups.prefix(options, options["backup_id"]) + "validated.json",
+        backups.prefix(options, options["backup_id"]) + backups.VALIDATED,
         json.dumps({"job_id": job_id, "ok": not bad, "at": utcnow().isoformat(), "chunks_checked": len(results),
                     "bad_chunks": len(bad), "error": error}).encode())
     jobs.finish(self.redis, job_id, report)

@@ -309,7 +309,8 @@ def test_losing_the_snapshot_holder_starts_the_backup_over_from_a_fresh_snapshot
     manifest = manifest_of(data, job_id)
     keys = {c["key"] for t in manifest["tables"] for c in t["chunks"]}
     stored = {o.key for o in backups.store_for(data, backups.store_options(data)).list(f"backups/{job_id}/")}
-    assert stored == keys | {f"backups/{job_id}/manifest.json"}  # no object of the lost generation is left
+    # no object of the lost generation is left (validated.json is the validation's record, just written)
+    assert stored == keys | {f"backups/{job_id}/manifest.json", f"backups/{job_id}/validated.json"}
 
 
 def test_a_chunk_that_keeps_failing_fails_the_backup_naming_it_and_releases_the_snapshot(data: Any) -> None:

@@ -24,6 +24,7 @@ from worker.archive import ChunkWriter, read_chunk
 from worker.connections import aws_client, pg_connect
 from worker.dynamo import KEY_SCHEMA, batch_write, drop_table, ensure_table, to_item
 from worker.errors import JobFailed
+from worker.plans import RestorePlan
 
 # Fidelity cases: run once, on the local services path (.ci/run), not again on the embedded path.
 pytestmark = pytest.mark.slow
@@ -197,8 +198,9 @@ def test_a_dynamodb_chunk_changed_after_the_verify_step_is_not_loaded(data: Any)
     planted = {"PK": f"TAMPERED#{secrets.token_hex(3)}", "SK": "X"}
     path.write_bytes(
         zstandard.ZstdCompressor().compress(text + json.dumps({"Item": to_item(planted)}).encode() + b"\n"))
-    plan = {"backup_id": manifest["backup_id"], "options": backups.store_options(data),
-            "encryption": manifest["encryption"], "compress": manifest["options"]["compress"]}
+    plan = RestorePlan(backup_id=manifest["backup_id"], tag="t", options=backups.store_options(data),
+                       encryption=manifest["encryption"], compress=manifest["options"]["compress"], started=0,
+                       tables=[t])
     with pytest.raises(JobFailed) as err:
         load_dynamo_chunk(data, plan, t, chunk)
     assert t["name"] in str(err.value) and f"chunk {chunk['n']}" in str(err.value)
@@ -228,7 +230,8 @@ def exact_in_a_table_of_its_own(settings: Any, n: int, extras: int) -> int:
                     w.write(json.dumps({"Item": {"PK": {"S": pk}, "SK": {"S": sk}}}).encode() + b"\n")
                 chunks.append({"n": part, "key": obj, "rows": len(keys[part::4]), **w.close()})
         table = {"name": name, "store": "dynamodb", "key_schema": KEY_SCHEMA, "chunks": chunks}
-        plan = {"backup_id": backup_id, "options": options, "encryption": None, "compress": True}
+        plan = RestorePlan(backup_id=backup_id, tag="t", options=options, encryption=None, compress=True, started=0,
+                           tables=[])
         batch_write(client, name, [{"PutRequest": {"Item": {"PK": {"S": pk}, "SK": {"S": sk}}}}
                                    for pk, sk in keys + [(f"EXTRA#{i}", "x") for i in range(extras)]])
         tracemalloc.start()

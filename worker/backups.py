@@ -36,6 +36,8 @@ from worker.store import LocalStore, ObjectStore, S3Store
 ID_RE = re.compile(r"(\d{8}T\d{6}Z)-[0-9A-Za-z-]{1,60}")  # matched whole (fullmatch)
 _key_cache: dict[tuple[str, str], bytes] = {}
 
+VALIDATED = "validated.json"  # beside a backup's manifest: the last `backup validate` of it (health reads it)
+
 
 def new_backup_id() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-backup-{secrets.token_hex(3)}"

@@ -68,3 +68,11 @@ class LockTimeout(Exception):
 
 class ExportPending(Exception):
     """The DynamoDB export is still running; ask again later."""
+
+
+class CheckFailed(WorktaskError):
+    """A health check's failure with a hint of its own (what to do), shown beside it."""
+
+    def __init__(self, detail: str, hint: str):
+        super().__init__(detail)
+        self.hint = hint
