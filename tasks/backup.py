@@ -44,8 +44,9 @@ ident = sqltext.ident
 # planning --------------------------------------------------------------------------------------------
 
 # Per table: its columns as COPY lists them (stored generated columns are left out: the restore's table
-# computes them), its primary key and the type of the key's leading column, and, for a leaf partition,
-# its parent and bound.
+# computes them), its primary key, for a leaf partition its parent and bound, and the catalog's statistics
+# (relpages, reltuples: -1 when never analysed) that size its chunks without a scan, and its file node
+# (TRUNCATE and table-rewriting DDL give a table a new one: every chunk checks it is still the same).
 TABLES_SQL = """
     select c.relname,
            array_agg(a.attname::text order by a.attnum),
@@ -53,11 +54,10 @@ TABLES_SQL = """
            (select array_agg(pa.attname::text order by k.ord)
               from pg_index i, unnest(i.indkey) with ordinality k(attnum, ord), pg_attribute pa
              where i.indrelid = c.oid and i.indisprimary and pa.attrelid = c.oid and pa.attnum = k.attnum),
-           (select pa.atttypid::regtype::text from pg_index i join pg_attribute pa
-              on pa.attrelid = c.oid and pa.attnum = i.indkey[0] where i.indrelid = c.oid and i.indisprimary),
            (select p.relname::text from pg_inherits h join pg_class p on p.oid = h.inhparent
              where h.inhrelid = c.oid and c.relispartition),
-           case when c.relispartition then pg_get_expr(c.relpartbound, c.oid) end
+           case when c.relispartition then pg_get_expr(c.relpartbound, c.oid) end,
+           c.relpages, c.reltuples, pg_relation_filenode(c.oid)
     from pg_class c join pg_namespace n on n.oid = c.relnamespace
     join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped and a.attgenerated = ''
     where n.nspname = 'public' and c.relname = any(%s)
@@ -66,7 +66,8 @@ TABLES_SQL = """
 
 def plan_postgres(settings: Settings, snap: str, chunk_rows: int, locked: list[str],
                   lock_timeout: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The tables the snapshot holder locked: columns, exact row counts and chunks, read through the snapshot."""
+    """The tables the snapshot holder locked: columns and page-range chunks (worker/chunks.py), planned from
+    each table's size and the catalog's statistics through the snapshot, without scanning a table."""
     with pg_connect(settings) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
@@ -77,26 +78,37 @@ def plan_postgres(settings: Settings, snap: str, chunk_rows: int, locked: list[s
         conn.execute(psycopg.sql.SQL("set local lock_timeout = {}").format(
             psycopg.sql.Literal(f"{int(lock_timeout * 1000)}ms")))
         tables = []
-        for name, cols, types, pk, key_type, parent, bound in conn.execute(TABLES_SQL, (locked,)).fetchall():
+        for name, cols, types, pk, parent, bound, relpages, reltuples, filenode in conn.execute(
+                TABLES_SQL, (locked,)).fetchall():
             try:
-                count = conn.execute(psycopg.sql.SQL("select count(*) from only {}").format(
-                    psycopg.sql.Identifier(name))).fetchone()[0]
+                pages, rows = _size(conn, name, relpages, reltuples)
             except psycopg.errors.LockNotAvailable:
                 conn.rollback()
                 conn.autocommit = True
                 raise JobFailed(snapshot.locked_out(name, lock_timeout, snapshot.blockers(conn, name))) from None
-            table = {"name": name, "store": "postgres",
-                     "columns": [{"name": c, "type": t} for c, t in zip(cols, types)],
-                     "primary_key": pk or [], "partition_of": parent, "partition_bound": bound,
-                     "planned_rows": count}
-            if pk:
-                table |= {"key": pk[0], "key_type": key_type}
-                table["chunks"] = chunks.plan_key_chunks(conn, name, pk[0], count, chunk_rows)
-            else:
-                table["chunks"] = chunks.plan_page_chunks(conn, name, count, chunk_rows)
-            tables.append(table)
+            tables.append({"name": name, "store": "postgres",
+                           "columns": [{"name": c, "type": t} for c, t in zip(cols, types)],
+                           "primary_key": pk or [], "partition_of": parent, "partition_bound": bound,
+                           "filenode": filenode, "chunks": chunks.plan_page_chunks(pages, rows, chunk_rows)})
         conn.rollback()
     return tables, source
+
+
+def _size(conn: psycopg.Connection, table: str, relpages: int, reltuples: float) -> tuple[int, float]:
+    """(pages now, about how many rows): the rows per page of the statistics, or of the first pages counted
+    through the snapshot (a TID range scan of chunks.SAMPLE_PAGES pages) when they know no rows of it
+    (never analysed: reltuples -1)."""
+    name = psycopg.sql.Identifier(table)
+    pages = conn.execute(psycopg.sql.SQL("select pg_relation_size({}::regclass) / current_setting('block_size')::int")
+                         .format(psycopg.sql.Literal(ident(table)))).fetchone()[0]
+    if relpages > 0 and reltuples > 0:
+        return pages, pages * reltuples / relpages
+    if pages == 0:
+        return 0, 0.0
+    sample = min(pages, chunks.SAMPLE_PAGES)
+    counted = conn.execute(psycopg.sql.SQL("select count(*) from only {} where ctid < {}::tid").format(
+        name, psycopg.sql.Literal(f"({sample},0)"))).fetchone()[0]
+    return pages, pages * counted / sample
 
 
 def _migration_head(conn: psycopg.Connection) -> str | None:
@@ -167,7 +179,7 @@ def dump_postgres_chunk(settings: Settings, options: dict[str, Any], backup_id: 
         writer = ChunkWriter(out, backups.chunk_aad(backup_id, "postgres", table["name"], chunk["n"]),
                              options["compress"], key)
         rows = asyncio.run(_copy_out(settings, snap, table["name"], query, args, writer, rate,
-                                     options.get("lock_timeout", settings.backup_lock_timeout)))
+                                     options.get("lock_timeout", settings.backup_lock_timeout), table.get("filenode")))
         stats = writer.close()
     bounds = {k: chunk[k] for k in ("range", "ctid") if k in chunk}
     return {"table": table["name"], "store": "postgres", "n": chunk["n"], "key": obj, "rows": rows, **bounds,
@@ -175,7 +187,7 @@ def dump_postgres_chunk(settings: Settings, options: dict[str, Any], backup_id: 
 
 
 async def _copy_out(settings: Settings, snap: str, table: str, query: str, args: list[Any], writer: ChunkWriter,
-                    rate: int, lock_timeout: float) -> int:
+                    rate: int, lock_timeout: float, filenode: int | None) -> int:
     p = pg_params(settings)
     conn = await asyncpg.connect(host=p["host"], port=int(p["port"]), user=p["user"], password=p.get("password"),
                                  database=p["dbname"], timeout=settings.postgres_connect_timeout,
@@ -204,6 +216,12 @@ async def _copy_out(settings: Settings, snap: str, table: str, query: str, args:
                 # (as pg_dump's workers do), failing the backup by name rather than hanging with the holder.
                 await conn.execute("select set_config('lock_timeout', $1, true)", f"{int(lock_timeout * 1000)}ms")
                 await conn.execute(f"lock table only {ident(table)} in access share mode")
+                # The holder's locks keep TRUNCATE and rewrites out while it lives; should it die between this
+                # chunk's import of the snapshot and its lock, such DDL could slip in: its new file gives it away.
+                now = await conn.fetchval("select pg_relation_filenode($1::regclass)", ident(table))
+                if filenode is not None and now != filenode:
+                    raise JobFailed(f"table {table} was truncated or rewritten during the backup (its file node "
+                                    f"changed from {filenode} to {now}); run the backup again")
                 await conn.copy_from_query(query, *args, output=sink)
         except asyncpg.LockNotAvailableError:
             blockers = await conn.fetch(snapshot.BLOCKERS_SQL.format(param="$1"), table)
@@ -315,10 +333,11 @@ def start(self: JobTask, job_id: str | None, options: dict[str, Any]) -> dict[st
     backups.require_key(s, options["encrypt"])
     gen = jobs.generation(r, job_id)
     lock_timeout = options.get("lock_timeout", s.backup_lock_timeout)
-    snap, locked = snapshot.start_holder(r, job_id, gen, s.snapshot_max_lifetime, lock_timeout)
+    snap, locked = snapshot.start_holder(r, s, job_id, gen, s.snapshot_max_lifetime, lock_timeout)
     snapshot_time = time.time()  # the snapshot's instant, near enough: the holder has just exported it
     pg_tables, source = plan_postgres(s, snap, options["chunk_rows"], locked, lock_timeout)
-    dyn = plan_dynamo(s, options["dynamo_segments"], options, job_id, gen, snapshot_time)
+    dyn = None if options.get("skip_dynamodb") else plan_dynamo(s, options["dynamo_segments"], options, job_id, gen,
+                                                                 snapshot_time)
     source["dynamodb"] = {"table": dyn["name"], "key_schema": dyn["key_schema"]} if dyn else None
     encryption = None
     if options["encrypt"]:  # one data key for the backup, kept across restarts

@@ -1,13 +1,18 @@
-"""`worktask restore`: verify every chunk, load in parallel beside the live tables, build, swap (DESIGN §9).
+"""`worktask restore`: load in parallel beside the live tables, verifying as it reads, build, swap (DESIGN §9).
 
-    start -> chord(verify one task per chunk) -> after_verify
-          -> chord(load one task per chunk: COPY into the replacement / BatchWriteItem) -> after_load
-          -> chord(build one task per table: keys, checks, indexes) -> finalize (one swap transaction)
+    start -> chord(PostgreSQL: load one task per chunk, COPY into the replacement, verified as it is read;
+                   DynamoDB: verify one task per chunk) -> after_verify
+          -> chord(build one task per PostgreSQL table: keys, checks, indexes;
+                   BatchWriteItem one task per verified DynamoDB chunk) -> finalize (one swap transaction)
 
-A table with a bad chunk is skipped before anything is written. Until the swap commits, the live
-PostgreSQL tables keep their rows (DynamoDB items are upserted during the load and stay, README says so);
-a failed restore drops its replacement tables, and the next restore drops those of one that was killed.
-One restore runs at a time (a lock its job holds until it ends).
+Each stored chunk of a PostgreSQL table is read once: its load checks the SHA-256 of the stored bytes,
+the decryption, the decompression and the row count inside the load's transaction, and a chunk that
+fails any of them rolls its load back; after the pass a table with a bad chunk is skipped and its
+replacement dropped. The replacement tables are invisible until the swap, so the swap alone is the point
+of no return, as before. DynamoDB writes cannot be rolled back: its chunks are verified first and loaded
+only then (items are upserted and stay even if the swap then fails, README says so). A failed restore
+drops its replacement tables, and the next restore drops those of one that was killed. `--dry-run`
+verifies every chunk and writes nothing. One restore runs at a time (a lock its job holds until it ends).
 """
 
 from __future__ import annotations
@@ -26,11 +31,10 @@ import psycopg
 
 from worker import backups, chunks, jobs, snapshot, sqltext, swap
 from worker.app import app
-from worker.chunkcheck import check_chunk, open_chunk
+from worker.chunkcheck import check_chunk, drain, open_chunk, verdict
 from worker.connections import aws_client, pg_connect, pg_params
 from worker.constants import (
     DYNAMO_SCAN_RESTORE_KEY,
-    TASK_RESTORE_AFTER_LOAD,
     TASK_RESTORE_AFTER_VERIFY,
     TASK_RESTORE_BUILD,
     TASK_RESTORE_FINALIZE,
@@ -54,16 +58,25 @@ def plain_blocks(settings: Settings, plan: RestorePlan, table: dict[str, Any], c
                       table["name"], chunk)
 
 
-def load_postgres_chunk(settings: Settings, plan: RestorePlan, table: dict[str, Any], chunk: dict[str, Any]) -> int:
-    """COPY one chunk into the replacement table; deleting its key range first makes a rerun harmless."""
+class _Refused(Exception):
+    """The chunk read did not verify: its load is rolled back (the reason is the message)."""
+
+
+def load_postgres_chunk(settings: Settings, plan: RestorePlan, table: dict[str, Any],
+                        chunk: dict[str, Any]) -> tuple[int, str | None]:
+    """COPY one chunk into the replacement table, verifying it as it is read: (rows, None) once committed,
+    or (0, why) when the stored chunk is missing or does not verify (nothing of it is kept)."""
     target = swap.replacement(table["name"], plan.tag)
-    src, blocks, hashed = plain_blocks(settings, plan, table, chunk)
+    try:
+        src, blocks, hashed = plain_blocks(settings, plan, table, chunk)
+    except FileNotFoundError:
+        return 0, "missing from the store"
     with src:
         return asyncio.run(_copy_in(settings, target, table, chunk, blocks, hashed))
 
 
 async def _copy_in(settings: Settings, target: str, table: dict[str, Any], chunk: dict[str, Any], blocks: Any,
-                   hashed: Any) -> int:
+                   hashed: Any) -> tuple[int, str | None]:
     p = pg_params(settings)
     conn = await asyncpg.connect(host=p["host"], port=int(p["port"]), user=p["user"], password=p.get("password"),
                                  database=p["dbname"], timeout=settings.postgres_connect_timeout)
@@ -77,18 +90,25 @@ async def _copy_in(settings: Settings, target: str, table: dict[str, Any], chunk
     try:
         async with conn.transaction():
             where, args = chunks.row_filter(table, chunk) if chunk.get("range") else ("", [])
-            if where:  # a rerun of a key-range chunk replaces what an earlier run of it loaded
+            if where:  # a rerun of a key-range chunk (an older backup) replaces what an earlier run loaded
                 await conn.execute(f"delete from {ident(target)}{where}", *args)
-            elif not chunk.get("ctid"):  # the table's only chunk
+            whole = not where and not chunk.get("ctid")
+            if whole:  # the table's only chunk: emptied in this transaction, so its rows can be written frozen
                 await conn.execute(f"truncate {ident(target)}")
             # a page-range (ctid) chunk has no key to delete by: the load task runs it once (a marker)
             await conn.copy_to_table(target, source=source(), columns=[c["name"] for c in table["columns"]],
-                                     schema_name="public")
-            if hashed.sha.hexdigest() != chunk["sha256"]:  # changed since it was verified: roll this load back
-                raise JobFailed(f"chunk {chunk['n']} changed in the store after it was verified")
+                                     schema_name="public", freeze=whole)
+            reason = verdict(hashed, chunk, rows, None)
+            if reason:  # read whole, but not what the backup wrote: roll this load back
+                raise _Refused(reason)
+    except CorruptChunk as err:  # the COPY was aborted and its transaction rolled back
+        drain(hashed)
+        return 0, verdict(hashed, chunk, rows, str(err))
+    except _Refused as refused:
+        return 0, str(refused)
     finally:
         await conn.close()
-    return rows
+    return rows, None
 
 
 def verified_lines(settings: Settings, plan: RestorePlan, table: dict[str, Any],
@@ -252,12 +272,31 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
     plan = RestorePlan(backup_id=manifest["backup_id"], tag=job_id.rsplit("-", 1)[-1], options=options,
                        encryption=manifest["encryption"], compress=manifest["options"]["compress"], started=time.time(),
                        tables=[t for t in manifest["tables"] if t["name"] in wanted])
-    if not options.get("dry_run"):
+    dry = bool(options.get("dry_run"))
+    pg_tables = [t for t in plan.tables if t["store"] == "postgres"]
+    bad: dict[str, str] = {}
+    if pg_tables:  # what the swap could not carry over: refused before anything is written
+        with pg_connect(s, autocommit=True) as conn:
+            bad.update(swap.refusals(conn, pg_tables))
+    if not dry:
         with pg_connect(s, autocommit=True) as conn:
             swap.drop_replacements(conn)  # marked ones, of restores that were killed; only one runs at a time
+            conn.execute("select set_config('lock_timeout', %s, false)", (swap.LOCK_TIMEOUT,))
+            for t in pg_tables:
+                if t["name"] in bad:
+                    continue
+                # a backup that holds generated columns' values loads them as plain columns
+                listed = set(swap.generated_columns(conn, t["name"])) & {c["name"] for c in t["columns"]}
+                if listed:
+                    plan.plain_generated.append(t["name"])
+                swap.create_replacement(conn, t["name"], plan.tag, plain_generated=bool(listed))
+    plan.skipped = [{"name": n, "reason": f"not touched: {why}"} for n, why in bad.items()]
     jobs.save_plan(r, job_id, plan)
-    header = [verify.s(job_id=job_id, table=t["name"], chunk=c["n"]) for t in plan.tables for c in t["chunks"]]
-    jobs.start(r, job_id, 2 * len(header))
+    # PostgreSQL chunks are loaded (and verified as they are read) at once, DynamoDB chunks verified first
+    header = [(verify if dry or t["store"] == "dynamodb" else load).s(job_id=job_id, table=t["name"], chunk=c["n"])
+              for t in plan.tables if t["name"] not in bad for c in t["chunks"]]
+    dynamo_chunks = sum(len(t["chunks"]) for t in plan.tables if t["store"] == "dynamodb" and t["name"] not in bad)
+    jobs.start(r, job_id, len(header) + (0 if dry else dynamo_chunks))
     fan_out(header, after_verify.s(job_id=job_id))
     return {"job_id": job_id, "chunks": len(header)}
 
@@ -274,33 +313,31 @@ def verify(self: JobTask, job_id: str, table: str, chunk: int) -> dict[str, Any]
 
 @app.task(name=TASK_RESTORE_AFTER_VERIFY, base=JobTask, bind=True)
 def after_verify(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
+    """After the first pass (PostgreSQL chunks loaded, DynamoDB chunks verified; all verified in a dry run):
+    skip every table with a bad chunk (dropping its replacement), then build the PostgreSQL tables and load
+    the DynamoDB chunks side by side."""
     plan = jobs.load_plan(self.redis, job_id, RestorePlan)
     bad: dict[str, str] = {}
     for r in sorted(results, key=lambda r: (r["table"], r["chunk"])):
         if r["reason"] and r["table"] not in bad:
             bad[r["table"]] = f"chunk {r['chunk']} ({r['path']}): {r['reason']}"
-    pg_tables = [t for t in plan.tables if t["store"] == "postgres" and t["name"] not in bad]
-    if pg_tables:  # what the swap could not carry over: refused before anything is written
+    dry = bool(plan.options.get("dry_run"))
+    if bad and not dry:
         with pg_connect(self.settings, autocommit=True) as conn:
-            bad.update(swap.refusals(conn, pg_tables))
-    plan.skipped = [{"name": n, "reason": f"not touched: {why}"} for n, why in bad.items()]
-    plan.ok_tables = [t["name"] for t in plan.tables if t["name"] not in bad]
+            swap.drop_replacements(conn, plan.tag, list(bad))
+    plan.skipped += [{"name": n, "reason": f"not touched: {why}"} for n, why in bad.items()]
+    skipped = {x["name"] for x in plan.skipped}
+    plan.ok_tables = [t["name"] for t in plan.tables if t["name"] not in skipped]
     jobs.save_plan(self.redis, job_id, plan)
-    if plan.options.get("dry_run") or not plan.ok_tables:
+    jobs.put_value(self.redis, job_id, "loaded", [r for r in results if "rows" in r and not r["reason"]])
+    if dry or not plan.ok_tables:
         return finalize.run([], job_id=job_id)
-    pg_ok = [t for t in plan.tables if t["name"] in plan.ok_tables and t["store"] == "postgres"]
-    with pg_connect(self.settings, autocommit=True) as conn:
-        conn.execute("select set_config('lock_timeout', %s, false)", (swap.LOCK_TIMEOUT,))
-        for t in pg_ok:  # a backup that holds generated columns' values loads them as plain columns
-            listed = set(swap.generated_columns(conn, t["name"])) & {c["name"] for c in t["columns"]}
-            if listed:
-                plan.plain_generated.append(t["name"])
-            swap.create_replacement(conn, t["name"], plan.tag, plain_generated=bool(listed))
-    jobs.save_plan(self.redis, job_id, plan)
-    header = [load.s(job_id=job_id, table=t["name"], chunk=c["n"])
-              for t in plan.tables if t["name"] in plan.ok_tables for c in t["chunks"]]
-    fan_out(header, after_load.s(job_id=job_id))
-    return {"job_id": job_id, "loading": len(header)}
+    ok = [t for t in plan.tables if t["name"] in plan.ok_tables]
+    header = [build.s(job_id=job_id, table=t["name"]) for t in ok if t["store"] == "postgres"]
+    header += [load.s(job_id=job_id, table=t["name"], chunk=c["n"]) for t in ok if t["store"] == "dynamodb"
+               for c in t["chunks"]]
+    fan_out(header, finalize.s(job_id=job_id))
+    return {"job_id": job_id, "building": len(header)}
 
 
 @app.task(name=TASK_RESTORE_LOAD, base=JobTask, bind=True)
@@ -311,27 +348,21 @@ def load(self: JobTask, job_id: str, table: str, chunk: int) -> dict[str, Any]:
     once = f"loaded:{table}:{chunk}"
     if t["store"] == "postgres" and c.get("ctid") and jobs.marked(self.redis, job_id, once):
         return jobs.marked(self.redis, job_id, once)  # loaded and committed by an earlier delivery
+    done = {"table": table, "chunk": chunk, "path": c["key"], "reason": None}
     if t["store"] == "postgres":
-        rows = load_postgres_chunk(self.settings, plan, t, c)
+        rows, reason = load_postgres_chunk(self.settings, plan, t, c)
+        jobs.add(self.redis, job_id, rows=rows, nbytes=c["bytes_stored"])
+        if reason:
+            return {**done, "reason": reason}
+        done |= {"rows": rows, "seconds": round(time.monotonic() - began, 3)}
         if c.get("ctid"):
-            jobs.mark(self.redis, job_id, once, {"table": table, "chunk": chunk, "rows": rows, "seconds": 0})
-    else:
-        rows = load_dynamo_chunk(self.settings, plan, t, c)
+            jobs.mark(self.redis, job_id, once, done)
+        return done
+    rows = load_dynamo_chunk(self.settings, plan, t, c)
     if rows != c["rows"]:
         raise JobFailed(f"loaded {rows} rows, the manifest says {c['rows']}")
     jobs.add(self.redis, job_id, rows=rows, nbytes=c["bytes_stored"])
-    return {"table": table, "chunk": chunk, "rows": rows, "seconds": round(time.monotonic() - began, 3)}
-
-
-@app.task(name=TASK_RESTORE_AFTER_LOAD, base=JobTask, bind=True)
-def after_load(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
-    jobs.put_value(self.redis, job_id, "loaded", results)
-    plan = jobs.load_plan(self.redis, job_id, RestorePlan)
-    pg_ok = [t["name"] for t in plan.tables if t["name"] in plan.ok_tables and t["store"] == "postgres"]
-    if not pg_ok:
-        return finalize.run([], job_id=job_id)
-    fan_out([build.s(job_id=job_id, table=name) for name in pg_ok], finalize.s(job_id=job_id))
-    return {"job_id": job_id, "building": len(pg_ok)}
+    return {**done, "rows": rows, "seconds": round(time.monotonic() - began, 3)}
 
 
 @app.task(name=TASK_RESTORE_BUILD, base=JobTask, bind=True)
@@ -357,7 +388,7 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
     plan = jobs.load_plan(self.redis, job_id, RestorePlan)
     s, opts = self.settings, plan.options
     dry = bool(opts.get("dry_run"))
-    loaded = jobs.value(self.redis, job_id, "loaded", [])
+    loaded = jobs.value(self.redis, job_id, "loaded", []) + [r for r in results if "rows" in r]
     ok = [t for t in plan.tables if t["name"] in plan.ok_tables]
     removed: dict[str, int] = {}
     pg_ok = [t["name"] for t in ok if t["store"] == "postgres"]

@@ -208,14 +208,56 @@ def test_a_restore_refuses_while_a_backup_holds_its_tables(migrated: Any, made: 
     assert backup_report["ok"] and rows_of(backup_report)["fid_slow"] == 30_000
 
 
-def test_rows_read_must_equal_rows_planned() -> None:
+@pytest.mark.parametrize(("edges", "problem"), [
+    ([[0, 10], [12, None]], "pages 10..12 fall between two chunks"),
+    ([[1, 10], [10, None]], "do not start at page 0 and run to the end"),
+    ([[0, 10], [10, 20]], "do not start at page 0 and run to the end"),
+    ([[0, 10], None], "a chunk without a page range"),
+])
+def test_chunks_that_do_not_tile_the_table_fail_the_backup(edges: list[Any], problem: str) -> None:
+    """The page ranges must cover every page once, from page 0 to the end: a plan that leaves pages out (a
+    bug, or a plan changed in Redis) fails the backup instead of writing a manifest of missing rows."""
     from tasks.backup import build_manifest
 
+    chunks = [{"n": n} | ({"ctid": e} if e else {}) for n, e in enumerate(edges)]
     plan = {"created_at": "x", "source": {}, "encryption": None, "options": {"compress": True, "encrypt": False,
                                                                                 "chunk_rows": 1000},
-            "tables": [{"name": "t", "store": "postgres", "planned_rows": 100, "columns": [],
-                        "chunks": [{"n": 0}, {"n": 1}]}]}
-    results = [{"table": "t", "store": "postgres", "n": n, "key": f"k{n}", "rows": 30, "bytes_raw": 1,
-                "bytes_stored": 1, "sha256": "0", "seconds": 0.1, "ended_at": 1.0} for n in (0, 1)]
-    with pytest.raises(JobFailed, match=r"table t: read 60 rows, 100 were planned"):
+            "tables": [{"name": "t", "store": "postgres", "columns": [], "chunks": chunks}]}
+    results = [{"table": "t", "store": "postgres", "key": f"k{c['n']}", "rows": 30, "bytes_raw": 1,
+                "bytes_stored": 1, "sha256": "0", "seconds": 0.1, "ended_at": 1.0} | c for c in chunks]
+    with pytest.raises(JobFailed, match=problem):
         build_manifest("b", plan, results, time.time())
+    good = [{"n": 0, "ctid": [0, 10]}, {"n": 1, "ctid": [10, None]}]
+    plan["tables"][0]["chunks"] = good
+    ok = build_manifest("b", plan, [r | c for r, c in zip(results, good)], time.time())
+    assert [c["ctid"] for c in ok["tables"][0]["chunks"]] == [[0, 10], [10, None]] and ok["totals"]["rows"] == 60
+
+
+def test_a_chunk_refuses_a_table_truncated_since_planning(migrated: Any, made: list[str]) -> None:
+    """Should the snapshot holder die between a chunk's import of the snapshot and the chunk's own lock, a
+    TRUNCATE could slip in and the chunk would read the new, empty file through the old snapshot (DESIGN
+    §12). The plan records each table's file node; a chunk that finds another one fails, naming the table,
+    instead of reading 0 rows into a "complete" backup."""
+    from tasks.backup import dump_postgres_chunk
+    from worker import backups
+
+    sql(migrated, "create table fid_trunc (id bigint primary key, v text)",
+        "insert into fid_trunc select g, 'x' from generate_series(1, 1000) g")
+    made.append("fid_trunc")
+    backup_id = "20261124T000000Z-backup-f11e0d"
+    options = backups.backup_options(migrated, False, False)
+    store = backups.store_for(migrated, options)
+    try:
+        with pg_connect(migrated) as holder:
+            holder.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            planned = holder.execute("select pg_relation_filenode('fid_trunc')").fetchone()[0]
+            snap = holder.execute("select pg_export_snapshot()").fetchone()[0]
+            table = {"name": "fid_trunc", "columns": [{"name": "id"}, {"name": "v"}], "filenode": planned}
+            assert dump_postgres_chunk(migrated, options, backup_id, snap, table, {"n": 0}, None)["rows"] == 1000
+            holder.rollback()  # the holder's lock is gone in this story; its snapshot is taken again
+            snap = holder.execute("select pg_export_snapshot()").fetchone()[0]
+            sql(migrated, "truncate fid_trunc")
+            with pytest.raises(JobFailed, match=r"table fid_trunc was truncated or rewritten during the backup"):
+                dump_postgres_chunk(migrated, options, backup_id, snap, table, {"n": 0}, None)
+    finally:
+        store.delete([o.key for o in store.list(backups.prefix(options, backup_id))])

@@ -39,8 +39,19 @@ def check_chunk(settings: Settings, options: dict[str, Any], backup_id: str, enc
                 rows += block.count(b"\n")
         except CorruptChunk as err:
             problem = str(err)
-            while hashed.read(1 << 20):
-                pass
+            drain(hashed)
+    return verdict(hashed, chunk, rows, problem)
+
+
+def drain(hashed: Any) -> None:
+    """Read the rest of the stored bytes, so that their SHA-256 is complete."""
+    while hashed.read(1 << 20):
+        pass
+
+
+def verdict(hashed: Any, chunk: dict[str, Any], rows: int, problem: str | None) -> str | None:
+    """Whether a chunk read whole verifies: None, else the reason, the checksum first (it says the bytes
+    changed), then decryption or decompression (`problem`), then the row count."""
     if hashed.sha.hexdigest() != chunk["sha256"]:
         return (f"checksum mismatch: {hashed.size} bytes stored of {chunk['bytes_stored']}, "
                 f"sha256 {hashed.sha.hexdigest()[:12]}… expected {chunk['sha256'][:12]}…")

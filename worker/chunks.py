@@ -1,16 +1,19 @@
 """How a PostgreSQL table is split into backup chunks, and which rows a chunk holds.
 
-Chunks follow rows, not key span: a table with a primary key is cut at every CHUNK_ROWS-th value of its
-leading key column (any orderable type: integers, text, uuid, timestamps), read in key order through the
-backup's snapshot; a table without a primary key is cut into ranges of pages by `ctid` (as pgcopydb
-does), sized by its rows per page. The first chunk has no lower bound and the last no upper bound, so no
-bound is ever computed past the largest value (the full `bigint` range round-trips).
+Every table is cut into ranges of pages by `ctid`, as pgcopydb does: PostgreSQL 14+ reads
+`ctid >= '(lo,0)' and ctid < '(hi,0)'` as a TID Range Scan (sequential reads of those pages only, no
+index, any table, with or without a key). The plan costs no scan: the table's size in pages now and its
+rows per page from the catalog's statistics (`reltuples / relpages`), or, for a table never analysed,
+from a count of its first pages. The first chunk starts at page 0 and the last has no upper bound, so
+the chunks tile the table whatever it grew to after planning (rows added after the snapshot are
+invisible to it anyway); `check_tiling` proves that of a plan before its manifest is written.
 
 A chunk in the plan and the manifest is one of
-    {"n": 0, "range": [lo, hi]}    key range lo <= key < hi (text of the key's type; null = unbounded)
     {"n": 0, "ctid": [lo, hi]}     pages lo <= page < hi (hi null = to the end)
     {"n": 0}                       the whole table
-Manifests of format 1 recorded integer ranges as numbers; they are read the same way.
+    {"n": 0, "range": [lo, hi]}    key range lo <= key < hi (text of the key's type; null = unbounded):
+                                   backups made before ctid planning (format 1 recorded integers as numbers);
+                                   restores still read them
 """
 
 from __future__ import annotations
@@ -19,41 +22,36 @@ import math
 import re
 from typing import Any
 
-import psycopg
-from psycopg import sql
-
 from worker.sqltext import ident
 
 TYPE_NAME = re.compile(r'[A-Za-z0-9_ ."]+(\[\])?')  # what regtype prints: bigint, "My Type", public.x
+SAMPLE_PAGES = 32  # pages counted to learn the rows per page of a table the statistics know nothing of
 
 
-def plan_key_chunks(conn: psycopg.Connection, table: str, key: str, count: int,
-                    chunk_rows: int) -> list[dict[str, Any]]:
-    """Key ranges of about `chunk_rows` rows each, cut at every chunk_rows-th key value (an index scan)."""
-    if count <= chunk_rows:
-        return [{"n": 0, "range": [None, None]}]
-    cuts = conn.execute(sql.SQL("""
-        select k::text from (select {k} as k, row_number() over (order by {k}) as rn from {t}) s
-        where mod(s.rn, {every}) = 1 and s.rn > 1 order by s.rn""").format(
-        k=sql.Identifier(key), t=sql.Identifier(table), every=sql.Literal(chunk_rows))).fetchall()
-    bounds: list[str | None] = [None]
-    for (value,) in cuts:
-        if value != bounds[-1]:  # a composite key's leading column may repeat: never an empty range
-            bounds.append(value)
-    bounds.append(None)
-    return [{"n": i, "range": [bounds[i], bounds[i + 1]]} for i in range(len(bounds) - 1)]
-
-
-def plan_page_chunks(conn: psycopg.Connection, table: str, count: int, chunk_rows: int) -> list[dict[str, Any]]:
-    """Page ranges (by ctid) holding about `chunk_rows` rows each, for a table without a primary key."""
-    if count <= chunk_rows:
+def plan_page_chunks(pages: int, rows: float, chunk_rows: int) -> list[dict[str, Any]]:
+    """Page ranges of about `chunk_rows` rows each for a table of `pages` pages holding about `rows` rows."""
+    if rows <= chunk_rows or pages <= 1:
         return [{"n": 0}]
-    pages = conn.execute("select pg_relation_size(%s::regclass) / current_setting('block_size')::int",
-                         (ident(table),)).fetchone()[0]
-    n = math.ceil(count / chunk_rows)
+    n = math.ceil(rows / chunk_rows)
     step = max(1, math.ceil(pages / n))
-    starts = list(range(0, max(pages, 1), step))
+    starts = list(range(0, pages, step))
     return [{"n": i, "ctid": [lo, starts[i + 1] if i + 1 < len(starts) else None]} for i, lo in enumerate(starts)]
+
+
+def check_tiling(table: str, chunks: list[dict[str, Any]]) -> str | None:
+    """None when the page-range chunks cover every page once (0 to the end, each starting where the last
+    ended) or the table is one whole chunk; else what is wrong."""
+    if len(chunks) == 1 and not chunks[0].get("ctid") and not chunks[0].get("range"):
+        return None
+    edges = [c.get("ctid") for c in sorted(chunks, key=lambda c: c["n"])]
+    if any(e is None for e in edges):
+        return f"table {table}: a chunk without a page range among page-range chunks"
+    if edges[0][0] != 0 or edges[-1][1] is not None:
+        return f"table {table}: the chunks do not start at page 0 and run to the end"
+    for prev, nxt in zip(edges, edges[1:]):
+        if prev[1] != nxt[0]:
+            return f"table {table}: pages {prev[1]}..{nxt[0]} fall between two chunks"
+    return None
 
 
 def row_filter(table: dict[str, Any], chunk: dict[str, Any], first_param: int = 1) -> tuple[str, list[Any]]:

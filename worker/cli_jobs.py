@@ -148,11 +148,13 @@ def seed(config_only: bool, skip_existing: bool | None, overwrite: bool, dry_run
 @click.option("--compress/--no-compress", default=None, help="zstd (default: COMPRESSION_ENABLED).")
 @click.option("--encrypt/--no-encrypt", default=None, help="AES-256-GCM (default: ENCRYPTION_ENABLED).")
 @click.option("--chunk-rows", type=click.IntRange(1000), default=None, help="Rows per chunk (default: CHUNK_ROWS).")
+@click.option("--skip-dynamodb/--with-dynamodb", default=None,
+              help="Back up the PostgreSQL tables only (default: SKIP_DYNAMODB, false).")
 @output_options()
 @click.pass_context
-def backup(ctx: click.Context, compress: bool | None, encrypt: bool | None, chunk_rows: int | None, as_json: bool,
-           no_wait: bool, timeout: int | None) -> int:
-    """Back up every PostgreSQL table and the DynamoDB table: one task per key range and scan segment,
+def backup(ctx: click.Context, compress: bool | None, encrypt: bool | None, chunk_rows: int | None,
+           skip_dynamodb: bool | None, as_json: bool, no_wait: bool, timeout: int | None) -> int:
+    """Back up every PostgreSQL table and the DynamoDB table: one task per page range and scan segment,
     through one snapshot, compressed, encrypted and checksummed; the manifest is written last.
 
     \b
@@ -167,7 +169,8 @@ def backup(ctx: click.Context, compress: bool | None, encrypt: bool | None, chun
     s = settings()
     comp = flag_or(compress, s.compression_enabled)
     enc = flag_or(encrypt, s.encryption_enabled)
-    return run_job(lambda: commands.backup(s, comp, enc, chunk_rows), "backup", as_json, no_wait, timeout,
+    skip = flag_or(skip_dynamodb, s.skip_dynamodb)
+    return run_job(lambda: commands.backup(s, comp, enc, chunk_rows, skip), "backup", as_json, no_wait, timeout,
                    render_backup)
 
 

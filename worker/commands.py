@@ -89,10 +89,11 @@ def seed(settings: Settings, config_only: bool, mode: str, dry_run: bool) -> str
     return submit(settings, "seed", TASK_SEED_START, {"config_only": config_only, "mode": mode, "dry_run": dry_run})
 
 
-def backup(settings: Settings, compress: bool, encrypt: bool, chunk_rows: int | None) -> str:
+def backup(settings: Settings, compress: bool, encrypt: bool, chunk_rows: int | None,
+           skip_dynamodb: bool = False) -> str:
     """Enqueue a full backup; exit 2 when encryption is on without a key, 3 when the store is unreachable."""
     backups.require_key(settings, encrypt)
-    opts = backups.backup_options(settings, compress, encrypt, chunk_rows)
+    opts = backups.backup_options(settings, compress, encrypt, chunk_rows, skip_dynamodb)
     backups.store_for(settings, opts).check()
     return submit(settings, "backup", TASK_BACKUP_START, opts)
 

@@ -4,7 +4,7 @@ QUEUE_CONTROL = "control"  # planning, coordinating, finalising
 QUEUE_BULK = "bulk"  # per-table, per-chunk work
 
 # Task names are worktask.<family>.<step>. Coordinators go to `control`, the rest to `bulk`.
-CONTROL_STEPS = ("start", "finalize", "fail", "after_verify", "after_load", "advance")
+CONTROL_STEPS = ("start", "finalize", "fail", "after_verify", "advance")
 TASK_MODULES = ["tasks.health", "tasks.migrate", "tasks.seed", "tasks.backup", "tasks.verify",
                 "tasks.restore", "tasks.testdata", "tasks.validate", "tasks.init", "tasks.maintenance"]
 
@@ -29,7 +29,6 @@ TASK_RESTORE_START = "worktask.restore.start"
 TASK_RESTORE_VERIFY = "worktask.restore.verify_chunk"
 TASK_RESTORE_AFTER_VERIFY = "worktask.restore.after_verify"
 TASK_RESTORE_LOAD = "worktask.restore.load_chunk"
-TASK_RESTORE_AFTER_LOAD = "worktask.restore.after_load"
 TASK_RESTORE_BUILD = "worktask.restore.build_table"
 TASK_RESTORE_FINALIZE = "worktask.restore.finalize"
 TASK_TESTDATA_START = "worktask.testdata.start"

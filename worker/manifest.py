@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from worker import chunks
 from worker.errors import BadInput, JobFailed
 from worker.reports import utcnow
 
@@ -56,10 +57,12 @@ class Chunk(_Part):
     bytes_stored: int = Field(description="bytes of the stored object")
     sha256: str = Field(description="hex SHA-256 of the stored object's bytes")
     range: list[str | int | None] | None = Field(
-        None, description="[lo, hi]: rows whose leading key column k has lo <= k < hi, as text of the key's type "
+        None, description="backups made before page-range planning: [lo, hi]: rows whose leading key column k "
+                          "has lo <= k < hi, as text of the key's type "
                           "(null = unbounded); format-1 manifests of integer keys recorded numbers")
     ctid: list[int | None] | None = Field(
-        None, description="[lo, hi]: pages lo <= page < hi (hi null = to the end), for a table without primary key")
+        None, description="[lo, hi]: pages lo <= page < hi (hi null = to the end); every table's chunks since "
+                          "page-range planning, only those of tables without a primary key before")
 
 
 class Capture(_Part):
@@ -88,12 +91,13 @@ class Table(_Part):
     # PostgreSQL
     columns: list[Column] | None = Field(None, description="postgres: the columns, in COPY order")
     primary_key: list[str] | None = Field(None, description="postgres: primary key columns ([] for none)")
-    key: str | None = Field(None, description="postgres: the leading primary key column the chunks are cut on")
-    key_type: str | None = Field(None, description="postgres: the key column's type (regtype), for the ranges")
+    key: str | None = Field(None, description="postgres, key-range backups: the leading key column cut on")
+    key_type: str | None = Field(None, description="postgres, key-range backups: its type (regtype)")
     partition_of: str | None = Field(None, description="postgres: the partitioned parent of a leaf partition")
     partition_bound: str | None = Field(None, description="postgres: the leaf's bound (pg_get_expr)")
-    planned_rows: int | None = Field(None, description="postgres: rows counted under the snapshot at planning; "
-                                                       "`rows` must equal it")
+    planned_rows: int | None = Field(None, description="postgres, backups made before page-range planning: rows "
+                                                       "counted under the snapshot at planning (the page ranges "
+                                                       "now tile the table instead, checked at finalize)")
     # DynamoDB
     key_schema: list[dict[str, Any]] | None = Field(None, description="dynamodb: the table's KeySchema")
     capture: Capture | None = Field(None, description="dynamodb: how it was read")
@@ -126,6 +130,7 @@ class Options(_Part):
     compress: bool = Field(description="chunks are zstd frames")
     encrypt: bool = Field(description="chunks are AES-256-GCM frames over the zstd bytes (worker/archive.py)")
     chunk_rows: int | None = Field(None, description="rows per PostgreSQL chunk asked for")
+    skip_dynamodb: bool = Field(False, description="the DynamoDB table was left out on purpose (--skip-dynamodb)")
 
 
 class Encryption(_Part):
@@ -223,10 +228,10 @@ def build_manifest(backup_id: str, plan: dict[str, Any], results: list[dict[str,
         if len(got) != len(t["chunks"]):
             raise JobFailed(f"table {t['name']}: {len(got)} of {len(t['chunks'])} chunks came back")
         rows = sum(c["rows"] for c in got)
-        if "planned_rows" in t and rows != t["planned_rows"]:
-            raise JobFailed(f"table {t['name']}: read {rows} rows, {t['planned_rows']} were planned under the "
-                            "snapshot (was it truncated or rewritten during the backup?)")
-        tables.append({**{k: v for k, v in t.items() if k != "chunks"},
+        gap = chunks.check_tiling(t["name"], got) if t["store"] == "postgres" else None
+        if gap:
+            raise JobFailed(f"{gap}: no manifest is written")
+        tables.append({**{k: v for k, v in t.items() if k not in ("chunks", "filenode")},
                        "rows": rows, "bytes_raw": sum(c["bytes_raw"] for c in got),
                        "bytes_stored": sum(c["bytes_stored"] for c in got),
                        "seconds": round(sum(c["seconds"] for c in got), 3),
@@ -242,7 +247,8 @@ def build_manifest(backup_id: str, plan: dict[str, Any], results: list[dict[str,
     manifest = {"format_version": FORMAT_VERSION, "backup_id": backup_id, "created_at": plan["created_at"],
                 "finished_at": utcnow().isoformat(), "duration_s": round(time.time() - started, 3),
                 "source": plan["source"],
-                "options": {k: plan["options"][k] for k in ("compress", "encrypt", "chunk_rows")},
+                "options": {k: plan["options"][k] for k in ("compress", "encrypt", "chunk_rows")}
+                | ({"skip_dynamodb": True} if plan["options"].get("skip_dynamodb") else {}),
                 "encryption": plan["encryption"], "tables": tables, "totals": totals}
     Manifest.model_validate(manifest)  # a bug here fails the backup, never writes a manifest readers refuse
     return manifest
