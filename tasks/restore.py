@@ -58,6 +58,9 @@ def plain_blocks(settings: Settings, plan: RestorePlan, table: dict[str, Any], c
                       table["name"], chunk)
 
 
+ALREADY = "loaded by an earlier delivery"  # not a reason to skip: the chunk's rows are in, once
+
+
 class _Refused(Exception):
     """The chunk read did not verify: its load is rolled back (the reason is the message)."""
 
@@ -65,18 +68,19 @@ class _Refused(Exception):
 def load_postgres_chunk(settings: Settings, plan: RestorePlan, table: dict[str, Any],
                         chunk: dict[str, Any]) -> tuple[int, str | None]:
     """COPY one chunk into the replacement table, verifying it as it is read: (rows, None) once committed,
-    or (0, why) when the stored chunk is missing or does not verify (nothing of it is kept)."""
+    (rows, ALREADY) when an earlier delivery loaded it, or (0, why) when the stored chunk is missing or does
+    not verify (nothing of it is kept)."""
     target = swap.replacement(table["name"], plan.tag)
     try:
         src, blocks, hashed = plain_blocks(settings, plan, table, chunk)
     except FileNotFoundError:
         return 0, "missing from the store"
     with src:
-        return asyncio.run(_copy_in(settings, target, table, chunk, blocks, hashed))
+        return asyncio.run(_copy_in(settings, target, swap.ledger(plan.tag), table, chunk, blocks, hashed))
 
 
-async def _copy_in(settings: Settings, target: str, table: dict[str, Any], chunk: dict[str, Any], blocks: Any,
-                   hashed: Any) -> tuple[int, str | None]:
+async def _copy_in(settings: Settings, target: str, ledger: str, table: dict[str, Any], chunk: dict[str, Any],
+                   blocks: Any, hashed: Any) -> tuple[int, str | None]:
     p = pg_params(settings)
     conn = await asyncpg.connect(host=p["host"], port=int(p["port"]), user=p["user"], password=p.get("password"),
                                  database=p["dbname"], timeout=settings.postgres_connect_timeout)
@@ -89,13 +93,18 @@ async def _copy_in(settings: Settings, target: str, table: dict[str, Any], chunk
             yield block
     try:
         async with conn.transaction():
+            # exactly once: the ledger row commits with the rows; a second delivery waits here for the first
+            # one's transaction and, once that committed, loads nothing
+            if not await conn.fetchval(f"insert into {ident(ledger)} (tbl, n, rows) values ($1, $2, $3) "
+                                       "on conflict do nothing returning true", table["name"], chunk["n"],
+                                       chunk["rows"]):
+                return chunk["rows"], ALREADY
             where, args = chunks.row_filter(table, chunk) if chunk.get("range") else ("", [])
             if where:  # a rerun of a key-range chunk (an older backup) replaces what an earlier run loaded
                 await conn.execute(f"delete from {ident(target)}{where}", *args)
             whole = not where and not chunk.get("ctid")
             if whole:  # the table's only chunk: emptied in this transaction, so its rows can be written frozen
                 await conn.execute(f"truncate {ident(target)}")
-            # a page-range (ctid) chunk has no key to delete by: the load task runs it once (a marker)
             await conn.copy_to_table(target, source=source(), columns=[c["name"] for c in table["columns"]],
                                      schema_name="public", freeze=whole)
             reason = verdict(hashed, chunk, rows, None)
@@ -104,6 +113,12 @@ async def _copy_in(settings: Settings, target: str, table: dict[str, Any], chunk
     except CorruptChunk as err:  # the COPY was aborted and its transaction rolled back
         drain(hashed)
         return 0, verdict(hashed, chunk, rows, str(err))
+    except asyncpg.PostgresError:  # e.g. bytes changed in an unencrypted chunk that the server refused first
+        drain(hashed)
+        reason = verdict(hashed, chunk, rows, None)
+        if reason and reason.startswith("checksum mismatch"):
+            return 0, reason
+        raise  # the chunk is what the backup wrote: a real error (the job fails, naming it)
     except _Refused as refused:
         return 0, str(refused)
     finally:
@@ -290,6 +305,7 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
                 if listed:
                     plan.plain_generated.append(t["name"])
                 swap.create_replacement(conn, t["name"], plan.tag, plain_generated=bool(listed))
+            swap.create_ledger(conn, plan.tag)
     plan.skipped = [{"name": n, "reason": f"not touched: {why}"} for n, why in bad.items()]
     jobs.save_plan(r, job_id, plan)
     # PostgreSQL chunks are loaded (and verified as they are read) at once, DynamoDB chunks verified first
@@ -325,7 +341,8 @@ def after_verify(self: JobTask, results: list[dict[str, Any]], job_id: str) -> d
     if bad and not dry:
         with pg_connect(self.settings, autocommit=True) as conn:
             swap.drop_replacements(conn, plan.tag, list(bad))
-    plan.skipped += [{"name": n, "reason": f"not touched: {why}"} for n, why in bad.items()]
+    plan.skipped += [{"name": n, "reason": f"not touched: {why}"} for n, why in bad.items()
+                     if n not in {x["name"] for x in plan.skipped}]  # a redelivered after_verify adds none twice
     skipped = {x["name"] for x in plan.skipped}
     plan.ok_tables = [t["name"] for t in plan.tables if t["name"] not in skipped]
     jobs.save_plan(self.redis, job_id, plan)
@@ -345,19 +362,15 @@ def load(self: JobTask, job_id: str, table: str, chunk: int) -> dict[str, Any]:
     plan = jobs.load_plan(self.redis, job_id, RestorePlan)
     t, c = plan.chunk(table, chunk)
     began = time.monotonic()
-    once = f"loaded:{table}:{chunk}"
-    if t["store"] == "postgres" and c.get("ctid") and jobs.marked(self.redis, job_id, once):
-        return jobs.marked(self.redis, job_id, once)  # loaded and committed by an earlier delivery
     done = {"table": table, "chunk": chunk, "path": c["key"], "reason": None}
-    if t["store"] == "postgres":
+    if t["store"] == "postgres":  # once, whatever the deliveries (the restore's ledger)
         rows, reason = load_postgres_chunk(self.settings, plan, t, c)
+        if reason == ALREADY:  # counted by the delivery that loaded it
+            return {**done, "rows": rows, "seconds": 0}
         jobs.add(self.redis, job_id, rows=rows, nbytes=c["bytes_stored"])
         if reason:
             return {**done, "reason": reason}
-        done |= {"rows": rows, "seconds": round(time.monotonic() - began, 3)}
-        if c.get("ctid"):
-            jobs.mark(self.redis, job_id, once, done)
-        return done
+        return {**done, "rows": rows, "seconds": round(time.monotonic() - began, 3)}
     rows = load_dynamo_chunk(self.settings, plan, t, c)
     if rows != c["rows"]:
         raise JobFailed(f"loaded {rows} rows, the manifest says {c['rows']}")
@@ -373,9 +386,12 @@ def build(self: JobTask, job_id: str, table: str) -> dict[str, Any]:
         if table in plan.plain_generated:
             swap.recompute_generated(conn, table, plan.tag)
         expected = plan.table(table)["rows"]
+        # SHARE waits for any load still in flight and keeps new ones out: the count is final
+        conn.execute(psycopg.sql.SQL("lock table {} in share mode").format(
+            psycopg.sql.Identifier(swap.replacement(table, plan.tag))))
         held = conn.execute(psycopg.sql.SQL("select count(*) from {}").format(
             psycopg.sql.Identifier(swap.replacement(table, plan.tag)))).fetchone()[0]
-        if held != expected:  # e.g. a page-range chunk loaded twice by a worker lost between commit and marker
+        if held != expected:  # the ledger makes this a bug's symptom, never a swap of the wrong rows
             raise JobFailed(f"table {table}: the loaded copy holds {held} rows, the backup {expected}; "
                             "the live table is untouched (DynamoDB items already loaded stay), run the restore again")
         swap.build(conn, swap.catalog(conn, table), plan.tag)

@@ -123,6 +123,18 @@ def test_backup_splits_tables_into_chunks_validates_and_decodes_to_the_exact_row
     assert code == 0 and checked["bad_chunks"] == [] and checked["chunks_checked"] == report["totals"]["chunks"]
 
 
+def test_skip_dynamodb_backs_up_the_postgresql_tables_only_and_says_so(data: Any) -> None:
+    code, report = cli_json("backup", "--skip-dynamodb", "--chunk-rows", "1000", timeout=300)
+    assert code == 0 and report["ok"], report
+    stores = {t["name"]: t["store"] for t in report["tables"]}
+    assert "work_tasks" in stores and set(stores.values()) == {"postgres"}, stores
+    manifest = manifest_of(data, report["backup_id"])
+    assert manifest["options"]["skip_dynamodb"] is True and manifest["source"]["dynamodb"] is None
+    for t in manifest["tables"]:  # every table's chunks are page ranges tiling it, planned without a scan
+        if len(t["chunks"]) > 1:
+            assert t["chunks"][0]["ctid"][0] == 0 and t["chunks"][-1]["ctid"][1] is None, t["name"]
+
+
 @pytest.mark.parametrize("compress,encrypt", [(True, False), (False, False), (False, True)])
 def test_compression_and_encryption_each_on_and_off(data: Any, compress: bool, encrypt: bool) -> None:
     report = backup(data, compression_enabled=compress, encryption_enabled=encrypt)

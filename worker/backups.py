@@ -62,7 +62,7 @@ def store_options(settings: Settings) -> dict[str, Any]:
 
 
 def backup_options(settings: Settings, compress: bool | None = None, encrypt: bool | None = None,
-                   chunk_rows: int | None = None, skip_dynamodb: bool | None = None) -> dict[str, Any]:
+                   chunk_rows: int | None = None, skip_dynamodb: bool = False) -> dict[str, Any]:
     """A backup job's options, the same for `worktask backup` and the nightly one from beat (no secrets:
     the key stays in the workers' settings). None takes the setting."""
     return {**store_options(settings),
@@ -71,7 +71,7 @@ def backup_options(settings: Settings, compress: bool | None = None, encrypt: bo
             "chunk_rows": chunk_rows or settings.chunk_rows, "dynamo_segments": settings.dynamo_segments,
             "kms_key_id": settings.backup_kms_key_id, "rate_limit": settings.backup_rate_limit,
             "lock_timeout": settings.backup_lock_timeout,
-            "skip_dynamodb": settings.skip_dynamodb if skip_dynamodb is None else skip_dynamodb}
+            "skip_dynamodb": skip_dynamodb}  # a flag of `worktask backup` only: the nightly one takes everything
 
 
 def store_for(settings: Settings, options: dict[str, Any] | None = None) -> ObjectStore:

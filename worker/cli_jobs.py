@@ -148,12 +148,11 @@ def seed(config_only: bool, skip_existing: bool | None, overwrite: bool, dry_run
 @click.option("--compress/--no-compress", default=None, help="zstd (default: COMPRESSION_ENABLED).")
 @click.option("--encrypt/--no-encrypt", default=None, help="AES-256-GCM (default: ENCRYPTION_ENABLED).")
 @click.option("--chunk-rows", type=click.IntRange(1000), default=None, help="Rows per chunk (default: CHUNK_ROWS).")
-@click.option("--skip-dynamodb/--with-dynamodb", default=None,
-              help="Back up the PostgreSQL tables only (default: SKIP_DYNAMODB, false).")
+@click.option("--skip-dynamodb", is_flag=True, help="Back up the PostgreSQL tables only (what pg_dump would).")
 @output_options()
 @click.pass_context
 def backup(ctx: click.Context, compress: bool | None, encrypt: bool | None, chunk_rows: int | None,
-           skip_dynamodb: bool | None, as_json: bool, no_wait: bool, timeout: int | None) -> int:
+           skip_dynamodb: bool, as_json: bool, no_wait: bool, timeout: int | None) -> int:
     """Back up every PostgreSQL table and the DynamoDB table: one task per page range and scan segment,
     through one snapshot, compressed, encrypted and checksummed; the manifest is written last.
 
@@ -169,9 +168,8 @@ def backup(ctx: click.Context, compress: bool | None, encrypt: bool | None, chun
     s = settings()
     comp = flag_or(compress, s.compression_enabled)
     enc = flag_or(encrypt, s.encryption_enabled)
-    skip = flag_or(skip_dynamodb, s.skip_dynamodb)
-    return run_job(lambda: commands.backup(s, comp, enc, chunk_rows, skip), "backup", as_json, no_wait, timeout,
-                   render_backup)
+    return run_job(lambda: commands.backup(s, comp, enc, chunk_rows, skip_dynamodb), "backup", as_json, no_wait,
+                   timeout, render_backup)
 
 
 @backup.command("list")

@@ -79,7 +79,6 @@ class Settings(BaseSettings):
     skip_seeding: bool = _f(False, BOOL)
     skip_backup: bool = _f(False, BOOL)
     skip_validation: bool = _f(False, BOOL)
-    skip_dynamodb: bool = _f(False, BOOL)
     generate_test_data: bool = _f(False, BOOL)
     test_data_count: int = _f(10, "a whole number of work tasks, 1-10000000", ge=1, le=10_000_000)
     fix_issues: bool = _f(False, BOOL)

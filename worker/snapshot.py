@@ -50,7 +50,8 @@ def start_holder(r: redis.Redis, settings: Settings, job_id: str, gen: int, max_
     wait += lock_timeout * LIST_TRIES
     spec = {"pg": pg_params(settings), "redis_url": redis_url(settings.result_backend), "hold_key": hold_key,
             "lease_key": lease_key, "max_seconds": max_seconds, "lock_timeout": lock_timeout, "job_id": job_id}
-    proc = subprocess.Popen([sys.executable, str(HOLDER)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+    # -P: the script's folder (worker/) is not put first on sys.path, so no module of ours shadows a library's
+    proc = subprocess.Popen([sys.executable, "-P", str(HOLDER)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:  # the spec (a password among it) goes through a pipe: never in argv or the environment
         proc.stdin.write((json.dumps(spec) + "\n").encode())

@@ -117,8 +117,11 @@ def hold(spec: dict[str, Any]) -> None:
         r.hset(hold_key, "error", str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
         r.expire(hold_key, 600)
         return
-    r.hset(hold_key, mapping={"snapshot": snap, "tables": json.dumps(tables), "pid": os.getpid(),
-                              "since": time.time()})
+    with r.pipeline() as p:  # never a key without its expiry: a holder killed now leaves nothing behind
+        p.hset(hold_key, mapping={"snapshot": snap, "tables": json.dumps(tables), "pid": os.getpid(),
+                                  "since": time.time()})
+        p.expire(hold_key, HEARTBEAT_TTL)
+        p.execute()
     deadline = time.monotonic() + spec["max_seconds"]
     last_ok, beat = time.monotonic(), 0
     try:

@@ -49,6 +49,21 @@ def marker(tag: str, table: str) -> str:
     return f"{MARKER}{tag}:{table}"
 
 
+def ledger(tag: str) -> str:
+    """The restore's ledger: one row per chunk whose load committed, written in the load's own transaction,
+    so a chunk delivered twice is loaded once. Marked as a replacement of no table (dropped with them)."""
+    return f"worktask_restore_loads_{_clip(tag, 16)}"
+
+
+def create_ledger(conn: psycopg.Connection, tag: str) -> str:
+    name = sql.Identifier(ledger(tag))
+    conn.execute(sql.SQL("drop table if exists {}").format(name))
+    conn.execute(sql.SQL("create table {} (tbl text not null, n int not null, rows bigint not null, "
+                         "primary key (tbl, n))").format(name))
+    conn.execute(sql.SQL("comment on table {} is {}").format(name, sql.Literal(marker(tag, ""))))
+    return ledger(tag)
+
+
 def qi(conn: psycopg.Connection, name: str) -> str:
     """An identifier as SQL text (sqltext.ident; `conn` is not used). Kept for tasks/restore.py."""
     return ident(name)
