@@ -309,8 +309,11 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
     plan.skipped = [{"name": n, "reason": f"not touched: {why}"} for n, why in bad.items()]
     jobs.save_plan(r, job_id, plan)
     # PostgreSQL chunks are loaded (and verified as they are read) at once, DynamoDB chunks verified first
+    # the biggest first (the queue is first in, first out): the small ones fill the gaps at the end
+    work = sorted(((t, c) for t in plan.tables if t["name"] not in bad for c in t["chunks"]),
+                  key=lambda tc: -tc[1]["bytes_raw"])
     header = [(verify if dry or t["store"] == "dynamodb" else load).s(job_id=job_id, table=t["name"], chunk=c["n"])
-              for t in plan.tables if t["name"] not in bad for c in t["chunks"]]
+              for t, c in work]
     dynamo_chunks = sum(len(t["chunks"]) for t in plan.tables if t["store"] == "dynamodb" and t["name"] not in bad)
     jobs.start(r, job_id, len(header) + (0 if dry else dynamo_chunks))
     fan_out(header, after_verify.s(job_id=job_id))
@@ -349,7 +352,7 @@ def after_verify(self: JobTask, results: list[dict[str, Any]], job_id: str) -> d
     jobs.put_value(self.redis, job_id, "loaded", [r for r in results if "rows" in r and not r["reason"]])
     if dry or not plan.ok_tables:
         return finalize.run([], job_id=job_id)
-    ok = [t for t in plan.tables if t["name"] in plan.ok_tables]
+    ok = sorted((t for t in plan.tables if t["name"] in plan.ok_tables), key=lambda t: -t["bytes_raw"])
     header = [build.s(job_id=job_id, table=t["name"]) for t in ok if t["store"] == "postgres"]
     header += [load.s(job_id=job_id, table=t["name"], chunk=c["n"]) for t in ok if t["store"] == "dynamodb"
                for c in t["chunks"]]
