@@ -87,42 +87,63 @@ def _reserve(cur: Any, counts: dict[str, int]) -> dict[str, list[int]]:
     return dict(zip(counts, row))
 
 
+def _earlier(below: Any, p: int, k: int) -> list[int]:
+    """sorted(rng.sample(range(p), k)) for k <= 2 <= 21 (sample's pool path), drawing exactly what it draws."""
+    if k == 0:
+        return []
+    first = below(p)
+    if k == 1:
+        return [first]
+    second = below(p - 1)
+    second = p - 1 if second == first else second  # sample moved the last item into the vacancy
+    return [first, second] if first < second else [second, first]
+
+
 def make_chunk(rng: random.Random, n: int, standards: dict[int, tuple[str, int]],
                types: list[tuple[int, str, str, int]], workgroups: list[int],
                now: datetime) -> dict[str, list[dict[str, Any]]]:
-    """The rows of n work tasks (ids assigned later): tasks with todos (a DAG), deliverables, checks."""
+    """The rows of n work tasks (ids assigned later): tasks with todos (a DAG), deliverables, checks.
+
+    The hot draws call the generator's own `_randbelow` as `randint`, `randrange`, `choice` and `sample`
+    do (randint(a, b) is a + below(b - a + 1), choice(s) is s[below(len(s))]), in the same order: the
+    same seed gives the same data as those calls, without their per-call overhead."""
+    below, uniform, rand = rng._randbelow, rng.uniform, rng.random
+    todo_open, verbs, objects, context = ("pending", "pending", "in_progress", "blocked"), VERBS, OBJECTS, CONTEXT
+    n_types, n_groups, n_steps = len(types), len(workgroups), len(STEPS)
     tasks = []
     for _ in range(n):
-        created = now - timedelta(days=rng.uniform(1, 120))
-        todo_count = rng.randint(3, 7)
-        done = rng.choice([0, 0, rng.randint(0, todo_count), todo_count])
+        created = now - timedelta(days=uniform(1, 120))
+        todo_count = 3 + below(5)  # randint(3, 7)
+        partly = below(todo_count + 1)  # choice([0, 0, randint(0, todo_count), todo_count])
+        done = (0, 0, partly, todo_count)[below(4)]
         todos = []
         for p in range(todo_count):
-            status = "done" if p < done else rng.choice(["pending", "pending", "in_progress", "blocked"])
-            deps = sorted(rng.sample(range(p), k=min(p, rng.randint(0, 2))))  # only earlier todos: a DAG
-            todos.append({"title": f"{STEPS[p % len(STEPS)]} ({p + 1}/{todo_count})", "status": status,
+            status = "done" if p < done else todo_open[below(4)]
+            deps = _earlier(below, p, min(p, below(3)))  # only earlier todos: a DAG
+            todos.append({"title": f"{STEPS[p % n_steps]} ({p + 1}/{todo_count})", "status": status,
                           "position": p, "deps": deps})
         if done == todo_count:
-            status, completed = "completed", created + timedelta(days=rng.uniform(0.5, 30))
+            status, completed = "completed", created + timedelta(days=uniform(0.5, 30))
         elif done:
-            status, completed = rng.choice(["in_progress", "blocked"]), None
+            status, completed = ("in_progress", "blocked")[below(2)], None
         else:
-            status, completed = rng.choice(["pending", "pending", "cancelled"]), None
-        title = f"{rng.choice(VERBS)} {rng.choice(OBJECTS)} {rng.choice(CONTEXT)}"
+            status, completed = ("pending", "pending", "cancelled")[below(3)], None
+        title = f"{verbs[below(len(verbs))]} {objects[below(len(objects))]} {context[below(len(context))]}"
         deliverables = []
-        for d in range(rng.randint(1, 3)):
-            type_id, type_key, ext, std_id = rng.choice(types)  # checked against its type's standard
+        for d in range(1 + below(3)):
+            type_id, type_key, ext, std_id = types[below(n_types)]  # checked against its type's standard
             std_key, threshold = standards[std_id]
-            score = round(rng.uniform(55, 99), 2)
+            score = round(uniform(55, 99), 2)
             passed = score >= threshold
             deliverables.append({"name": f"{title[:60]} — {type_key.replace('_', ' ')} {d + 1}", "type_id": type_id,
-                                 "ext": ext, "todo": rng.randrange(todo_count) if rng.random() < 0.7 else None,
+                                 "ext": ext, "todo": below(todo_count) if rand() < 0.7 else None,
                                  "status": ("approved" if passed else "rejected") if status == "completed"
-                                 else rng.choice(["draft", "submitted"]),
+                                 else ("draft", "submitted")[below(2)],
                                  "check": {"standard_id": std_id, "score": score, "passed": passed,
                                            "details": {"standard": std_key, "reviewer": "test-data"}}})
         tasks.append({"title": title, "description": f"{title}. Generated test data; safe to delete.",
-                      "priority": rng.choice(PRIORITIES), "status": status, "workgroup_id": rng.choice(workgroups),
+                      "priority": PRIORITIES[below(len(PRIORITIES))], "status": status,
+                      "workgroup_id": workgroups[below(n_groups)],
                       "created": created, "completed": completed, "todos": todos, "deliverables": deliverables})
     return {"tasks": tasks}
 
@@ -176,7 +197,7 @@ def generate_chunk(settings: Settings, options: dict[str, Any], chunk: int, coun
                 if not no_files:
                     files.append((key, f"# {d['name']}\n\nDeliverable of work task {tid}. Test data.\n"))
             # drawn with or without --no-dynamodb: the PostgreSQL rows of a seed do not depend on it
-            complexity, risk = rng.randint(1, 13), rng.choice(["low", "medium", "high"])
+            complexity, risk = 1 + rng._randbelow(13), ("low", "medium", "high")[rng._randbelow(3)]
             hours = round(rng.uniform(2, 80), 1)
             if not no_dynamodb:
                 items.append(_analysis_item(tid, t, complexity, risk, hours))
