@@ -9,8 +9,11 @@ Test data is marked (is_test, an is_test attribute, the test-data/ prefix): clea
 from __future__ import annotations
 
 import json
+import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -20,7 +23,7 @@ from worker import backups, jobs
 from worker.app import app
 from worker.connections import aws_client, pg_connect
 from worker.constants import TASK_TESTDATA_CHUNK, TASK_TESTDATA_CLEAN, TASK_TESTDATA_FINALIZE, TASK_TESTDATA_START
-from worker.dynamo import batch_write, to_item
+from worker.dynamo import batch_write
 from worker.dynamo import exists as dynamo_exists
 from worker.errors import JobFailed
 from worker.reports import TestDataReport
@@ -41,63 +44,106 @@ STEPS = ["Write the design note", "Add failing tests", "Implement the change", "
          "Add metrics and alerts", "Run the load test", "Review with the owning team", "Update the runbook",
          "Roll out to staging", "Roll out to production"]
 PRIORITIES = ["low", "medium", "high", "critical"]
+NULL = "\\N"  # COPY text format
 
 
-def _ts(t: datetime) -> str:
-    return t.isoformat()
+_ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+COLUMNS = {"work_tasks": ("id", "title", "description", "priority", "status", "workgroup_id", "is_test", "created_at",
+                          "updated_at", "completed_at"),
+           "todo_items": ("id", "work_task_id", "title", "status", "position", "is_test", "created_at", "updated_at"),
+           "todo_dependencies": ("todo_id", "depends_on_todo_id"),
+           "deliverables": ("id", "work_task_id", "todo_id", "artifact_type_id", "name", "file_key", "status",
+                            "is_test", "created_at", "updated_at"),
+           "quality_checks": ("id", "deliverable_id", "standard_id", "score", "passed", "details", "checked_at")}
+DYNAMO_THREADS = 4  # BatchWriteItem calls in flight per chunk
 
 
-def _copy(cur: Any, table: str, columns: list[str], rows: list[list[Any]]) -> None:
+def _text(value: str) -> str:
+    """A string as a COPY text-format field."""
+    return value.translate(_ESCAPE)
+
+
+def _plain(*strings: str) -> bool:
+    """Whether the strings hold nothing COPY's text format escapes (then they go in as they are)."""
+    return not any(c in s for s in strings for c in "\\\t\n\r")
+
+
+_CONSTANTS_PLAIN = _plain(*VERBS, *OBJECTS, *CONTEXT, *STEPS, *PRIORITIES, FILES_PREFIX)
+
+
+def _copy(cur: Any, table: str, lines: list[str]) -> None:
+    """COPY the rows (text format, one line each) into table in one write: no per-row formatting."""
     query = sql.SQL("copy {} ({}) from stdin").format(sql.Identifier(table),
-                                                      sql.SQL(", ").join(map(sql.Identifier, columns)))
+                                                      sql.SQL(", ").join(map(sql.Identifier, COLUMNS[table])))
     with cur.copy(query) as copy:
-        for row in rows:
-            copy.write_row(row)
+        copy.write("".join(lines).encode())
 
 
-def _reserve(cur: Any, table: str, n: int) -> list[int]:
-    if n == 0:
+def _reserve(cur: Any, counts: dict[str, int]) -> dict[str, list[int]]:
+    """Ids from each table's own sequence, n of them per table, in one round trip."""
+    parts = [sql.SQL("array(select nextval(pg_get_serial_sequence({}, 'id')) from generate_series(1, {}))").format(
+        sql.Literal(table), sql.Literal(n)) for table, n in counts.items()]
+    row = cur.execute(sql.SQL("select ") + sql.SQL(", ").join(parts)).fetchone()
+    return dict(zip(counts, row))
+
+
+def _earlier(below: Any, p: int, k: int) -> list[int]:
+    """sorted(rng.sample(range(p), k)) for k <= 2 <= 21 (sample's pool path), drawing exactly what it draws."""
+    if k == 0:
         return []
-    return [r[0] for r in cur.execute("select nextval(pg_get_serial_sequence(%s, 'id')) from generate_series(1, %s)",
-                                      (table, n))]
+    first = below(p)
+    if k == 1:
+        return [first]
+    second = below(p - 1)
+    second = p - 1 if second == first else second  # sample moved the last item into the vacancy
+    return [first, second] if first < second else [second, first]
 
 
 def make_chunk(rng: random.Random, n: int, standards: dict[int, tuple[str, int]],
                types: list[tuple[int, str, str, int]], workgroups: list[int],
                now: datetime) -> dict[str, list[dict[str, Any]]]:
-    """The rows of n work tasks (ids assigned later): tasks with todos (a DAG), deliverables, checks."""
+    """The rows of n work tasks (ids assigned later): tasks with todos (a DAG), deliverables, checks.
+
+    The hot draws call the generator's own `_randbelow` as `randint`, `randrange`, `choice` and `sample`
+    do (randint(a, b) is a + below(b - a + 1), choice(s) is s[below(len(s))]), in the same order: the
+    same seed gives the same data as those calls, without their per-call overhead."""
+    below, uniform, rand = rng._randbelow, rng.uniform, rng.random
+    todo_open, verbs, objects, context = ("pending", "pending", "in_progress", "blocked"), VERBS, OBJECTS, CONTEXT
+    n_types, n_groups, n_steps = len(types), len(workgroups), len(STEPS)
     tasks = []
     for _ in range(n):
-        created = now - timedelta(days=rng.uniform(1, 120))
-        todo_count = rng.randint(3, 7)
-        done = rng.choice([0, 0, rng.randint(0, todo_count), todo_count])
+        created = now - timedelta(days=uniform(1, 120))
+        todo_count = 3 + below(5)  # randint(3, 7)
+        partly = below(todo_count + 1)  # choice([0, 0, randint(0, todo_count), todo_count])
+        done = (0, 0, partly, todo_count)[below(4)]
         todos = []
         for p in range(todo_count):
-            status = "done" if p < done else rng.choice(["pending", "pending", "in_progress", "blocked"])
-            deps = sorted(rng.sample(range(p), k=min(p, rng.randint(0, 2))))  # only earlier todos: a DAG
-            todos.append({"title": f"{STEPS[p % len(STEPS)]} ({p + 1}/{todo_count})", "status": status,
+            status = "done" if p < done else todo_open[below(4)]
+            deps = _earlier(below, p, min(p, below(3)))  # only earlier todos: a DAG
+            todos.append({"title": f"{STEPS[p % n_steps]} ({p + 1}/{todo_count})", "status": status,
                           "position": p, "deps": deps})
         if done == todo_count:
-            status, completed = "completed", created + timedelta(days=rng.uniform(0.5, 30))
+            status, completed = "completed", created + timedelta(days=uniform(0.5, 30))
         elif done:
-            status, completed = rng.choice(["in_progress", "blocked"]), None
+            status, completed = ("in_progress", "blocked")[below(2)], None
         else:
-            status, completed = rng.choice(["pending", "pending", "cancelled"]), None
-        title = f"{rng.choice(VERBS)} {rng.choice(OBJECTS)} {rng.choice(CONTEXT)}"
+            status, completed = ("pending", "pending", "cancelled")[below(3)], None
+        title = f"{verbs[below(len(verbs))]} {objects[below(len(objects))]} {context[below(len(context))]}"
         deliverables = []
-        for d in range(rng.randint(1, 3)):
-            type_id, type_key, ext, std_id = rng.choice(types)  # checked against its type's standard
+        for d in range(1 + below(3)):
+            type_id, type_key, ext, std_id = types[below(n_types)]  # checked against its type's standard
             std_key, threshold = standards[std_id]
-            score = round(rng.uniform(55, 99), 2)
+            score = round(uniform(55, 99), 2)
             passed = score >= threshold
             deliverables.append({"name": f"{title[:60]} — {type_key.replace('_', ' ')} {d + 1}", "type_id": type_id,
-                                 "ext": ext, "todo": rng.randrange(todo_count) if rng.random() < 0.7 else None,
+                                 "ext": ext, "todo": below(todo_count) if rand() < 0.7 else None,
                                  "status": ("approved" if passed else "rejected") if status == "completed"
-                                 else rng.choice(["draft", "submitted"]),
+                                 else ("draft", "submitted")[below(2)],
                                  "check": {"standard_id": std_id, "score": score, "passed": passed,
                                            "details": {"standard": std_key, "reviewer": "test-data"}}})
         tasks.append({"title": title, "description": f"{title}. Generated test data; safe to delete.",
-                      "priority": rng.choice(PRIORITIES), "status": status, "workgroup_id": rng.choice(workgroups),
+                      "priority": PRIORITIES[below(len(PRIORITIES))], "status": status,
+                      "workgroup_id": workgroups[below(n_groups)],
                       "created": created, "completed": completed, "todos": todos, "deliverables": deliverables})
     return {"tasks": tasks}
 
@@ -105,7 +151,7 @@ def make_chunk(rng: random.Random, n: int, standards: dict[int, tuple[str, int]]
 def generate_chunk(settings: Settings, options: dict[str, Any], chunk: int, count: int) -> dict[str, int]:
     rng = random.Random(f"{options['seed']}:{chunk}")
     now = datetime(2026, 1, 1, tzinfo=UTC) if options.get("seed_given") else datetime.now(UTC)
-    out = {"tasks": 0, "todos": 0, "deliverables": 0, "quality_checks": 0, "analysis_items": 0, "files": 0}
+    no_files, no_dynamodb = bool(options.get("no_files")), bool(options.get("no_dynamodb"))
     with pg_connect(settings) as conn, conn.cursor() as cur:
         standards = {i: (k, t) for i, k, t in cur.execute("select id, key, threshold from quality_standards")}
         types = [(i, k, (ext or [".txt"])[0], std) for i, k, ext, std in
@@ -114,65 +160,90 @@ def generate_chunk(settings: Settings, options: dict[str, Any], chunk: int, coun
         if not (standards and types and workgroups):
             raise JobFailed("no seeded configuration: run worktask seed first")
         data = make_chunk(rng, count, standards, types, workgroups, now)["tasks"]
-        task_ids = _reserve(cur, "work_tasks", len(data))
-        todo_ids = iter(_reserve(cur, "todo_items", sum(len(t["todos"]) for t in data)))
-        deliv_ids = iter(_reserve(cur, "deliverables", sum(len(t["deliverables"]) for t in data)))
-        check_ids = iter(_reserve(cur, "quality_checks", sum(len(t["deliverables"]) for t in data)))
-        rows: dict[str, list[list[Any]]] = {"work_tasks": [], "todo_items": [], "todo_dependencies": [],
-                                            "deliverables": [], "quality_checks": []}
+        n_deliverables = sum(len(t["deliverables"]) for t in data)
+        ids = _reserve(cur, {"work_tasks": len(data), "todo_items": sum(len(t["todos"]) for t in data),
+                             "deliverables": n_deliverables, "quality_checks": n_deliverables})
+        todo_ids, deliv_ids, check_ids = (iter(ids[t]) for t in ("todo_items", "deliverables", "quality_checks"))
+        details = {std_id: _text(json.dumps({"standard": key, "reviewer": "test-data"}))
+                   for std_id, (key, _) in standards.items()}
+        # titles and names are made of the constants and the seeded keys: escaped only if one of those needs it
+        esc = str if _CONSTANTS_PLAIN and _plain(*(k for _, k, _, _ in types), *(e for _, _, e, _ in types)) else _text
+        tasks, todos, deps, delivs, checks = [], [], [], [], []  # COPY text lines
         items, files = [], []
-        for tid, t in zip(task_ids, data):
-            upd = t["completed"] or t["created"] + timedelta(hours=rng.uniform(1, 48))
-            rows["work_tasks"].append([tid, t["title"], t["description"], t["priority"], t["status"], t["workgroup_id"],
-                                       True, _ts(t["created"]), _ts(upd),
-                                       _ts(t["completed"]) if t["completed"] else None])
-            ids = []
+        for tid, t in zip(ids["work_tasks"], data):
+            completed = t["completed"]
+            upd = completed or t["created"] + timedelta(hours=rng.uniform(1, 48))
+            created_s, upd_s = t["created"].isoformat(), upd.isoformat()
+            tasks.append(f"{tid}\t{esc(t['title'])}\t{esc(t['description'])}\t{t['priority']}\t{t['status']}\t"
+                         f"{t['workgroup_id']}\tt\t{created_s}\t{upd_s}\t"
+                         f"{completed.isoformat() if completed else NULL}\n")
+            todo_of = []
             for todo in t["todos"]:
-                ids.append(next(todo_ids))
-                rows["todo_items"].append([ids[-1], tid, todo["title"], todo["status"], todo["position"], True,
-                                           _ts(t["created"]), _ts(upd)])
-                rows["todo_dependencies"] += [[ids[-1], ids[d]] for d in todo["deps"]]
+                todo_id = next(todo_ids)
+                todo_of.append(todo_id)
+                todos.append(f"{todo_id}\t{tid}\t{esc(todo['title'])}\t{todo['status']}\t{todo['position']}\tt\t"
+                             f"{created_s}\t{upd_s}\n")
+                for d in todo["deps"]:
+                    deps.append(f"{todo_id}\t{todo_of[d]}\n")
             for d in t["deliverables"]:
                 did = next(deliv_ids)
                 key = f"{FILES_PREFIX}{tid}/{did}{d['ext']}"
-                rows["deliverables"].append([did, tid, ids[d["todo"]] if d["todo"] is not None else None, d["type_id"],
-                                             d["name"], key, d["status"], True, _ts(t["created"]), _ts(upd)])
+                todo_ref = todo_of[d["todo"]] if d["todo"] is not None else NULL
+                delivs.append(f"{did}\t{tid}\t{todo_ref}\t{d['type_id']}\t{esc(d['name'])}\t{esc(key)}\t"
+                              f"{d['status']}\tt\t{created_s}\t{upd_s}\n")
                 c = d["check"]
-                rows["quality_checks"].append([next(check_ids), did, c["standard_id"], c["score"], c["passed"],
-                                               json.dumps(c["details"]), _ts(upd)])
-                files.append((key, f"# {d['name']}\n\nDeliverable of work task {tid}. Test data.\n"))
-            items.append({"PK": f"TASK#{tid}", "SK": "ANALYSIS", "type": "analysis", "is_test": True,
-                          "work_task_id": tid, "complexity": rng.randint(1, 13),
-                          "risk": rng.choice(["low", "medium", "high"]),
-                          "summary": f"Analysis of '{t['title']}': {len(t['todos'])} steps, "
-                                     f"{len(t['deliverables'])} deliverable(s).",
-                          "estimated_hours": round(rng.uniform(2, 80), 1)})
-        cols = {"work_tasks": ["id", "title", "description", "priority", "status", "workgroup_id", "is_test",
-                               "created_at", "updated_at", "completed_at"],
-                "todo_items": ["id", "work_task_id", "title", "status", "position", "is_test", "created_at",
-                               "updated_at"],
-                "todo_dependencies": ["todo_id", "depends_on_todo_id"],
-                "deliverables": ["id", "work_task_id", "todo_id", "artifact_type_id", "name", "file_key", "status",
-                                 "is_test", "created_at", "updated_at"],
-                "quality_checks": ["id", "deliverable_id", "standard_id", "score", "passed", "details", "checked_at"]}
-        for table in cols:
-            _copy(cur, table, cols[table], rows[table])
+                checks.append(f"{next(check_ids)}\t{did}\t{c['standard_id']}\t{c['score']}\t"
+                              f"{'t' if c['passed'] else 'f'}\t{details[c['standard_id']]}\t{upd_s}\n")
+                if not no_files:
+                    files.append((key, f"# {d['name']}\n\nDeliverable of work task {tid}. Test data.\n"))
+            # drawn with or without --no-dynamodb: the PostgreSQL rows of a seed do not depend on it
+            complexity, risk = 1 + rng._randbelow(13), ("low", "medium", "high")[rng._randbelow(3)]
+            hours = round(rng.uniform(2, 80), 1)
+            if not no_dynamodb:
+                items.append(_analysis_item(tid, t, complexity, risk, hours))
+        for table, lines in zip(COLUMNS, (tasks, todos, deps, delivs, checks)):
+            _copy(cur, table, lines)
         conn.commit()
     write_items(settings, items)
-    if not options.get("no_files"):
+    if files:
         store = backups.store_for(settings, options)
         for key, text in files:
             store.put(key, text.encode())
-        out["files"] = len(files)
-    out.update(tasks=len(rows["work_tasks"]), todos=len(rows["todo_items"]), deliverables=len(rows["deliverables"]),
-               quality_checks=len(rows["quality_checks"]), analysis_items=len(items))
-    return out
+    return {"tasks": len(tasks), "todos": len(todos), "deliverables": len(delivs), "quality_checks": len(checks),
+            "analysis_items": len(items), "files": len(files)}
+
+
+def _analysis_item(tid: int, t: dict[str, Any], complexity: int, risk: str, hours: float) -> dict[str, Any]:
+    """The work task's analysis item, in DynamoDB's wire format (what to_item makes of it, without its walk)."""
+    summary = f"Analysis of '{t['title']}': {len(t['todos'])} steps, {len(t['deliverables'])} deliverable(s)."
+    return {"PK": {"S": f"TASK#{tid}"}, "SK": {"S": "ANALYSIS"}, "type": {"S": "analysis"}, "is_test": {"BOOL": True},
+            "work_task_id": {"N": str(tid)}, "complexity": {"N": str(complexity)}, "risk": {"S": risk},
+            "summary": {"S": summary}, "estimated_hours": {"N": str(Decimal(str(hours)))}}
+
+
+_clients: dict[tuple[Any, ...], Any] = {}
+
+
+def _dynamodb(settings: Settings) -> Any:
+    """One DynamoDB client per worker process and endpoint (boto3 clients are thread-safe; making one costs ~0.1 s)."""
+    key = (os.getpid(), settings.aws_region, settings.aws_endpoint_url)
+    if key not in _clients:
+        _clients[key] = aws_client(settings, "dynamodb")
+    return _clients[key]
 
 
 def write_items(settings: Settings, items: list[dict[str, Any]]) -> None:
-    client, table = aws_client(settings, "dynamodb"), settings.dynamo_table_name
+    """BatchWriteItem the items (wire format), DYNAMO_THREADS batches of 25 in flight."""
+    if not items:
+        return
+    client, table = _dynamodb(settings), settings.dynamo_table_name
+    requests = [{"PutRequest": {"Item": it}} for it in items]
+    size = -(-len(requests) // (25 * DYNAMO_THREADS)) * 25  # whole batches per thread
+    parts = [requests[i:i + size] for i in range(0, len(requests), size)]
     try:
-        batch_write(client, table, [{"PutRequest": {"Item": to_item(it)}} for it in items])
+        with ThreadPoolExecutor(len(parts)) as pool:
+            for done in [pool.submit(batch_write, client, table, part) for part in parts]:
+                done.result()
     except ClientError as err:
         if err.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
             raise JobFailed(f"DynamoDB table {table} does not exist: run worktask migrate first") from None

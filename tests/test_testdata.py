@@ -109,3 +109,16 @@ def test_cleanup_removes_exactly_the_test_data(clean: Any) -> None:
         assert pg.execute("select count(*) from work_tasks where is_test").fetchone()[0] == 0
         assert pg.execute("select count(*) from todo_items where is_test").fetchone()[0] == 0
     assert list(store.list("test-data/")) == []
+
+
+def test_no_dynamodb_gives_the_same_rows_and_no_items(clean: Any) -> None:
+    generate(clean, 25, seed=42, no_files=True)
+    with_items = content(clean)
+    assert run_job(clean, lambda: commands.testdata(clean, "cleanup"))["ok"]
+    code, report = cli_json("testdata", "generate", "25", "--seed", "42", "--no-files", "--no-dynamodb", timeout=300)
+    assert code == 0 and report["tasks"] == 25 and report["analysis_items"] == 0 and report["files"] == 0
+    assert content(clean) == with_items
+    items = aws_client(clean, "dynamodb").scan(TableName=clean.dynamo_table_name, ConsistentRead=True,
+                                               FilterExpression="is_test = :t",
+                                               ExpressionAttributeValues={":t": {"BOOL": True}})["Items"]
+    assert items == []

@@ -300,20 +300,28 @@ def testdata() -> None:
 @click.argument("count", type=click.IntRange(1, 10_000_000), required=False)
 @click.option("--seed", type=int, default=None, help="Make the data reproducible.")
 @click.option("--no-files", is_flag=True, help="Leave the deliverables' files out (large counts).")
+@click.option("--no-dynamodb", is_flag=True, help="Leave the DynamoDB analysis items out (PostgreSQL rows only).")
 @output_options()
-def testdata_generate(count: int | None, seed: int | None, no_files: bool, as_json: bool, no_wait: bool,
-                      timeout: int | None) -> int:
+def testdata_generate(count: int | None, seed: int | None, no_files: bool, no_dynamodb: bool, as_json: bool,
+                      no_wait: bool, timeout: int | None) -> int:
     """Generate COUNT work tasks (default TEST_DATA_COUNT), each with 3-7 todos (a DAG), 1-3 deliverables
     with quality checks, an analysis item in DynamoDB and the deliverable's file under test-data/.
+    The same --seed and COUNT give the same rows, with or without --no-files and --no-dynamodb.
 
     \b
     Examples:
       worktask testdata generate 50 --seed 7
       worktask testdata generate 100000 --no-files
+      worktask testdata generate 100000 --no-files --no-dynamodb
     """
     s = settings()
-    return run_job(lambda: commands.testdata(s, "generate", flag_or(count, s.test_data_count), seed, no_files),
-                   "testdata_generate", as_json, no_wait, timeout, render_testdata)
+
+    def submit() -> str:  # the testdata job as commands.testdata plans it, with no_dynamodb in its options
+        job = commands.plan_step("testdata", None, lambda: commands.testdata(
+            s, "generate", flag_or(count, s.test_data_count), seed, no_files))
+        return commands.submit(s, job["kind"], job["task"], {**job["options"], "no_dynamodb": no_dynamodb})
+
+    return run_job(submit, "testdata_generate", as_json, no_wait, timeout, render_testdata)
 
 
 @testdata.command("cleanup")
