@@ -83,7 +83,7 @@ def check_backup_store(settings: Settings) -> str:
 
 
 def check_workers(settings: Settings) -> str:
-    workers = jobs.live_workers(app, timeout=1.5)  # the bound: inspect waits 1.5 s, however many answer
+    workers = jobs.live_workers(app, timeout=1.5)  # done when every bound worker answered; at most 1.5 s
     if not workers:
         raise WorktaskError("no worker answered within 1.5 s")
     missing = {QUEUE_CONTROL, QUEUE_BULK} - {q for qs in workers.values() for q in qs}
