@@ -466,12 +466,13 @@ def wait(r: redis.Redis, job_id: str, timeout: float,
     """The job's report once it has one (or failed); JobTimeout past `timeout` seconds.
 
     Blocks on the job's channel between reads of its record: a change wakes it at once (no polling delay at
-    the end). Subscribed before the first read, so no change after that read is missed; should a message be
-    lost all the same (a dropped connection, a worker that does not announce), the record is read again every
-    `interval` seconds."""
+    the end). Subscribed (confirmed by Redis) before the first read, so no change after that read is missed;
+    should a message be lost all the same (a dropped connection, a worker that does not announce), the record
+    is read again every `interval` seconds."""
     deadline = time.monotonic() + timeout
-    with r.pubsub(ignore_subscribe_messages=True) as events:
+    with r.pubsub() as events:
         events.subscribe(_channel(job_id))
+        _next_event(events, min(interval, timeout), "subscribe")
         while True:
             p = read(r, job_id)
             if p is None:
@@ -491,12 +492,13 @@ def wait(r: redis.Redis, job_id: str, timeout: float,
             _next_event(events, min(interval, left))
 
 
-def _next_event(events: Any, timeout: float) -> None:
-    """Return when a message came on the subscribed channel (then also take those already queued behind it: a
-    burst of progress is read once) or after `timeout` seconds."""
+def _next_event(events: Any, timeout: float, kind: str = "message") -> None:
+    """Return when a message of this kind came on the subscribed channel (then also take the messages already
+    queued behind it: a burst of progress is read once), or after `timeout` seconds."""
     until = time.monotonic() + timeout
     while (left := until - time.monotonic()) > 0:
-        if events.get_message(timeout=left) is not None:
+        got = events.get_message(timeout=left)
+        if got is not None and got["type"] == kind:
             while events.get_message(timeout=0) is not None:
                 pass
             return
