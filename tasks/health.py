@@ -65,8 +65,13 @@ def check_redis(settings: Settings) -> str:
     return f"Redis {info['redis_version']} at {mask_url(settings.celery_broker_url)}, {info['used_memory_human']} used"
 
 
+_CLIENTS: dict[tuple[str, str | None], Any] = {}  # (region, endpoint) -> a DynamoDB client of this process
+
+
 def check_dynamodb(settings: Settings) -> str:
-    client = aws_client(settings, "dynamodb")
+    # Making a boto3 client costs more than the call it makes; each check still asks DynamoDB itself.
+    where_key = (settings.aws_region, settings.aws_endpoint_url)
+    client = _CLIENTS.get(where_key) or _CLIENTS.setdefault(where_key, aws_client(settings, "dynamodb"))
     where = settings.aws_endpoint_url or settings.aws_region
     try:
         table = client.describe_table(TableName=settings.dynamo_table_name)["Table"]
@@ -83,7 +88,7 @@ def check_backup_store(settings: Settings) -> str:
 
 
 def check_workers(settings: Settings) -> str:
-    workers = jobs.live_workers(app, timeout=1.5)  # the bound: inspect waits 1.5 s, however many answer
+    workers = jobs.live_workers(app, timeout=1.5)  # done when every bound worker answered; at most 1.5 s
     if not workers:
         raise WorktaskError("no worker answered within 1.5 s")
     missing = {QUEUE_CONTROL, QUEUE_BULK} - {q for qs in workers.values() for q in qs}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -56,3 +57,53 @@ def test_finalize_after_a_failure_keeps_the_job_failed(settings: Any) -> None:
     jobs.finish(r, job_id, {"job_id": job_id, "kind": "demo", "state": "succeeded", "ok": True})
     report = jobs.report(r, job_id)
     assert report["state"] == "failed" and report["error"] == "worktask.demo.x chunk=1: boom"
+
+
+def test_the_waiter_is_woken_by_each_change_of_the_job_not_by_polling(settings: Any) -> None:
+    """Each change the waiter sees makes the next one (as a worker would): with the fallback read an hour away,
+    only the job's own announcements can carry the wait through start, every chunk and the finish."""
+    r = redis_client(settings)
+    job_id = jobs.create(r, "demo", {})
+    seen: list[tuple[str, int]] = []
+
+    def next_step(p: Any) -> None:
+        seen.append((p.state, p.chunks_done))
+        if p.state == "queued":
+            jobs.start(r, job_id, 3)
+        elif p.chunks_done < 3:
+            jobs.add(r, job_id, rows=10)
+        elif not p.finished:
+            jobs.finish(r, job_id, {"job_id": job_id, "kind": "demo", "state": "succeeded", "ok": True})
+
+    report = jobs.wait(r, job_id, timeout=60, on_progress=next_step, interval=3600)
+    assert report["ok"] and report["job_id"] == job_id
+    assert seen == [("queued", 0), ("running", 0), ("running", 1), ("running", 2), ("running", 3), ("succeeded", 3)]
+
+
+def test_a_failure_wakes_the_waiter_with_the_error(settings: Any) -> None:
+    r = redis_client(settings)
+    job_id = jobs.create(r, "demo", {})
+
+    def fail_once_running(p: Any) -> None:
+        if p.state == "queued":
+            jobs.start(r, job_id, 2)
+        elif p.state == "running":
+            jobs.fail(r, job_id, "worktask.demo.x chunk=0: boom")
+
+    report = jobs.wait(r, job_id, timeout=60, on_progress=fail_once_running, interval=3600)
+    assert report["state"] == "failed" and report["error"] == "worktask.demo.x chunk=0: boom"
+
+
+def test_a_missed_announcement_is_caught_by_the_fallback_read(settings: Any) -> None:
+    """A change nobody announced (a worker of an older version) is still seen: the record is read again."""
+    r = redis_client(settings)
+    job_id = jobs.create(r, "demo", {})
+    key = jobs.JOB_KEY.format(job_id=job_id)
+
+    def finish_silently(p: Any) -> None:
+        if p.state == "queued":
+            r.hset(key, mapping={"state": "succeeded", "report": json.dumps(
+                {"job_id": job_id, "kind": "demo", "state": "succeeded", "ok": True})})
+
+    report = jobs.wait(r, job_id, timeout=60, on_progress=finish_silently, interval=0.2)
+    assert report["ok"]

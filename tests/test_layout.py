@@ -177,3 +177,54 @@ def test_stack_commands_without_the_local_extra_say_what_to_install(tmp_path: Pa
 def test_the_task_modules_import_without_the_local_extra(tmp_path: Path) -> None:
     proc = run_without_extras("--import-tasks", tmp=tmp_path)
     assert proc.returncode == 0, proc.stderr
+
+
+# A fresh interpreter that runs the CLI, then writes the top-level names of the modules it imported to a file.
+IMPORTS_RUN = """
+import sys
+
+from worker.cli import main
+
+try:
+    main(sys.argv[2:])
+except SystemExit:
+    pass
+with open(sys.argv[1], "w") as out:
+    out.write("\\n".join(sorted({name.split(".")[0] for name in sys.modules})))
+"""
+HEAVY = {"alembic", "sqlalchemy", "celery", "kombu", "boto3", "botocore", "psycopg", "redis", "pydantic_settings",
+         "cryptography", "zstandard", "asyncpg"}
+
+
+def imported_by(*args: str, tmp: Path) -> tuple[subprocess.CompletedProcess, set[str]]:
+    listing = tmp / "modules.txt"
+    env = {**os.environ, "WORKTASK_STATE_DIR": str(tmp / "state"), "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"}
+    proc = subprocess.run([sys.executable, "-c", IMPORTS_RUN, str(listing), *args], capture_output=True, text=True,
+                          env=env, cwd=tmp, timeout=120)
+    return proc, set(listing.read_text().split())
+
+
+def test_help_and_usage_errors_import_none_of_the_heavy_libraries(tmp_path: Path) -> None:
+    """`worktask --help`, a command's help and a bad argument answer without loading Celery, alembic,
+    SQLAlchemy, boto3, psycopg, Redis or pydantic-settings: each command imports those when it runs."""
+    for args in (["--help"], ["backup", "--help"], ["restore", "--help"], ["health", "--help"]):
+        proc, modules = imported_by(*args, tmp=tmp_path)
+        assert "Usage: worktask" in proc.stdout, (args, proc.stderr)
+        assert not modules & HEAVY, (args, sorted(modules & HEAVY))
+    proc, modules = imported_by("backup", "--chunk-rows", "ten", tmp=tmp_path)
+    assert "--chunk-rows" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not modules & HEAVY, sorted(modules & HEAVY)
+
+
+def test_a_command_that_only_reads_redis_loads_no_database_or_aws_library(tmp_path: Path) -> None:
+    proc, modules = imported_by("jobs", "show", "not/an-id", tmp=tmp_path)
+    assert "malformed" in proc.stderr, proc.stderr
+    assert not modules & {"alembic", "sqlalchemy", "boto3", "botocore", "psycopg"}, sorted(modules & HEAVY)
+
+
+def test_the_cli_bound_of_retention_days_is_the_settings_bound() -> None:
+    """The CLI names the bound from worker.constants (loading no settings for `--help`); it is the one
+    RETENTION_DAYS is checked against."""
+    from worker import constants, settings
+
+    assert constants.RETENTION_DAYS_MAX == settings.RETENTION_DAYS_MAX

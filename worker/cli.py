@@ -6,6 +6,7 @@ Exit codes (DESIGN §6): 0 done; 1 the job failed or found errors; 2 bad input; 
 from __future__ import annotations
 
 import base64
+import gc
 import os
 import secrets
 import sys
@@ -215,22 +216,32 @@ def _debug() -> bool:
     return os.environ.get("DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def main(argv: list[str] | None = None) -> None:
+def run(argv: list[str] | None = None) -> int:
+    """Run one command; its exit code (errors printed as one line on stderr)."""
     try:
         code = cli.main(args=argv, prog_name="worktask", standalone_mode=False)
     except click.UsageError as e:
         where = e.ctx.command_path if e.ctx else "worktask"
         err.print(f"error: {e.format_message()} (see {where} --help)", markup=False, soft_wrap=True)
-        sys.exit(2)
+        return 2
     except click.Abort:
         err.print("aborted")
-        sys.exit(130)
+        return 130
     except WorktaskError as e:
         if _debug():
             traceback.print_exc()
         err.print(f"error: {e.message}", markup=False, soft_wrap=True)
-        sys.exit(e.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
+        return e.exit_code
+    return code if isinstance(code, int) else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    code = run(argv)
+    if argv is None:  # the `worktask` process itself, which ends here
+        # Its last garbage collection would walk every object of the libraries it loaded (~0.2 s for nothing):
+        # frozen, they are left to the exit. Objects are still freed and files flushed as usual.
+        gc.freeze()
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # python -m worker.cli

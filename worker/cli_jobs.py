@@ -6,12 +6,15 @@ only the shared pieces (worker/cli_options.py), never worker/cli.py.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from rich.markup import escape
 from rich.table import Table
 
 from worker import commands
 from worker.cli_options import dry_run_option, emit_json, flag_or, output_options, run_job, settings
+from worker.constants import RETENTION_DAYS_MAX
 from worker.render import (
     STEP_DETAIL,
     err,
@@ -27,8 +30,9 @@ from worker.render import (
     render_testdata,
     render_validate,
 )
-from worker.reports import Progress as JobProgress
-from worker.settings import RETENTION_DAYS_MAX
+
+if TYPE_CHECKING:
+    from worker.reports import Progress as JobProgress
 
 
 @click.group(invoke_without_command=True)

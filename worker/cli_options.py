@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.markup import escape
 
 from worker import commands
 from worker.render import err, out, progress_bar
-from worker.reports import JobReport
-from worker.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -23,6 +24,9 @@ T = TypeVar("T")
 
 
 def settings() -> Settings:
+    """The settings, read on first use (pydantic-settings is imported here, not for `--help`)."""
+    from worker.settings import get_settings
+
     return get_settings()
 
 
@@ -66,6 +70,8 @@ def run_job(submit: Callable[[], str], kind: str, as_json: bool, no_wait: bool, 
     if as_json:
         emit_json(report)
     else:
+        from worker.reports import JobReport
+
         if set(report) - set(JobReport.model_fields):  # a job that failed early has only the common fields
             render(report)
         if report.get("error"):

@@ -6,12 +6,8 @@ import os
 import secrets
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from worker import backups, dynamo, jobs, migrator
-from worker.connections import aws_client, check_redis
 from worker.constants import (
     TASK_BACKUP_START,
     TASK_BACKUP_VALIDATE_START,
@@ -27,11 +23,15 @@ from worker.constants import (
     TASK_VALIDATE_DATA_START,
 )
 from worker.errors import BadInput, ServiceUnavailable
-from worker.reports import Progress
-from worker.settings import Settings
-from worker.stack import Stack, require_local
 
-ProgressFn = Callable[[Progress], None]
+if TYPE_CHECKING:
+    from worker.reports import Progress
+    from worker.settings import Settings
+
+# Each command imports what it uses (celery, alembic, sqlalchemy, boto3, redis…) when it runs, so that
+# `worktask --help`, a usage error and a command that needs none of them start fast (tests/test_layout.py).
+
+ProgressFn = Callable[["Progress"], None]
 
 
 def config(settings: Settings) -> dict[str, Any]:
@@ -44,6 +44,9 @@ _PLANNING: ContextVar[list[dict[str, Any]] | None] = ContextVar("_PLANNING", def
 def submit(settings: Settings, kind: str, task: str, options: dict[str, Any]) -> str:
     """Enqueue a job; ServiceUnavailable (exit 3) when Redis or the workers do not answer. While a pipeline
     plans its steps (plan_step), the job is recorded instead of enqueued."""
+    from worker import jobs
+    from worker.connections import check_redis
+
     planned = _PLANNING.get()
     if planned is not None:
         planned.append({"kind": kind, "task": task, "options": options})
@@ -56,6 +59,9 @@ def submit(settings: Settings, kind: str, task: str, options: dict[str, Any]) ->
 
 def wait(settings: Settings, job_id: str, timeout: float | None = None,
          on_progress: ProgressFn | None = None) -> dict[str, Any]:
+    from worker import jobs
+    from worker.connections import check_redis
+
     r = check_redis(settings)
     return jobs.wait(r, job_id, timeout or settings.job_timeout, on_progress)
 
@@ -66,6 +72,8 @@ def health(settings: Settings) -> str:
 
 def migrate(settings: Settings, action: str, target: str | None, dry_run: bool) -> str:
     """Enqueue an upgrade or rollback; the migrations folder is checked here, before anything runs."""
+    from worker import migrator
+
     path = migrator.script_path(settings)
     if target and action == "upgrade" and target != "head":
         raise BadInput("migrate applies everything pending; to stop earlier, roll back afterwards")
@@ -78,10 +86,14 @@ def migrate(settings: Settings, action: str, target: str | None, dry_run: bool) 
 
 
 def migrate_status(settings: Settings) -> dict[str, Any]:
+    from worker import migrator
+
     return migrator.status(settings, migrator.script_path(settings))
 
 
 def migrate_create(settings: Settings, name: str, description: str) -> str:
+    from worker import migrator
+
     return str(migrator.create(settings, migrator.script_path(settings), name, description))
 
 
@@ -92,6 +104,8 @@ def seed(settings: Settings, config_only: bool, mode: str, dry_run: bool) -> str
 def backup(settings: Settings, compress: bool, encrypt: bool, chunk_rows: int | None,
            skip_dynamodb: bool = False) -> str:
     """Enqueue a full backup; exit 2 when encryption is on without a key, 3 when the store is unreachable."""
+    from worker import backups
+
     backups.require_key(settings, encrypt)
     opts = backups.backup_options(settings, compress, encrypt, chunk_rows, skip_dynamodb)
     backups.store_for(settings, opts).check()
@@ -99,6 +113,8 @@ def backup(settings: Settings, compress: bool, encrypt: bool, chunk_rows: int | 
 
 
 def backup_list(settings: Settings) -> list[dict[str, Any]]:
+    from worker import backups
+
     opts = backups.store_options(settings)
     return backups.list_backups(backups.store_for(settings, opts), opts, settings)
 
@@ -106,6 +122,8 @@ def backup_list(settings: Settings) -> list[dict[str, Any]]:
 def backup_validate(settings: Settings, backup_id: str, allow_unauthenticated: bool = False) -> str:
     """Refuse a malformed or unknown id, or a manifest that fails authentication (exit 2), before anything is
     enqueued; the workers check the manifest again with the same options."""
+    from worker import backups
+
     backups.check_backup_id(backup_id)
     opts = backups.store_options(settings)
     backups.read_manifest(backups.store_for(settings, opts), opts, backup_id, settings, allow_unauthenticated)
@@ -114,12 +132,19 @@ def backup_validate(settings: Settings, backup_id: str, allow_unauthenticated: b
 
 
 def backup_cleanup(settings: Settings, retention_days: int, dry_run: bool) -> str:
+    from worker import backups
+
     opts = backups.store_options(settings)
     return submit(settings, "backup_cleanup", TASK_CLEANUP_START,
                   {**opts, "retention_days": retention_days, "dry_run": dry_run})
 
 
 def _dynamo_exists(settings: Settings, table: str) -> bool:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from worker import dynamo
+    from worker.connections import aws_client
+
     try:
         return dynamo.exists(aws_client(settings, "dynamodb"), table)
     except (BotoCoreError, ClientError) as err:
@@ -146,6 +171,8 @@ def restore(settings: Settings, backup_id: str, tables: list[str], exact: bool, 
             allow_schema_mismatch: bool, allow_unauthenticated: bool = False) -> str:
     """Check the id, the manifest's MAC, the table names and the schema against the backup (exit 2), then
     enqueue; the workers check the manifest again with the same options."""
+    from worker import backups, migrator
+
     backups.check_backup_id(backup_id)
     opts = backups.store_options(settings)
     manifest = backups.read_manifest(backups.store_for(settings, opts), opts, backup_id, settings,
@@ -183,12 +210,17 @@ def validate(settings: Settings, fix: bool) -> str:
 
 def testdata(settings: Settings, action: str, count: int | None = None, seed: int | None = None,
              no_files: bool = False) -> str:
+    from worker import backups
+
     opts = {**backups.store_options(settings), "action": action, "count": count, "seed_given": seed is not None,
             "seed": seed if seed is not None else secrets.randbelow(2**31), "no_files": no_files}
     return submit(settings, f"testdata_{action}", TASK_TESTDATA_START, opts)
 
 
 def job_show(settings: Settings, job_id: str) -> dict[str, Any]:
+    from worker import jobs
+    from worker.connections import check_redis
+
     jobs.check_id(job_id)
     r = check_redis(settings)
     progress = jobs.read(r, job_id)
@@ -198,6 +230,8 @@ def job_show(settings: Settings, job_id: str) -> dict[str, Any]:
 
 
 def stack_up(settings: Settings, aws: str) -> dict[str, Any]:
+    from worker.stack import Stack, require_local
+
     require_local()
     stack = Stack(settings)
     state = stack.up(aws)
@@ -206,6 +240,8 @@ def stack_up(settings: Settings, aws: str) -> dict[str, Any]:
 
 
 def stack_down(settings: Settings) -> dict[str, Any]:
+    from worker.stack import Stack, require_local
+
     require_local()
     stack = Stack(settings)
     state = stack.read() or {}
@@ -215,6 +251,8 @@ def stack_down(settings: Settings) -> dict[str, Any]:
 
 
 def stack_status(settings: Settings) -> dict[str, Any]:
+    from worker.stack import Stack, require_local
+
     require_local()
     return {"services": Stack(settings).status()}
 
@@ -282,6 +320,9 @@ def maintenance(settings: Settings, retention_days: int, fix: bool, dry_run: boo
 
 def pipeline_step(settings: Settings, job_id: str) -> str | None:
     """`step seed: 3/7 chunks`: the running step of a pipeline (worker/pipeline.py) and its job's own progress."""
+    from worker import jobs
+    from worker.connections import check_redis
+
     r = check_redis(settings)
     current = jobs.value(r, job_id, "current")
     p = jobs.read(r, current["child"]) if current else None
@@ -293,6 +334,9 @@ def pipeline_step(settings: Settings, job_id: str) -> str | None:
 
 def job_list(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
     """The newest `limit` jobs, newest first (DESIGN §11: job_id, kind, trigger, state, times, duration_s)."""
+    from worker import jobs
+    from worker.connections import check_redis
+
     if limit < 1:
         raise BadInput(f"--limit {limit}: expects a whole number of jobs, 1 or more")
     return jobs.recent(check_redis(settings), limit)

@@ -1,27 +1,30 @@
-"""Connections to the services: PostgreSQL, Redis, AWS. Nothing connects at import."""
+"""Connections to the services: PostgreSQL, Redis, AWS. Nothing connects at import, and boto3 and psycopg are
+imported by the function that needs them (a CLI command that only talks to Redis does not load them)."""
 
 from __future__ import annotations
 
 import json
 import logging
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import boto3
-import psycopg
 import redis
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.errors import BadInput, ServiceUnavailable
 from worker.settings import Settings, mask_url
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger(__name__)
 
 
 def aws_client(settings: Settings, service: str) -> Any:
     """A boto3 client honouring AWS_REGION and AWS_ENDPOINT_URL, with bounded timeouts and retries."""
+    import boto3
+    from botocore.config import Config
+
     config = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 5, "mode": "standard"})
     return boto3.session.Session().client(
         service, region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url, config=config
@@ -30,6 +33,10 @@ def aws_client(settings: Settings, service: str) -> Any:
 
 @lru_cache(maxsize=8)
 def _secret(arn: str, region: str, endpoint: str | None) -> tuple[tuple[str, str], ...]:
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
     client = boto3.session.Session().client(
         "secretsmanager", region_name=region, endpoint_url=endpoint,
         config=Config(connect_timeout=5, read_timeout=15, retries={"max_attempts": 3}),
@@ -79,6 +86,8 @@ def pg_where(params: dict[str, Any]) -> str:
 
 
 def pg_connect(settings: Settings, dbname: str | None = None, **kw: Any) -> psycopg.Connection:
+    import psycopg
+
     params = {**pg_params(settings, dbname), **kw}
     try:
         return psycopg.connect(**params)

@@ -52,6 +52,7 @@ LAST_VALIDATION_KEY = KEY_PREFIX + "validation:last"  # the last `worktask valid
 DYNAMO_SCAN_RESTORE_KEY = KEY_PREFIX + "restore:dynamo_scan"  # items a scan-window restore may hold early (validate)
 BEAT_SLOT_KEY = KEY_PREFIX + "beat:{name}:{slot}"  # SET NX per schedule slot: one run per slot
 JOB_TTL_SECONDS = 14 * 24 * 3600
+RETENTION_DAYS_MAX = 36_500  # the one bound of RETENTION_DAYS and --retention-days (worker/settings.py's too)
 
 # Job and backup ids: sortable, [0-9A-Za-z-] only.
 ID_PATTERN = r"[0-9A-Za-z][0-9A-Za-z-]{0,79}"  # matched whole (re.fullmatch: no trailing newline)

@@ -9,6 +9,10 @@ its snapshot keys. Resource locks (one restore at a time) are owned by a job and
 The life of a job: `submit` (create, send its start task) → `start` (planned once) → `add` per chunk →
 `finish` with the report, or `fail` with the first error; the task base (worker/taskbase.py) calls the
 family's release when its job fails, whichever task fails it (a chunk killed at its time limit too).
+
+Every change of the record is also published on the job's channel (`…:events`, Redis pub/sub), so that a
+waiting CLI (`wait`) wakes as soon as the job moves or ends instead of polling; the record stays the truth:
+a waiter reads it after each message, and at a bounded interval when none comes.
 """
 
 from __future__ import annotations
@@ -51,6 +55,16 @@ def check_id(value: str, what: str = "job") -> str:
 
 def _key(job_id: str, *parts: Any) -> str:
     return ":".join([JOB_KEY.format(job_id=job_id), *map(str, parts)])
+
+
+def _channel(job_id: str) -> str:
+    """The pub/sub channel on which every change of the job's record is announced (no payload is trusted)."""
+    return _key(job_id, "events")
+
+
+def _announce(r: Any, job_id: str, what: str) -> None:
+    """Publish that the job's record changed (`r` may be a pipeline: then in the same round trip)."""
+    r.publish(_channel(job_id), what)
 
 
 def snapshot_keys(job_id: str, gen: int) -> tuple[str, str]:
@@ -186,13 +200,19 @@ def start(r: redis.Redis, job_id: str, chunks_total: int) -> bool:
     if not r.hsetnx(_key(job_id), "planned", "1"):
         return False
     now = utcnow().isoformat()
-    r.hset(_key(job_id), mapping={"state": "running", "started_at": now, "updated_at": now,
-                                  "chunks_total": chunks_total})
+    with r.pipeline() as p:
+        p.hset(_key(job_id), mapping={"state": "running", "started_at": now, "updated_at": now,
+                                      "chunks_total": chunks_total})
+        _announce(p, job_id, "start")
+        p.execute()
     return True
 
 
 def set_total(r: redis.Redis, job_id: str, chunks_total: int) -> None:
-    r.hset(_key(job_id), "chunks_total", chunks_total)
+    with r.pipeline() as p:
+        p.hset(_key(job_id), "chunks_total", chunks_total)
+        _announce(p, job_id, "progress")
+        p.execute()
 
 
 def add(r: redis.Redis, job_id: str, chunks: int = 1, rows: int = 0, nbytes: int = 0, failed: int = 0) -> None:
@@ -205,12 +225,14 @@ def add(r: redis.Redis, job_id: str, chunks: int = 1, rows: int = 0, nbytes: int
         if failed:
             p.hincrby(_key(job_id), "chunks_failed", failed)
         p.hset(_key(job_id), "updated_at", utcnow().isoformat())
+        _announce(p, job_id, "progress")
         p.execute()
 
 
 def _transition(r: redis.Redis, job_id: str, decide: Callable[[str | None], dict[str, Any] | None]) -> None:
     """Read the state and write the next one atomically (WATCH/MULTI): a failing duplicate chunk and a
-    finalize racing each other cannot leave a failed job with a report that says ok."""
+    finalize racing each other cannot leave a failed job with a report that says ok. The change is announced
+    in the same transaction."""
     key = _key(job_id)
     with r.pipeline() as p:
         while True:
@@ -222,6 +244,7 @@ def _transition(r: redis.Redis, job_id: str, decide: Callable[[str | None], dict
                     return
                 p.multi()
                 p.hset(key, mapping=fields)
+                _announce(p, job_id, fields.get("state", "progress"))
                 p.execute()
                 return
             except redis.WatchError:
@@ -310,7 +333,10 @@ def put_once(r: redis.Redis, job_id: str, name: str, value: Any) -> Any:
 
 
 def put_value(r: redis.Redis, job_id: str, name: str, value: Any) -> None:
-    r.hset(_key(job_id), f"value:{name}", json.dumps(value, default=str))
+    with r.pipeline() as p:
+        p.hset(_key(job_id), f"value:{name}", json.dumps(value, default=str))
+        _announce(p, job_id, "progress")  # a pipeline's running step (`current`) shows at once
+        p.execute()
 
 
 def value(r: redis.Redis, job_id: str, name: str, default: Any = None) -> Any:
@@ -356,6 +382,7 @@ def next_generation(r: redis.Redis, job_id: str, gen: int) -> bool:
     with r.pipeline() as p:
         p.hset(_key(job_id), mapping={"generation": gen + 1, "chunks_done": 0, "rows": 0, "bytes": 0})
         p.hdel(_key(job_id), "planned", "plan")
+        _announce(p, job_id, "progress")
         p.execute()
     return True
 
@@ -435,32 +462,77 @@ def failed_report(r: redis.Redis, job_id: str) -> dict[str, Any]:
 
 
 def wait(r: redis.Redis, job_id: str, timeout: float,
-         on_progress: Callable[[Progress], None] | None = None, interval: float = 0.25) -> dict[str, Any]:
-    """Poll the job's counters until it has a report (or failed); JobTimeout past `timeout` seconds."""
+         on_progress: Callable[[Progress], None] | None = None, interval: float = 1.0) -> dict[str, Any]:
+    """The job's report once it has one (or failed); JobTimeout past `timeout` seconds.
+
+    Blocks on the job's channel between reads of its record: a change wakes it at once (no polling delay at
+    the end). Subscribed (confirmed by Redis) before the first read, so no change after that read is missed;
+    should a message be lost all the same (a dropped connection, a worker that does not announce), the record
+    is read again every `interval` seconds."""
     deadline = time.monotonic() + timeout
-    while True:
-        p = read(r, job_id)
-        if p is None:
-            raise BadInput(f"job {job_id} not found (jobs are kept {JOB_TTL_SECONDS // 86400} days)")
-        if on_progress:
-            on_progress(p)
-        if p.state == "failed":
-            return report(r, job_id) or failed_report(r, job_id)
-        if p.state == "succeeded":
-            rep = report(r, job_id)
-            if rep is not None:
-                return rep
-        if time.monotonic() >= deadline:
-            raise JobTimeout(f"job {job_id} not finished after {timeout:.0f} s "
-                             f"({p.chunks_done}/{p.chunks_total} chunks); see worktask jobs show {job_id}")
-        time.sleep(interval)
+    with r.pubsub() as events:
+        events.subscribe(_channel(job_id))
+        _next_event(events, min(interval, timeout), "subscribe")
+        while True:
+            p = read(r, job_id)
+            if p is None:
+                raise BadInput(f"job {job_id} not found (jobs are kept {JOB_TTL_SECONDS // 86400} days)")
+            if on_progress:
+                on_progress(p)
+            if p.state == "failed":
+                return report(r, job_id) or failed_report(r, job_id)
+            if p.state == "succeeded":
+                rep = report(r, job_id)
+                if rep is not None:
+                    return rep
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise JobTimeout(f"job {job_id} not finished after {timeout:.0f} s "
+                                 f"({p.chunks_done}/{p.chunks_total} chunks); see worktask jobs show {job_id}")
+            _next_event(events, min(interval, left))
 
 
-def live_workers(app: Any, timeout: float = 1.0) -> dict[str, list[str]]:
-    """Worker name -> the queues it consumes, from those that answer within `timeout`."""
-    inspect = app.control.inspect(timeout=timeout)
-    active = inspect.active_queues() or {}
+def _next_event(events: Any, timeout: float, kind: str = "message") -> None:
+    """Return when a message of this kind came on the subscribed channel (then also take the messages already
+    queued behind it: a burst of progress is read once), or after `timeout` seconds."""
+    until = time.monotonic() + timeout
+    while (left := until - time.monotonic()) > 0:
+        got = events.get_message(timeout=left)
+        if got is not None and got["type"] == kind:
+            while events.get_message(timeout=0) is not None:
+                pass
+            return
+
+
+def _mailboxes(app: Any) -> int:
+    """How many workers have their remote-control mailbox bound on the broker: the replies worth waiting for.
+    kombu's Redis transport keeps the fanout table in Redis (a worker stopped cleanly unbinds; one killed stays
+    listed for up to an hour, and the wait then runs to its bound). 0 when it cannot tell."""
+    try:
+        with app.connection_for_read() as conn:
+            return len(conn.default_channel.get_table(app.control.mailbox.exchange.name))
+    except Exception:  # noqa: BLE001 - only a hint to stop waiting early; without it the wait runs to its bound
+        return 0
+
+
+def _active_queues(app: Any, timeout: float, limit: int | None) -> dict[str, list[str]]:
+    active = app.control.inspect(timeout=timeout, limit=limit).active_queues() or {}
     return {name: sorted(q["name"] for q in queues) for name, queues in active.items()}
+
+
+def live_workers(app: Any, timeout: float = 1.0,
+                 need: tuple[str, ...] = (QUEUE_CONTROL, QUEUE_BULK)) -> dict[str, list[str]]:
+    """Worker name -> the queues it consumes, from those that answer within `timeout`.
+
+    Returns as soon as every worker with a mailbox on the broker answered (not after `timeout`): the usual
+    case takes milliseconds. Should those answers leave a queue of `need` without a consumer, the workers are
+    asked again and given the whole `timeout` (a worker the mailbox table does not list yet)."""
+    expected = _mailboxes(app)
+    workers = _active_queues(app, timeout, expected or None)
+    consumed = {q for qs in workers.values() for q in qs}
+    if expected and len(workers) >= expected and set(need) - consumed:
+        workers = _active_queues(app, timeout, None)
+    return workers
 
 
 def submit(app: Any, settings: Settings, r: redis.Redis, kind: str, task: str,

@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.connections import aws_client
@@ -209,6 +208,8 @@ def _put(q: queue.Queue, item: Any, failed: list[BaseException]) -> None:
 
 class S3Store(ObjectStore):
     def __init__(self, settings: Settings, bucket: str):
+        from boto3.s3.transfer import TransferConfig  # here: a command on a local store does not load boto3
+
         self.bucket = bucket
         self.client = aws_client(settings, "s3")
         self.transfer = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
