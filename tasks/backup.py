@@ -44,8 +44,8 @@ ident = sqltext.ident
 # planning --------------------------------------------------------------------------------------------
 
 # Per table: its columns as COPY lists them (stored generated columns are left out: the restore's table
-# computes them), its primary key, for a leaf partition its parent and bound, and the catalog's statistics
-# (relpages, reltuples: -1 when never analysed) that size its chunks without a scan, and its file node
+# computes them), its primary key, for a leaf partition its parent and bound, the catalog's statistics
+# (relpages, reltuples: -1 when never analysed; a fallback of _size), and its file node
 # (TRUNCATE and table-rewriting DDL give a table a new one: every chunk checks it is still the same).
 TABLES_SQL = """
     select c.relname,
@@ -67,7 +67,7 @@ TABLES_SQL = """
 def plan_postgres(settings: Settings, snap: str, chunk_rows: int, locked: list[str],
                   lock_timeout: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The tables the snapshot holder locked: columns and page-range chunks (worker/chunks.py), planned from
-    each table's size and the catalog's statistics through the snapshot, without scanning a table."""
+    each table's size and a sample of its pages through the snapshot, without scanning a table."""
     with pg_connect(settings) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
@@ -95,20 +95,23 @@ def plan_postgres(settings: Settings, snap: str, chunk_rows: int, locked: list[s
 
 
 def _size(conn: psycopg.Connection, table: str, relpages: int, reltuples: float) -> tuple[int, float]:
-    """(pages now, about how many rows): the rows per page of the statistics, or of the first pages counted
-    through the snapshot (a TID range scan of chunks.SAMPLE_PAGES pages) when they know no rows of it
-    (never analysed: reltuples -1)."""
+    """(pages now, about how many rows), through the snapshot: a table of at most chunks.SAMPLE_PAGES pages is
+    counted; a bigger one by a sample of about that many pages (TABLESAMPLE SYSTEM reads whole random pages),
+    as the statistics can be far off (a table emptied and filled again since its last ANALYZE); they are
+    used only when the sample finds no row."""
     name = psycopg.sql.Identifier(table)
     pages = conn.execute(psycopg.sql.SQL("select pg_relation_size({}::regclass) / current_setting('block_size')::int")
                          .format(psycopg.sql.Literal(ident(table)))).fetchone()[0]
-    if relpages > 0 and reltuples > 0:
-        return pages, pages * reltuples / relpages
     if pages == 0:
         return 0, 0.0
-    sample = min(pages, chunks.SAMPLE_PAGES)
-    counted = conn.execute(psycopg.sql.SQL("select count(*) from only {} where ctid < {}::tid").format(
-        name, psycopg.sql.Literal(f"({sample},0)"))).fetchone()[0]
-    return pages, pages * counted / sample
+    if pages <= chunks.SAMPLE_PAGES:
+        return pages, conn.execute(psycopg.sql.SQL("select count(*) from only {}").format(name)).fetchone()[0]
+    percent = 100.0 * chunks.SAMPLE_PAGES / pages
+    counted = conn.execute(psycopg.sql.SQL("select count(*) from only {} tablesample system ({})").format(
+        name, psycopg.sql.Literal(percent))).fetchone()[0]
+    if counted == 0 and relpages > 0 and reltuples > 0:
+        return pages, pages * reltuples / relpages
+    return pages, counted * 100.0 / percent
 
 
 def _migration_head(conn: psycopg.Connection) -> str | None:
