@@ -220,11 +220,3 @@ def test_a_command_that_only_reads_redis_loads_no_database_or_aws_library(tmp_pa
     proc, modules = imported_by("jobs", "show", "not/an-id", tmp=tmp_path)
     assert "malformed" in proc.stderr, proc.stderr
     assert not modules & {"alembic", "sqlalchemy", "boto3", "botocore", "psycopg"}, sorted(modules & HEAVY)
-
-
-def test_the_cli_bound_of_retention_days_is_the_settings_bound() -> None:
-    """The CLI names the bound from worker.constants (loading no settings for `--help`); it is the one
-    RETENTION_DAYS is checked against."""
-    from worker import constants, settings
-
-    assert constants.RETENTION_DAYS_MAX == settings.RETENTION_DAYS_MAX

@@ -319,13 +319,9 @@ def testdata_generate(count: int | None, seed: int | None, no_files: bool, no_dy
       worktask testdata generate 100000 --no-files --no-dynamodb
     """
     s = settings()
-
-    def submit() -> str:  # the testdata job as commands.testdata plans it, with no_dynamodb in its options
-        job = commands.plan_step("testdata", None, lambda: commands.testdata(
-            s, "generate", flag_or(count, s.test_data_count), seed, no_files))
-        return commands.submit(s, job["kind"], job["task"], {**job["options"], "no_dynamodb": no_dynamodb})
-
-    return run_job(submit, "testdata_generate", as_json, no_wait, timeout, render_testdata)
+    return run_job(lambda: commands.testdata(s, "generate", flag_or(count, s.test_data_count), seed, no_files,
+                                             no_dynamodb), "testdata_generate", as_json, no_wait, timeout,
+                   render_testdata)
 
 
 @testdata.command("cleanup")

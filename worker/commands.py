@@ -209,11 +209,12 @@ def validate(settings: Settings, fix: bool) -> str:
 
 
 def testdata(settings: Settings, action: str, count: int | None = None, seed: int | None = None,
-             no_files: bool = False) -> str:
+             no_files: bool = False, no_dynamodb: bool = False) -> str:
     from worker import backups
 
     opts = {**backups.store_options(settings), "action": action, "count": count, "seed_given": seed is not None,
-            "seed": seed if seed is not None else secrets.randbelow(2**31), "no_files": no_files}
+            "seed": seed if seed is not None else secrets.randbelow(2**31), "no_files": no_files,
+            "no_dynamodb": no_dynamodb}
     return submit(settings, f"testdata_{action}", TASK_TESTDATA_START, opts)
 
 

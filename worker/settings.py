@@ -19,6 +19,7 @@ from dotenv.parser import parse_stream
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.constants import RETENTION_DAYS_MAX  # the one bound of RETENTION_DAYS and --retention-days
 from worker.errors import BadInput
 
 BOOL = "true or false"
@@ -50,7 +51,6 @@ def parse_crontab(expr: str) -> Any:
         raise ValueError(str(err) or type(err).__name__) from None
 
 
-RETENTION_DAYS_MAX = 36_500  # a hundred years: the one bound of RETENTION_DAYS and --retention-days
 
 
 class Settings(BaseSettings):
