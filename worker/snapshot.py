@@ -25,7 +25,7 @@ from pathlib import Path
 import redis
 
 from worker import jobs
-from worker.errors import JobFailed, ServiceUnavailable
+from worker.errors import JobFailed, LockTimeout, ServiceUnavailable  # noqa: F401 - LockTimeout: its old import path
 from worker.settings import Settings
 from worker.snapshot_holder import (  # noqa: F401 - re-exported: the backup's chunks name blockers the same way
     BLOCKERS_SQL,

@@ -50,8 +50,10 @@ BLOCKERS_SQL = """
     order by not l.granted, a.pid"""
 
 
-class Locked(Exception):
-    """A table could not be locked within the lock timeout (the message names it and who holds it)."""
+class _Locked(Exception):
+    """A table could not be locked within the lock timeout (the message names it and who holds it). Private:
+    this script imports nothing of the package (its error tree included); the parent raises JobFailed with
+    the message it leaves in Redis."""
 
 
 def describe_blockers(rows: list[Any]) -> str:
@@ -91,10 +93,10 @@ def lock_and_export(conn: psycopg.Connection, lock_timeout: float) -> tuple[str,
         except psycopg.errors.LockNotAvailable:
             conn.rollback()
             conn.autocommit = True
-            raise Locked(locked_out(current, lock_timeout, blockers(conn, current))) from None
+            raise _Locked(locked_out(current, lock_timeout, blockers(conn, current))) from None
         snap = conn.execute("select pg_export_snapshot()").fetchone()[0]
         return snap, tables
-    raise Locked(f"tables kept being dropped while the backup locked them ({LIST_TRIES} tries)")
+    raise _Locked(f"tables kept being dropped while the backup locked them ({LIST_TRIES} tries)")
 
 
 def hold(spec: dict[str, Any]) -> None:
@@ -109,7 +111,7 @@ def hold(spec: dict[str, Any]) -> None:
         conn.execute("set idle_in_transaction_session_timeout = 0")
         conn.commit()
         snap, tables = lock_and_export(conn, spec["lock_timeout"])
-    except Locked as err:
+    except _Locked as err:
         r.hset(hold_key, "lock_error", str(err))
         r.expire(hold_key, 600)
         return
