@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 WORKTASK = str(BIN / "worktask") if (BIN / "worktask").exists() else "worktask"
 # The bench's own stack, database and Redis db unless the environment names others.
-DEFAULTS = {"WORKTASK_STATE_DIR": str(ROOT / ".worktask-bench"), "POSTGRES_DATABASE": "worktask_bench",
+DEFAULTS = {"WORKTASK_STATE_DIR": str(ROOT / ".worktask" / "bench"), "POSTGRES_DATABASE": "worktask_bench",
             "CELERY_BROKER_URL": "redis://127.0.0.1:6379/12", "POSTGRES_HOST": "127.0.0.1"}
 STARTED = time.monotonic()
 
