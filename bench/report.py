@@ -16,9 +16,12 @@ CHART = "benchmarks.png"
 
 def _g(d: Any, *path: Any) -> Any:
     for p in path:
-        if not isinstance(d, dict) or p not in d:
+        if isinstance(d, list) and isinstance(p, int) and -len(d) <= p < len(d):
+            d = d[p]
+        elif isinstance(d, dict) and p in d:
+            d = d[p]
+        else:
             return None
-        d = d[p]
     return d
 
 
@@ -99,8 +102,9 @@ def chart(res: dict[str, Any], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    ps = pairs(res)
+    ps = [p for p in pairs(res) if "worker process" not in p[1]]  # the 1 -> 2 panel shows those
     fig, (a, b) = plt.subplots(1, 2, figsize=(14, 0.55 * max(len(ps), 6) + 1.5),
                                gridspec_kw={"width_ratios": [3, 1]})
     labels = [f"s{s}: {lbl.replace('`', '')[:48]}" for s, lbl, _, _ in ps]
@@ -113,19 +117,23 @@ def chart(res: dict[str, Any], path: Path) -> None:
     a.invert_yaxis()
     a.set_xscale("log")
     a.set_xlabel("seconds, median (log scale)")
+    a.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     a.set_title("whole commands beside their references")
     a.legend()
     scales = [s for s, r in res.get("scale", {}).items() if _g(r, "workers", "dominant_one")]
     for s in scales:
         w = res["scale"][s]["workers"]
-        b.plot([1, 2], [w["dominant_one"]["median"], w["dominant_two"]["median"]], "o-",
-               label=f"scale {s}: {w['dominant_table']} chunk window")
-        b.plot([1, 2], [w["one_worker"]["median"], w["two_workers"]["median"]], "s--", label=f"scale {s}: whole backup")
-        b.plot([1, 2], [w["dominant_one"]["median"], w["dominant_one"]["median"] / 2], ":", color="grey",
-               label="ideal (2×)" if s == scales[0] else None)
+        d1, t1 = w["dominant_one"]["median"], w["one_worker"]["median"]
+        b.plot([1, 2], [1.0, w["dominant_two"]["median"] / d1], "o-",
+               label=f"scale {s}: {w['dominant_table']} chunk window ({d1:.1f} s at 1)")
+        b.plot([1, 2], [1.0, w["two_workers"]["median"] / t1], "s--",
+               label=f"scale {s}: whole backup ({t1:.1f} s at 1)")
+    b.plot([1, 2], [1.0, 0.5], ":", color="grey", label="ideal (2x faster)")
+    b.set_ylim(0, 1.1)
     b.set_xticks([1, 2])
     b.set_xlabel("worker processes")
-    b.set_ylabel("seconds, median")
+    b.set_ylabel("time relative to 1 worker (median)")
     b.set_title("1 → 2 workers")
     b.legend(fontsize=7)
     fig.tight_layout()
