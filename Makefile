@@ -47,7 +47,7 @@ demo: install
 SCALES ?= 1 10
 RUNS ?= 3
 bench: install
-	$(BIN)/python -m pip install -q -e '.[bench]'
+	@$(BIN)/python -c 'import matplotlib, psutil' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.run --scales "$(SCALES)" --runs $(RUNS) $(if $(BEFORE),--before $(BEFORE))
 
 clean:
