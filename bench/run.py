@@ -61,6 +61,7 @@ def main() -> None:
         lib.worktask("testdata", "cleanup", "--json", timeout=pairs.BIG)
         lib.worktask("seed", "--skip-existing", "--json", timeout=600)
         result["small"] = pairs.small_commands(a.runs, work, skip)
+        _partial(result, a.name)
         cli_start = result["small"]["import_cli"]["median"]
         for scale in scales:
             count = scale * PER_SCALE
@@ -68,18 +69,23 @@ def main() -> None:
             rss.label = f"scale {scale}"
             lib.say(f"=== scale {scale}: {count:,} work tasks")
             r["generate"] = pairs.generate_pairs(count, a.runs, work, no_dyn)
+            _partial(result, a.name)
             src = lib.table_hashes()
             r["source"] = {"tables": len(src), "rows": sum(v[0] for v in src.values()),
                            "database_bytes": _db_size()}
             r["backup"] = pairs.backup_pairs(a.runs, skip, work, cli_start)
+            _partial(result, a.name)
             r["restore"] = pairs.restore_pair(a.runs, skip, work)
+            _partial(result, a.name)
             if scale == 1:
                 earlier = None if skip else r["backup"]["uncompressed"]["ours_detail"]
                 r["dynamodb"] = pairs.dynamodb_pair(a.runs, work, earlier)
                 r["dynamodb"]["note"] = "moto's Scan is an emulator's (slow, one process): says little about AWS"
                 lib.say("chunk rate: a backup of 1,000-row chunks")
                 r["chunk_rate"] = pairs.chunk_rate(skip)
+                _partial(result, a.name)
             r["workers"] = pairs.worker_scaling(a.runs, skip)
+            _partial(result, a.name)
             r["rss"] = rss.result(f"scale {scale}")
             if lib.table_hashes() != src:
                 raise SystemExit("bench: the source data changed during the bench")
@@ -104,7 +110,7 @@ def _db_size() -> int:
 
 
 def _partial(result: dict, name: str | None) -> Path:
-    """The results so far, written after every scale (a crash keeps what was measured)."""
+    """The results so far, written after every step (a crash keeps what was measured)."""
     out = lib.ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     path = out / f"{name or time.strftime('%Y-%m-%d', time.gmtime())}.json"
