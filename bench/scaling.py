@@ -114,7 +114,7 @@ def page(res: dict[str, Any], source: str) -> str:
         "## The model",
         "",
         "A table of `n` chunks backed up by `W` worker processes takes `ceil(n / W)` rounds of one chunk each; a "
-        "chunk of `k` rows costs `c = k × (c / k)` seconds on one process. The whole PostgreSQL phase is bounded "
+        "chunk of `k` rows costs `c` seconds on one process (`c / k` per row). The whole PostgreSQL phase is bounded "
         "by the slowest of three things:",
         "",
         "- **the workers**: `ceil(n / W) × c`;",
