@@ -41,10 +41,14 @@ demo: install
 	$(BIN)/worktask stack down; \
 	exit $$rc
 
-# Ratios against pg_dump / pg_restore / a plain COPY on the same data (bench/README.md); needs
-# `worktask stack up` first. COUNT work tasks (default 100000).
+# Whole commands beside pg_dump / pg_restore / COPY / boto3 on the same data (bench/README.md); starts the stack
+# when it is not up. SCALES (default "1 10": 100,000 and 1,000,000 work tasks), RUNS (default 3), BEFORE (an earlier
+# bench/results/*.json for the before/after section of docs/BENCHMARKS.md).
+SCALES ?= 1 10
+RUNS ?= 3
 bench: install
-	$(BIN)/python bench/run.py $(COUNT)
+	@$(BIN)/python -c 'import matplotlib, psutil' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m bench.run --scales "$(SCALES)" --runs $(RUNS) $(if $(BEFORE),--before $(BEFORE))
 
 clean:
 	rm -rf $(VENV) .worktask

