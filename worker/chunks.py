@@ -3,7 +3,7 @@
 Every table is cut into ranges of pages by `ctid`, as pgcopydb does: PostgreSQL 14+ reads
 `ctid >= '(lo,0)' and ctid < '(hi,0)'` as a TID Range Scan (sequential reads of those pages only, no
 index, any table, with or without a key). The plan costs no scan: the table's size in pages now and its
-rows per page from a sample of about SAMPLE_PAGES random pages (the catalog's statistics can be far off:
+rows per page from a sample of SAMPLE_PAGES pages spread over it (the catalog's statistics can be far off:
 a table emptied and filled again since its last ANALYZE). The first chunk starts at page 0 and the last
 has no upper bound, so the chunks tile the table whatever it grew to after planning (rows added after
 the snapshot are invisible to it anyway); `check_tiling` proves that of a plan before its manifest is written.
@@ -25,7 +25,8 @@ from typing import Any
 from worker.sqltext import ident
 
 TYPE_NAME = re.compile(r'[A-Za-z0-9_ ."]+(\[\])?')  # what regtype prints: bigint, "My Type", public.x
-SAMPLE_PAGES = 32  # pages read (at random, TABLESAMPLE SYSTEM) to learn a table's rows per page
+SAMPLE_PAGES = 32  # pages read to learn a table's rows per page,
+SAMPLE_RUNS = 8  # in this many runs of consecutive pages spread evenly over the table
 
 
 def plan_page_chunks(pages: int, rows: float, chunk_rows: int) -> list[dict[str, Any]]:
