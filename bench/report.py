@@ -243,6 +243,9 @@ def page(res: dict[str, Any], source: str, before: dict[str, Any] | None, bname:
     else:
         lines.append("No earlier results given: `make bench BEFORE=bench/results/<earlier>.json` fills this "
                      "section from both files.")
+    analysis = Path(__file__).with_name("analysis.md")  # written by hand from profiles: what the figures mean
+    if analysis.exists():
+        lines += ["", analysis.read_text().strip()]
     lines += ["", "Beyond one machine: [SCALING.md](SCALING.md).", "", "## Reproduce", "",
               "```sh", "make bench                      # scales 1 and 10, 3 runs each",
               "make bench SCALES=1 RUNS=5       # scale 1 only",
