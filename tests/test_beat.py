@@ -4,6 +4,7 @@ per schedule slot however many beats fire, a skipped run recorded while a job of
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -185,3 +186,23 @@ def test_two_beats_run_each_scheduled_job_once_per_slot(migrated: Any, tmp_path:
     per_slot = Counter((j["kind"], j["created_at"][:16]) for j in rows)  # created within the slot's minute
     assert max(per_slot.values()) == 1, per_slot  # never two runs (nor a run and a skip) for one slot
     assert all(j["duration_s"] is not None for j in rows)
+
+
+def test_beat_keeps_its_schedule_as_json_and_a_restarted_beat_reads_it(tmp_path: Path) -> None:
+    """celery's PersistentScheduler keeps when each entry last ran in a shelve (pickle) file; ours keeps the
+    same in JSON, so that a beat restarted after a missed due time still runs it once, late."""
+    from worker.app import app
+    from worker.beat_scheduler import JsonFileScheduler
+
+    path = tmp_path / "beat-schedule"
+    path.write_bytes(b"\x80\x04 an old shelve file")  # celery's old file at the same path: ignored, written over
+    first = JsonFileScheduler(app, schedule_filename=str(path))
+    long_ago = datetime(2026, 1, 1, 1, 0, tzinfo=UTC)
+    first.schedule["nightly-backup"].last_run_at = long_ago
+    first.sync()
+    saved = json.loads(path.read_text())
+    assert saved["nightly-backup"] == long_ago.isoformat() and set(saved) >= {"nightly-backup", "health-check"}
+    again = JsonFileScheduler(app, schedule_filename=str(path))
+    entry = again.schedule["nightly-backup"]
+    assert entry.last_run_at == long_ago
+    assert entry.is_due()[0]  # missed since: due at once

@@ -60,6 +60,7 @@ def celery_config(settings: Any) -> dict[str, Any]:
         "task_default_queue": QUEUE_BULK,
         "task_routes": (route_task,),
         "beat_schedule": beat_schedule.build(settings),
+        "beat_scheduler": "worker.beat_scheduler:JsonFileScheduler",  # JSON, not celery's shelve (pickle)
         "timezone": "UTC",
         "enable_utc": True,
         "worker_hijack_root_logger": False,
