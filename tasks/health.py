@@ -14,7 +14,7 @@ import redis
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker import backups, jobs, migrator
+from worker import backups, jobs, migrator, workers
 from worker.app import app
 from worker.connections import aws_client, pg_connect, redis_client
 from worker.constants import (
@@ -88,14 +88,14 @@ def check_backup_store(settings: Settings) -> str:
 
 
 def check_workers(settings: Settings) -> str:
-    workers = jobs.live_workers(app, timeout=1.5)  # done when every bound worker answered; at most 1.5 s
-    if not workers:
+    live = workers.live_workers(app, timeout=1.5)  # done when every bound worker answered; at most 1.5 s
+    if not live:
         raise WorktaskError("no worker answered within 1.5 s")
-    missing = {QUEUE_CONTROL, QUEUE_BULK} - {q for qs in workers.values() for q in qs}
+    missing = {QUEUE_CONTROL, QUEUE_BULK} - {q for qs in live.values() for q in qs}
     if missing:
         raise WorktaskError(f"no worker consumes {', '.join(sorted(missing))}")
-    names = ", ".join(f"{w} [{','.join(q)}]" for w, q in sorted(workers.items()))
-    return f"{len(workers)} worker(s): {names}"
+    names = ", ".join(f"{w} [{','.join(q)}]" for w, q in sorted(live.items()))
+    return f"{len(live)} worker(s): {names}"
 
 
 def check_migrations(settings: Settings) -> str:

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import ROOT, cli_json
 from test_backup import backup, data, validate  # noqa: F401 - `data` is a fixture
-from worker import backups, jobs, snapshot
+from worker import backups, jobs, snapshot, workers
 from worker.connections import redis_client
 from worker.reports import utcnow
 
@@ -95,7 +95,7 @@ def test_a_chunk_killed_at_its_hard_time_limit_fails_the_backup_naming_it_and_le
     worker = own_worker(data, log=data.worktask_state_dir / "hardlimit-worker.log")
     try:
         deadline = time.monotonic() + 60
-        while not any(n.startswith("hardlimit-") for n in jobs.live_workers(app)) and time.monotonic() < deadline:
+        while not any(n.startswith("hardlimit-") for n in workers.live_workers(app)) and time.monotonic() < deadline:
             time.sleep(0.5)
         began = time.monotonic()
         # slowed to 40 kB per second per chunk: each takes a second or two

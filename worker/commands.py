@@ -44,7 +44,7 @@ _PLANNING: ContextVar[list[dict[str, Any]] | None] = ContextVar("_PLANNING", def
 def submit(settings: Settings, kind: str, task: str, options: dict[str, Any]) -> str:
     """Enqueue a job; ServiceUnavailable (exit 3) when Redis or the workers do not answer. While a pipeline
     plans its steps (plan_step), the job is recorded instead of enqueued."""
-    from worker import jobs
+    from worker import workers
     from worker.connections import check_redis
 
     planned = _PLANNING.get()
@@ -54,7 +54,7 @@ def submit(settings: Settings, kind: str, task: str, options: dict[str, Any]) ->
     from worker.app import app
 
     r = check_redis(settings)
-    return jobs.submit(app, settings, r, kind, task, options)
+    return workers.submit(app, settings, r, kind, task, options)
 
 
 def wait(settings: Settings, job_id: str, timeout: float | None = None,

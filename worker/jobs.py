@@ -6,9 +6,10 @@ end, the report as JSON; beside it live the job's markers (`…:marker:<name>`: 
 deliveries of its tasks (`…:attempts`), the tasks whose failure was recorded (`…:failed-tasks`) and
 its snapshot keys. Resource locks (one restore at a time) are owned by a job and let go by its end.
 
-The life of a job: `submit` (create, send its start task) → `start` (planned once) → `add` per chunk →
-`finish` with the report, or `fail` with the first error; the task base (worker/taskbase.py) calls the
-family's release when its job fails, whichever task fails it (a chunk killed at its time limit too).
+The life of a job: `create` (worker/workers.py `submit` also sends its start task) → `start` (planned
+once) → `add` per chunk → `finish` with the report, or `fail` with the first error; the task base
+(worker/taskbase.py) calls the family's release when its job fails, whichever task fails it (a chunk
+killed at its time limit too).
 
 Every change of the record is also published on the job's channel (`…:events`, Redis pub/sub), so that a
 waiting CLI (`wait`) wakes as soon as the job moves or ends instead of polling; the record stays the truth:
@@ -28,10 +29,10 @@ from typing import Any, TypeVar
 import redis
 from pydantic import BaseModel
 
-from worker.constants import BEAT_SLOT_KEY, ID_PATTERN, JOB_TTL_SECONDS, KEY_PREFIX, QUEUE_BULK, QUEUE_CONTROL
-from worker.errors import BadInput, JobTimeout, ServiceUnavailable
+from worker.constants import BEAT_SLOT_KEY, ID_PATTERN, JOB_TTL_SECONDS, KEY_PREFIX
+from worker.errors import BadInput, JobTimeout
 from worker.reports import Progress, utcnow
-from worker.settings import Settings, mask_url, parse_crontab
+from worker.settings import parse_crontab
 
 JOB_KEY = KEY_PREFIX + "job:{job_id}"  # hash: kind, state, options, counters, plan, error, report
 LOCK_KEY = KEY_PREFIX + "lock:{resource}"  # the id of the job holding the resource
@@ -502,50 +503,3 @@ def _next_event(events: Any, timeout: float, kind: str = "message") -> None:
             while events.get_message(timeout=0) is not None:
                 pass
             return
-
-
-def _mailboxes(app: Any) -> int:
-    """How many workers have their remote-control mailbox bound on the broker: the replies worth waiting for.
-    kombu's Redis transport keeps the fanout table in Redis (a worker stopped cleanly unbinds; one killed stays
-    listed for up to an hour, and the wait then runs to its bound). 0 when it cannot tell."""
-    try:
-        with app.connection_for_read() as conn:
-            return len(conn.default_channel.get_table(app.control.mailbox.exchange.name))
-    except Exception:  # noqa: BLE001 - only a hint to stop waiting early; without it the wait runs to its bound
-        return 0
-
-
-def _active_queues(app: Any, timeout: float, limit: int | None) -> dict[str, list[str]]:
-    active = app.control.inspect(timeout=timeout, limit=limit).active_queues() or {}
-    return {name: sorted(q["name"] for q in queues) for name, queues in active.items()}
-
-
-def live_workers(app: Any, timeout: float = 1.0,
-                 need: tuple[str, ...] = (QUEUE_CONTROL, QUEUE_BULK)) -> dict[str, list[str]]:
-    """Worker name -> the queues it consumes, from those that answer within `timeout`.
-
-    Returns as soon as every worker with a mailbox on the broker answered (not after `timeout`): the usual
-    case takes milliseconds. Should those answers leave a queue of `need` without a consumer, the workers are
-    asked again and given the whole `timeout` (a worker the mailbox table does not list yet)."""
-    expected = _mailboxes(app)
-    workers = _active_queues(app, timeout, expected or None)
-    consumed = {q for qs in workers.values() for q in qs}
-    if expected and len(workers) >= expected and set(need) - consumed:
-        workers = _active_queues(app, timeout, None)
-    return workers
-
-
-def submit(app: Any, settings: Settings, r: redis.Redis, kind: str, task: str,
-           opts: dict[str, Any]) -> str:
-    """Create the job and send its start task to `control`; ServiceUnavailable when no worker consumes."""
-    workers = live_workers(app)
-    queues = {q for qs in workers.values() for q in qs}
-    missing = {QUEUE_CONTROL, QUEUE_BULK} - queues
-    if missing:
-        where = mask_url(settings.celery_broker_url)
-        raise ServiceUnavailable(
-            f"no Celery worker consumes queue {', '.join(sorted(missing))} on {where}; start workers with "
-            f"`worktask stack up` or `celery -A worker worker -Q control,bulk`")
-    job_id = create(r, kind, opts, trigger="cli")
-    app.send_task(task, kwargs={"job_id": job_id, "options": opts}, queue=QUEUE_CONTROL)
-    return job_id

@@ -323,7 +323,7 @@ class Stack:
         return path.read_text().strip()
 
     def _wait_workers(self, services: list[dict[str, Any]]) -> None:
-        from worker import jobs
+        from worker import workers
         from worker.app import app, point_at
 
         point_at(self.settings)
@@ -334,7 +334,7 @@ class Stack:
             for s in services:
                 if s["started"] and s["pid"] and not alive(s["pid"]):
                     raise ServiceUnavailable(f"{s['name']} exited at start; see {s.get('log')}")
-            return want <= set(jobs.live_workers(app, timeout=1.0))
+            return want <= set(workers.live_workers(app, timeout=1.0))
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if ready():
