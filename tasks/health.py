@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from worker import backups, jobs, migrator, workers
 from worker.app import app
-from worker.connections import aws_client, pg_connect, redis_client
+from worker.connections import pg_connect, redis_client, shared_aws_client
 from worker.constants import (
     LAST_VALIDATION_KEY,
     QUEUE_BULK,
@@ -65,13 +65,9 @@ def check_redis(settings: Settings) -> str:
     return f"Redis {info['redis_version']} at {mask_url(settings.celery_broker_url)}, {info['used_memory_human']} used"
 
 
-_CLIENTS: dict[tuple[str, str | None], Any] = {}  # (region, endpoint) -> a DynamoDB client of this process
-
 
 def check_dynamodb(settings: Settings) -> str:
-    # Making a boto3 client costs more than the call it makes; each check still asks DynamoDB itself.
-    where_key = (settings.aws_region, settings.aws_endpoint_url)
-    client = _CLIENTS.get(where_key) or _CLIENTS.setdefault(where_key, aws_client(settings, "dynamodb"))
+    client = shared_aws_client(settings, "dynamodb")  # each check still asks DynamoDB itself
     where = settings.aws_endpoint_url or settings.aws_region
     try:
         table = client.describe_table(TableName=settings.dynamo_table_name)["Table"]

@@ -9,7 +9,6 @@ Test data is marked (is_test, an is_test attribute, the test-data/ prefix): clea
 from __future__ import annotations
 
 import json
-import os
 import random
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -21,7 +20,7 @@ from psycopg import sql
 
 from worker import backups, jobs
 from worker.app import app
-from worker.connections import aws_client, pg_connect
+from worker.connections import aws_client, pg_connect, shared_aws_client
 from worker.constants import TASK_TESTDATA_CHUNK, TASK_TESTDATA_CLEAN, TASK_TESTDATA_FINALIZE, TASK_TESTDATA_START
 from worker.dynamo import batch_write
 from worker.dynamo import exists as dynamo_exists
@@ -221,22 +220,11 @@ def _analysis_item(tid: int, t: dict[str, Any], complexity: int, risk: str, hour
             "summary": {"S": summary}, "estimated_hours": {"N": str(Decimal(str(hours)))}}
 
 
-_clients: dict[tuple[Any, ...], Any] = {}
-
-
-def _dynamodb(settings: Settings) -> Any:
-    """One DynamoDB client per worker process and endpoint (boto3 clients are thread-safe; making one costs ~0.1 s)."""
-    key = (os.getpid(), settings.aws_region, settings.aws_endpoint_url)
-    if key not in _clients:
-        _clients[key] = aws_client(settings, "dynamodb")
-    return _clients[key]
-
-
 def write_items(settings: Settings, items: list[dict[str, Any]]) -> None:
     """BatchWriteItem the items (wire format), DYNAMO_THREADS batches of 25 in flight."""
     if not items:
         return
-    client, table = _dynamodb(settings), settings.dynamo_table_name
+    client, table = shared_aws_client(settings, "dynamodb"), settings.dynamo_table_name
     requests = [{"PutRequest": {"Item": it}} for it in items]
     size = -(-len(requests) // (25 * DYNAMO_THREADS)) * 25  # whole batches per thread
     parts = [requests[i:i + size] for i in range(0, len(requests), size)]

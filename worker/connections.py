@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -29,6 +30,18 @@ def aws_client(settings: Settings, service: str) -> Any:
     return boto3.session.Session().client(
         service, region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url, config=config
     )
+
+
+_SHARED: dict[tuple[Any, ...], Any] = {}
+
+
+def shared_aws_client(settings: Settings, service: str) -> Any:
+    """One client per process, service, region and endpoint, reused (making a boto3 client costs ~0.1 s, more
+    than the call it makes; clients are thread-safe). A forked process makes its own."""
+    key = (os.getpid(), service, settings.aws_region, settings.aws_endpoint_url)
+    if key not in _SHARED:
+        _SHARED[key] = aws_client(settings, service)
+    return _SHARED[key]
 
 
 @lru_cache(maxsize=8)
