@@ -250,7 +250,8 @@ def test_a_backup_is_one_point_in_time_across_tables_and_chunks(data: Any) -> No
 def test_killing_a_worker_process_mid_backup_still_completes_and_validates(data: Any) -> None:
     from worker.app import app
 
-    s = data.model_copy(update={"backup_rate_limit": 100_000})
+    # ~2 s a chunk: the one seen running is still running when it is killed (at 1 s it could end in between)
+    s = data.model_copy(update={"backup_rate_limit": 50_000})
     job_id = commands.backup(s, True, True, 1000)
     victim = None
     deadline = time.monotonic() + 60
