@@ -339,5 +339,10 @@ def test_a_chunk_that_keeps_failing_fails_the_backup_naming_it_and_releases_the_
     assert report["state"] == "failed" and not report["ok"]
     assert "worktask.backup.dump_" in report["error"] and "chunk=" in report["error"] and "table=" in report["error"]
     assert "NoSuchBucket" in report["error"] or "bucket" in report["error"].lower()
-    assert not redis_client(data).exists(jobs.snapshot_keys(job_id, 0)[1])  # the snapshot is let go
+    # the snapshot is let go: by the call that failed the job, right after it did (the waiting CLI can wake
+    # in between, so give it a few seconds)
+    deadline = time.monotonic() + 10
+    while redis_client(data).exists(jobs.snapshot_keys(job_id, 0)[1]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not redis_client(data).exists(jobs.snapshot_keys(job_id, 0)[1])
     assert jobs.read(redis_client(data), job_id).chunks_failed >= 1
