@@ -37,7 +37,11 @@ def answers(host: str, port: int) -> bool:
 
 
 def pick_redis_db() -> int:
+    """WORKTASK_TEST_REDIS_DB when set (sessions run side by side), else a free database number."""
     import redis
+
+    if os.environ.get("WORKTASK_TEST_REDIS_DB"):
+        return int(os.environ["WORKTASK_TEST_REDIS_DB"])
 
     for _ in range(20):
         db = secrets.randbelow(15) + 1
