@@ -107,3 +107,28 @@ def test_a_missed_announcement_is_caught_by_the_fallback_read(settings: Any) -> 
 
     report = jobs.wait(r, job_id, timeout=60, on_progress=finish_silently, interval=0.2)
     assert report["ok"]
+
+
+def test_a_failed_job_is_shown_failed_only_after_its_release_ran(settings: Any) -> None:
+    """The waiting CLI wakes on `failed`: by then the snapshot lease, replacement tables and locks the job held
+    are let go (an operator who reruns at once must not meet them). A finish racing the release keeps it failed."""
+    from worker import taskbase
+
+    r = redis_client(settings)
+    job_id = jobs.create(r, "releasetest", {})
+    jobs.start(r, job_id, 2)
+    seen: list[str | None] = []
+
+    def release(_settings: Any, rr: Any, jid: str) -> None:
+        seen.append(jobs.state(rr, jid))
+        jobs.finish(rr, jid, {"job_id": jid, "kind": "releasetest", "state": "succeeded", "ok": True})
+
+    taskbase.on_job_failure("releasetest", release)
+    try:
+        taskbase.fail_job(settings, r, job_id, "worktask.releasetest.x table=t chunk=1: boom", "tid-1")
+        taskbase.fail_job(settings, r, job_id, "worktask.releasetest.x table=t chunk=2: later", "tid-2")
+    finally:
+        taskbase.RELEASES.pop("releasetest", None)
+    assert seen == ["running"]  # released once, before anyone could see the job failed
+    report = jobs.report(r, job_id)
+    assert report["state"] == "failed" and report["error"] == "worktask.releasetest.x table=t chunk=1: boom"

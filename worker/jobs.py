@@ -232,13 +232,13 @@ def add(r: redis.Redis, job_id: str, chunks: int = 1, rows: int = 0, nbytes: int
 
 def _transition(r: redis.Redis, job_id: str, decide: Callable[[str | None], dict[str, Any] | None]) -> None:
     """Read the state and write the next one atomically (WATCH/MULTI): a failing duplicate chunk and a
-    finalize racing each other cannot leave a failed job with a report that says ok. The change is announced
-    in the same transaction."""
+    finalize racing each other cannot leave a failed job with a report that says ok (the failure's claim is
+    watched too: it is taken before the state says failed). The change is announced in the same transaction."""
     key = _key(job_id)
     with r.pipeline() as p:
         while True:
             try:
-                p.watch(key)
+                p.watch(key, _key(job_id, "failing"))
                 fields = decide(p.hget(key, "state"))
                 if fields is None:
                     p.unwatch()
@@ -252,31 +252,48 @@ def _transition(r: redis.Redis, job_id: str, decide: Callable[[str | None], dict
                 continue
 
 
-def fail(r: redis.Redis, job_id: str, error: str, task_id: str | None = None) -> bool:
+def _claim_failure(r: redis.Redis, job_id: str) -> bool:
+    """Take the job's one failure (WATCH/MULTI on its state): False when it ended or another call has it."""
+    key, claim = _key(job_id), _key(job_id, "failing")
+    with r.pipeline() as p:
+        while True:
+            try:
+                p.watch(key, claim)
+                if p.hget(key, "state") in ("succeeded", "failed") or p.exists(claim):
+                    p.unwatch()
+                    return False
+                p.multi()
+                p.set(claim, "1", ex=JOB_TTL_SECONDS)
+                p.execute()
+                return True
+            except redis.WatchError:
+                continue
+
+
+def fail(r: redis.Redis, job_id: str, error: str, task_id: str | None = None,
+         release: Callable[[], None] | None = None) -> bool:
     """Mark the job failed, keeping the first error (the one that names the chunk). A job that already
     succeeded stays so: a late duplicate of one of its chunks does not undo its report. A task's failure
-    counts once however many paths report it. True when this call ended the job (its caller releases
-    what the job held)."""
+    counts once however many paths report it. The call that ends the job runs `release` (what the job held)
+    before the state says failed: whoever waits for the job wakes to find it let go. True for that call."""
     if task_id:
         r.expire(_key(job_id, "failed-tasks"), JOB_TTL_SECONDS)
         if not r.sadd(_key(job_id, "failed-tasks"), task_id):
             return False
     line = error.splitlines()[0][:500] if error else "failed"
-    succeeded = r.hget(_key(job_id), "state") == "succeeded"
-    if not succeeded:
+    if r.hget(_key(job_id), "state") != "succeeded":
         r.hsetnx(_key(job_id), "error", line)
         r.hincrby(_key(job_id), "chunks_failed", 1)
-    now = utcnow().isoformat()
-    ended = False
-
-    def decide(state: str | None) -> dict[str, Any] | None:
-        nonlocal ended
-        if state in ("succeeded", "failed"):
-            return None
-        ended = True
-        return {"state": "failed", "updated_at": now, "finished_at": now}
-    _transition(r, job_id, decide)
-    return ended
+    if not _claim_failure(r, job_id):
+        return False
+    try:
+        if release:
+            release()
+    finally:
+        now = utcnow().isoformat()
+        _transition(r, job_id, lambda state: None if state == "failed" else
+                    {"state": "failed", "updated_at": now, "finished_at": now})
+    return True
 
 
 def finish(r: redis.Redis, job_id: str, report: BaseModel | dict[str, Any]) -> None:
@@ -293,7 +310,7 @@ def finish(r: redis.Redis, job_id: str, report: BaseModel | dict[str, Any]) -> N
 
     def decide(state: str | None) -> dict[str, Any]:
         final = report
-        if state == "failed":
+        if state == "failed" or r.exists(_key(job_id, "failing")):
             final = {**report, "state": "failed", "ok": False, "error": r.hget(_key(job_id), "error")}
         return {"state": final["state"], "report": json.dumps(final, default=str), "updated_at": now,
                 "finished_at": now}

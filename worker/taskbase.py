@@ -67,14 +67,15 @@ def stale(r: redis.Redis, job_id: str, gen: int | None) -> bool:
 def fail_job(settings: Settings, r: redis.Redis, job_id: str, message: str, task_id: str | None = None) -> None:
     """Fail the job with this first error; the call that ends it runs the family's release."""
     log.error("job %s failed: %s", job_id, message)
-    if not jobs.fail(r, job_id, message, task_id):
-        return
-    release = RELEASES.get(jobs.job_kind(r, job_id) or "")
-    if release:
+    family = RELEASES.get(jobs.job_kind(r, job_id) or "")
+
+    def release() -> None:
         try:
-            release(settings, r, job_id)
-        except Exception:  # noqa: BLE001 - the job is failed already; the next run cleans up what is left
+            if family:
+                family(settings, r, job_id)
+        except Exception:  # noqa: BLE001 - the job fails all the same; the next run cleans up what is left
             log.exception("job %s: releasing after the failure failed", job_id)
+    jobs.fail(r, job_id, message, task_id, release)
 
 
 def notify_parent(app: Any, r: redis.Redis, job_id: str) -> None:
