@@ -185,7 +185,8 @@ def restore(settings: Settings, backup_id: str, tables: list[str], exact: bool, 
     tables = [leaf for t in tables for leaf in (leaves[t] if t not in held and t in leaves else [t])]
     unknown = [t for t in tables if t not in held]
     if unknown:
-        raise BadInput(f"backup {backup_id} holds no table {', '.join(map(repr, unknown))}; "
+        # ascii(): a look-alike (Cyrillic 'е' in "sеrvices") shows as what it is, not as the name it mimics
+        raise BadInput(f"backup {backup_id} holds no table {', '.join(map(ascii, unknown))}; "
                        f"it holds: {', '.join(held)}")
     dyn = next((t["name"] for t in manifest["tables"] if t["store"] == "dynamodb"), None)
     if dyn and dyn != settings.dynamo_table_name and (not tables or dyn in tables):
