@@ -148,6 +148,8 @@ CASES: list[tuple[str, tuple[str, ...], dict[str, str], bytes | None, tuple[str,
     *[(f"postgres-secret-arn-unknown-{args[0]}", args,
        {"POSTGRES_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:no-such-secret"}, None,
        ("POSTGRES_SECRET_ARN", "ResourceNotFoundException")) for args in (("restore", BACKUP), ("migrate", "status"))],
+    ("backup-kms-key-unknown", ("backup",), {"BACKUP_KMS_KEY_ID": "alias/no-such-key"}, None,
+     ("BACKUP_KMS_KEY_ID", "alias/no-such-key")),
     ("init-without-a-key", ("init",), {"BACKUP_ENCRYPTION_KEY": "", "ENCRYPTION_ENABLED": "true"}, None,
      ("BACKUP_ENCRYPTION_KEY", "BACKUP_KMS_KEY_ID")),
 ]
@@ -175,7 +177,7 @@ GROUPS = {  # fault -> the case ids' prefixes
                "dynamo-segments-"),
     "migrations-path": ("migrations-path-",),
     "env-file": ("env-file-",),
-    "missing-settings": ("backup-without-a-key", "postgres-secret-arn-", "init-without-a-key"),
+    "missing-settings": ("backup-without-a-key", "postgres-secret-arn-", "init-without-a-key", "backup-kms-key-"),
 }
 
 
