@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from worker.archive import new_data_key, unwrap_key, wrap_key
 from worker.connections import aws_client
-from worker.errors import BadInput
+from worker.errors import BadInput, ServiceUnavailable
 from worker.manifest import FORMAT_VERSION, check_format, validate  # noqa: F401 - the format: worker/manifest.py
 from worker.settings import Settings
 from worker.store import LocalStore, ObjectStore, S3Store
@@ -108,6 +108,30 @@ def require_key(settings: Settings, encrypt: bool) -> None:
     if encrypt and not (settings.backup_encryption_key or settings.backup_kms_key_id):
         raise BadInput("ENCRYPTION_ENABLED=true needs BACKUP_ENCRYPTION_KEY (worktask keygen prints one) or "
                        "BACKUP_KMS_KEY_ID; or set ENCRYPTION_ENABLED=false")
+
+
+KMS_REFUSALS = ("NotFoundException", "DisabledException", "AccessDeniedException", "InvalidKeyUsageException",
+                "KMSInvalidStateException", "NotAuthorizedException")
+
+
+def check_kms_key(settings: Settings, kms_key_id: str) -> None:
+    """Before a backup is submitted: the KMS key can make a data key (the call the backup makes; no other
+    permission needed). A key that does not exist or may not be used is bad configuration (exit 2), not a
+    failed job with a failed backup left in the store."""
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        aws_client(settings, "kms").generate_data_key(KeyId=kms_key_id, KeySpec="AES_256",
+                                                      EncryptionContext={"worktask": "key-check"})
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        if code in KMS_REFUSALS:
+            raise BadInput(f"BACKUP_KMS_KEY_ID={kms_key_id!r}: {code}; set it to a KMS key this role may use "
+                           "(kms:GenerateDataKey), or unset it to use BACKUP_ENCRYPTION_KEY") from None
+        raise ServiceUnavailable(f"KMS ({settings.aws_endpoint_url or settings.aws_region}) failed: {code}") from None
+    except BotoCoreError as err:
+        raise ServiceUnavailable(f"cannot reach KMS at {settings.aws_endpoint_url or settings.aws_region}: "
+                                 f"{err}") from None
 
 
 def make_data_key(settings: Settings, backup_id: str, kms_key_id: str | None) -> tuple[bytes, dict[str, Any]]:

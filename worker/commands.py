@@ -103,11 +103,14 @@ def seed(settings: Settings, config_only: bool, mode: str, dry_run: bool) -> str
 
 def backup(settings: Settings, compress: bool, encrypt: bool, chunk_rows: int | None,
            skip_dynamodb: bool = False) -> str:
-    """Enqueue a full backup; exit 2 when encryption is on without a key, 3 when the store is unreachable."""
+    """Enqueue a full backup; exit 2 when encryption is on without a key or with a KMS key that cannot be used,
+    3 when the store (or KMS) is unreachable."""
     from worker import backups
 
     backups.require_key(settings, encrypt)
     opts = backups.backup_options(settings, compress, encrypt, chunk_rows, skip_dynamodb)
+    if encrypt and opts["kms_key_id"]:
+        backups.check_kms_key(settings, opts["kms_key_id"])
     backups.store_for(settings, opts).check()
     return submit(settings, "backup", TASK_BACKUP_START, opts)
 
@@ -185,7 +188,8 @@ def restore(settings: Settings, backup_id: str, tables: list[str], exact: bool, 
     tables = [leaf for t in tables for leaf in (leaves[t] if t not in held and t in leaves else [t])]
     unknown = [t for t in tables if t not in held]
     if unknown:
-        raise BadInput(f"backup {backup_id} holds no table {', '.join(map(repr, unknown))}; "
+        # ascii(): a look-alike (Cyrillic 'е' in "sеrvices") shows as what it is, not as the name it mimics
+        raise BadInput(f"backup {backup_id} holds no table {', '.join(map(ascii, unknown))}; "
                        f"it holds: {', '.join(held)}")
     dyn = next((t["name"] for t in manifest["tables"] if t["store"] == "dynamodb"), None)
     if dyn and dyn != settings.dynamo_table_name and (not tables or dyn in tables):
