@@ -50,8 +50,9 @@ def own_worker(settings: Any, env: dict[str, str], name: str) -> Iterator[subpro
     from worker.app import app
 
     log = open(settings.worktask_state_dir / f"{name}-worker.log", "ab")
+    session = len(workers.live_workers(app))  # answers awaited: as many as there are, not the whole timeout
     for queue in ("control", "bulk"):
-        app.control.cancel_consumer(queue, reply=True, timeout=5)
+        app.control.cancel_consumer(queue, reply=True, timeout=5, limit=session)
     proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "control,bulk", "-c", "2",
                              "-n", f"{name}-{os.getpid()}@%h", "--loglevel", "INFO"],
                             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
@@ -69,7 +70,7 @@ def own_worker(settings: Any, env: dict[str, str], name: str) -> Iterator[subpro
             proc.kill()
             proc.wait(10)
         for queue in ("control", "bulk"):
-            app.control.add_consumer(queue, reply=True, timeout=5)
+            app.control.add_consumer(queue, reply=True, timeout=5, limit=session)
         log.close()
 
 
@@ -193,13 +194,14 @@ def test_access_denied_by_iam_fails_the_backup_naming_the_chunk_and_the_cause(mi
 
 class FlakyProxy(socketserver.ThreadingTCPServer):
     """A TCP proxy in front of moto, one request per connection (it asks for `Connection: close`), that resets
-    every S3 UploadPart request once `allow_parts` of them went through; everything else passes."""
+    every S3 UploadPart request once `allow_parts` of them went through; everything else passes, unless
+    `down_after`: then every request after the first reset is reset too (the endpoint is gone)."""
 
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, upstream: tuple[str, int], allow_parts: int):
-        self.upstream, self.allow_parts = upstream, allow_parts
+    def __init__(self, upstream: tuple[str, int], allow_parts: int, down_after: bool = False):
+        self.upstream, self.allow_parts, self.down_after = upstream, allow_parts, down_after
         self.parts = self.reset = 0
         self.seen: list[str] = []
         self.lock = threading.Lock()
@@ -224,7 +226,7 @@ class _ProxyHandler(socketserver.BaseRequestHandler):
             is_part = request_line.startswith("PUT ") and "partNumber=" in request_line
             if is_part:
                 server.parts += 1
-            cut = is_part and server.parts > server.allow_parts
+            cut = (is_part or (server.down_after and server.reset > 0)) and server.parts > server.allow_parts
             if cut:
                 server.reset += 1
         if cut:  # RST, no response: the connection dies mid-request
