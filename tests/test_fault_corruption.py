@@ -210,6 +210,22 @@ def test_an_edited_manifest_is_refused_by_validate_and_restore_before_anything_i
     assert hashes(settings) == before
 
 
+@pytest.mark.parametrize("edit", ["chunk-key-of-another-backup", "path-with-dotdot"])
+def test_a_chunk_key_outside_the_backup_is_refused_even_when_the_manifest_is_trusted_unauthenticated(
+        victim: dict[str, Any], edit: str) -> None:
+    """Without a MAC and with --allow-unauthenticated (the operator vouches for the manifest), a chunk stored
+    outside the backup's own folder is still refused: a backup reads only its own objects."""
+    settings, backup_id = victim["settings"], victim["id"]
+    edited = {k: v for k, v in json.loads(json.dumps(victim["manifest"])).items() if k != "auth"}
+    table = MANIFEST_EDITS[edit](edited, victim["other"])
+    put_manifest(settings, edited)
+    before = hashes(settings)
+    for args in (("backup", "validate", backup_id), ("restore", backup_id, "--tables", table)):
+        refused(run_cli(*args, "--allow-unauthenticated"), backup_id, "outside the backup's folder",
+                chunk_of(edited, table, 0)["key"])
+    assert hashes(settings) == before
+
+
 def test_a_disabled_kms_key_is_named_by_validate_and_restore(made: tuple[Any, str, str], bucket: str) -> None:
     settings = made[0]
     kms = aws_client(settings, "kms")
