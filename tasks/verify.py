@@ -60,11 +60,30 @@ def check(self: JobTask, job_id: str, table: str, chunk: int, store: str, path: 
     return {"table": table, "chunk": chunk, "path": path, "rows": rows, "reason": reason}
 
 
+def unlisted(store: Any, options: dict[str, Any], listed: set[str]) -> list[BadChunk]:
+    """Objects in the backup's folder that its manifest does not list (finalize removes every other attempt's
+    object, so a complete backup has none): put there since, or left by a finalize that did not end. A restore
+    never reads them; validate names them."""
+    root = backups.prefix(options, options["backup_id"])
+    out = []
+    for obj in store.list(root):
+        rel = obj.key[len(root):]
+        if obj.key in listed or rel in ("manifest.json", backups.VALIDATED):
+            continue
+        parts = rel.split("/")
+        n = parts[-1].split(".", 1)[0]
+        out.append(BadChunk(table=parts[1] if len(parts) == 3 else "?", chunk=int(n) if n.isdigit() else -1,
+                            path=obj.key, reason=f"not in the manifest ({obj.size} bytes): the backup did not "
+                                                 "write it this way; check and remove it"))
+    return sorted(out, key=lambda b: b.path)
+
+
 @app.task(name=TASK_BACKUP_VALIDATE_FINALIZE, base=JobTask, bind=True)
 def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
     options = jobs.options(self.redis, job_id)
     bad = [BadChunk(table=r["table"], chunk=r["chunk"], path=r["path"], reason=r["reason"])
            for r in sorted(results, key=lambda r: (r["table"], r["chunk"])) if r["reason"]]
+    bad += unlisted(backups.store_for(self.settings, options), options, {r["path"] for r in results})
     error = None
     if bad:
         error = f"{len(bad)} bad chunk(s): " + "; ".join(f"{b.table} chunk {b.chunk}: {b.reason}" for b in bad[:3])

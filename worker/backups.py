@@ -154,6 +154,26 @@ def master_key_id(master: bytes) -> str:
     return hashlib.sha256(master).hexdigest()[:16]
 
 
+KMS_KEY_UNUSABLE = ("DisabledException", "KMSInvalidStateException")  # what Decrypt answers for such a key
+
+
+def kms_key_unusable(kms_key_id: str, backup_id: str, state: str) -> BadInput:
+    return BadInput(f"KMS key {kms_key_id} of backup {backup_id} is not usable ({state}: disabled or pending "
+                    f"deletion): enable it (aws kms enable-key --key-id {kms_key_id}, or cancel-key-deletion), "
+                    "then run the command again")
+
+
+def check_kms_key(settings: Settings, kms_key_id: str, backup_id: str) -> None:
+    """BadInput naming the key when KMS says it is not Enabled (DescribeKey), before any Decrypt under it. A
+    caller without kms:DescribeKey (or an unknown key) is left to Decrypt's own answer."""
+    try:
+        state = aws_client(settings, "kms").describe_key(KeyId=kms_key_id)["KeyMetadata"].get("KeyState")
+    except ClientError:
+        return
+    if state and state != "Enabled":
+        raise kms_key_unusable(kms_key_id, backup_id, state)
+
+
 def data_key(settings: Settings, backup_id: str, encryption: dict[str, Any] | None) -> bytes | None:
     """Unwrap a backup's data key (cached per process)."""
     if not encryption:
@@ -162,9 +182,16 @@ def data_key(settings: Settings, backup_id: str, encryption: dict[str, Any] | No
     if cache in _key_cache:
         return _key_cache[cache]
     if encryption["wrapping"] == "kms":
-        key = aws_client(settings, "kms").decrypt(
-            CiphertextBlob=base64.b64decode(encryption["wrapped_key"]),
-            EncryptionContext={"backup_id": backup_id})["Plaintext"]
+        check_kms_key(settings, str(encryption.get("kms_key_id")), backup_id)
+        try:
+            key = aws_client(settings, "kms").decrypt(
+                CiphertextBlob=base64.b64decode(encryption["wrapped_key"]),
+                EncryptionContext={"backup_id": backup_id})["Plaintext"]
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code", "?")
+            if code in KMS_KEY_UNUSABLE:
+                raise kms_key_unusable(str(encryption.get("kms_key_id")), backup_id, code) from None
+            raise
     else:
         if not settings.backup_encryption_key:
             raise BadInput("backup is encrypted with a key: set BACKUP_ENCRYPTION_KEY on the workers")
@@ -263,6 +290,7 @@ def _kms_mac_key(settings: Settings, kms_key_id: str, backup_id: str, auth: dict
     cache = (backup_id, kms_key_id, str(auth.get("wrapped_key")))
     if cache in _mac_key_cache:
         return _mac_key_cache[cache]
+    check_kms_key(settings, kms_key_id, backup_id)
     try:
         blob = base64.b64decode(auth["wrapped_key"], validate=True)
         key = aws_client(settings, "kms").decrypt(CiphertextBlob=blob, KeyId=kms_key_id,
@@ -272,6 +300,8 @@ def _kms_mac_key(settings: Settings, kms_key_id: str, backup_id: str, auth: dict
                        "do not restore it, pick another backup (worktask backup list)") from None
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code", "?")
+        if code in KMS_KEY_UNUSABLE:
+            raise kms_key_unusable(kms_key_id, backup_id, code) from None
         if code in ("AccessDeniedException", "InvalidCiphertextException", "IncorrectKeyException",
                     "NotFoundException", "InvalidKeyUsageException"):
             raise BadInput(f"the MAC key in the manifest of backup {backup_id} does not unwrap under "

@@ -187,12 +187,22 @@ def check_format(raw: Any, backup_id: str) -> None:
 def validate(raw: dict[str, Any], backup_id: str) -> Manifest:
     """The manifest's shape checked against the model: BadInput (exit 2) naming the first bad field."""
     try:
-        return Manifest.model_validate(raw)
+        model = Manifest.model_validate(raw)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(map(str, first["loc"])) or "manifest"
         raise BadInput(f"manifest of backup {backup_id} is malformed ({where}: {first['msg']}): it was altered or "
                        "made by another version; pick another backup (worktask backup list)") from None
+    for t in model.tables:  # a backup reads only its own objects: <prefix>/<id>/<store>/<table>/<name>
+        folder = f"/{backup_id}/{t.store}/{t.name}"
+        for c in t.chunks:
+            parts = c.key.split("/")
+            if c.key.startswith("/") or any(p in ("", ".", "..") for p in parts) or \
+                    not ("/" + c.key.rsplit("/", 1)[0]).endswith(folder):
+                raise BadInput(f"manifest of backup {backup_id}: chunk {c.n} of {t.name} is stored at {c.key!r}, "
+                               f"outside the backup's folder ({folder[1:]}/): it was altered; do not restore it, "
+                               "pick another backup (worktask backup list)")
+    return model
 
 
 # building (moved from tasks/backup.py; pure) --------------------------------------------------------------------

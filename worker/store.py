@@ -236,14 +236,18 @@ class S3Store(ObjectStore):
             yield out
             out.flush()
             _put(q, None, failed)
-        except BaseException:
+        except BaseException as err:
             if not failed:  # the transfer manager aborts the multipart upload on a read error
                 _put(q, _Aborted("writer failed"), failed)
             thread.join(timeout=60)
+            if failed and err is failed[0] and isinstance(err, ClientError):  # S3 refused the upload: say where
+                raise self._error(err) from err
             raise
         thread.join()
         if failed:
-            raise failed[0]
+            # S3's refusals (AccessDenied, NoSuchBucket) name the bucket and the fix; a connection error stays
+            # itself, so that the task retries it (taskbase.TRANSIENT)
+            raise self._error(failed[0]) if isinstance(failed[0], ClientError) else failed[0]
 
     def _error(self, err: Exception) -> Exception:
         """botocore's errors as the project's: a missing bucket is bad input, the rest unreachable."""
