@@ -137,3 +137,40 @@ def test_every_setting_is_in_the_readme_configuration_table() -> None:
 
     readme = (ROOT / "README.md").read_text()
     assert [n.upper() for n in Settings.model_fields if f"`{n.upper()}`" not in readme] == []
+
+
+RELIABILITY = ROOT / "docs" / "RELIABILITY.md"
+NODE = re.compile(r"`(tests/test_\w+\.py)::(test_\w+)`")
+
+
+def reliability_rows() -> list[tuple[str, list[tuple[str, str]]]]:
+    """The rows of docs/RELIABILITY.md's tables: (the fault, the tests its last column names)."""
+    rows = []
+    for line in RELIABILITY.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or len(cells) < 3 or set(cells[0]) <= set("-: ") or cells[0] == "Fault":
+            continue
+        rows.append((cells[0], NODE.findall(cells[-1])))
+    return rows
+
+
+def test_every_row_of_the_reliability_document_names_a_test_that_exists() -> None:
+    rows = reliability_rows()
+    assert len(rows) > 40, "docs/RELIABILITY.md lost its tables"
+    missing = []
+    for fault, nodes in rows:
+        if not nodes:
+            missing.append(f"{fault}: no test named")
+        for path, name in nodes:
+            source = ROOT / path
+            if not source.exists() or not re.search(rf"^def {name}\(", source.read_text(), re.M):
+                missing.append(f"{fault}: {path}::{name} does not exist")
+    assert not missing, "\n".join(missing)
+
+
+def test_every_fault_test_has_a_row_in_the_reliability_document() -> None:
+    named = {node for _, nodes in reliability_rows() for node in nodes}
+    tests = {(f"tests/{p.name}", m.group(1)) for p in (ROOT / "tests").glob("test_fault_*.py")
+             for m in re.finditer(r"^def (test_\w+)\(", p.read_text(), re.M)}
+    assert tests, "no fault test module found"
+    assert not tests - named, sorted(tests - named)

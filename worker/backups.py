@@ -163,7 +163,7 @@ def kms_key_unusable(kms_key_id: str, backup_id: str, state: str) -> BadInput:
                     "then run the command again")
 
 
-def check_kms_key(settings: Settings, kms_key_id: str, backup_id: str) -> None:
+def check_kms_key_enabled(settings: Settings, kms_key_id: str, backup_id: str) -> None:
     """BadInput naming the key when KMS says it is not Enabled (DescribeKey), before any Decrypt under it. A
     caller without kms:DescribeKey (or an unknown key) is left to Decrypt's own answer."""
     try:
@@ -182,7 +182,7 @@ def data_key(settings: Settings, backup_id: str, encryption: dict[str, Any] | No
     if cache in _key_cache:
         return _key_cache[cache]
     if encryption["wrapping"] == "kms":
-        check_kms_key(settings, str(encryption.get("kms_key_id")), backup_id)
+        check_kms_key_enabled(settings, str(encryption.get("kms_key_id")), backup_id)
         try:
             key = aws_client(settings, "kms").decrypt(
                 CiphertextBlob=base64.b64decode(encryption["wrapped_key"]),
@@ -290,7 +290,7 @@ def _kms_mac_key(settings: Settings, kms_key_id: str, backup_id: str, auth: dict
     cache = (backup_id, kms_key_id, str(auth.get("wrapped_key")))
     if cache in _mac_key_cache:
         return _mac_key_cache[cache]
-    check_kms_key(settings, kms_key_id, backup_id)
+    check_kms_key_enabled(settings, kms_key_id, backup_id)
     try:
         blob = base64.b64decode(auth["wrapped_key"], validate=True)
         key = aws_client(settings, "kms").decrypt(CiphertextBlob=blob, KeyId=kms_key_id,
