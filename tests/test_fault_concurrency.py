@@ -17,8 +17,8 @@ import pytest
 from conftest import cli_json
 from test_backup import decode, manifest_of, table_copy, validate
 from test_migrate import VERSIONS, scratch_path  # noqa: F401 - scratch_path: a fixture used below
-from worker import commands, jobs, migrator, snapshot
-from worker.connections import pg_connect, redis_client
+from worker import commands, jobs, migrator, snapshot, swap
+from worker.connections import pg_connect, pg_params, redis_client
 
 pytestmark = [pytest.mark.fault]
 
@@ -328,3 +328,87 @@ def test_a_migration_during_a_backup_is_refused_naming_the_backup(accounts: Any,
         assert conn.execute("select to_regclass('conc_mig')").fetchone()[0] is None
     assert backed["ok"], backed.get("error")
     check_balanced(accounts, job_id)
+
+
+def waiting_locks(settings: Any, application_like: str, mode: str) -> list[int]:
+    """Sessions (of this database) whose `mode` lock on the accounts table is not granted yet."""
+    with pg_connect(settings, autocommit=True) as pg:
+        return [pid for (pid,) in pg.execute("""
+            select l.pid from pg_locks l join pg_stat_activity a on a.pid = l.pid
+            where a.datname = current_database() and l.locktype = 'relation' and not l.granted and l.mode = %s
+              and a.application_name like %s and l.relation in (select oid from pg_class where relname = %s)""",
+                                             (mode, application_like, TABLE))]
+
+
+def wait_until(what: str, check: Any, bound: float = 60) -> Any:
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    pytest.fail(f"never seen: {what}")
+
+
+def hold_replacement(settings: Any, restore_id: str) -> psycopg.Connection:
+    """A session that locks the restore's replacement table (SHARE) as soon as it exists: the loads wait."""
+    name = swap.replacement(TABLE, restore_id.rsplit("-", 1)[-1])
+    conn = psycopg.connect(**{**pg_params(settings), "application_name": "conc-hold-load"})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if conn.execute("select to_regclass(%s)", (name,)).fetchone()[0]:
+            conn.execute(psycopg.sql.SQL("lock table {} in share mode").format(psycopg.sql.Identifier(name)))
+            assert conn.execute("select obj_description(%s::regclass, 'pg_class')", (name,)).fetchone()[0] \
+                .startswith(swap.MARKER)  # never seen unmarked: a backup listing tables now would skip it
+            return conn
+        conn.rollback()
+    conn.close()
+    pytest.fail("the restore's replacement table never appeared")
+
+
+@pytest.mark.parametrize("phase", ["load", "swap"])
+def test_a_backup_started_during_a_restore_is_refused_naming_it(accounts: Any, phase: str) -> None:
+    """The reverse of tests/test_backup_fidelity.py::test_a_restore_refuses_while_a_backup_holds_its_tables.
+    A backup started while a restore loads (its loads held here by a lock on the replacement table) or waits at
+    its swap (held by an application's open read) is refused, exit 1, naming the restore job. Were it let run,
+    its locks would keep the swap's ACCESS EXCLUSIVE request queued, and the application's reads behind it, for
+    the swap's whole lock timeout (30 s, seen here before the fix). The restore completes."""
+    r = redis_client(accounts)
+    # one chunk a table: the held load occupies one worker slot, not all of them (the backup's start needs one)
+    first = jobs.wait(r, commands.backup(accounts, True, True, 2 * ACCOUNTS), timeout=300)
+    assert first["ok"], first.get("error")
+    with pg_connect(accounts, autocommit=True) as pg:
+        restored_state = read_state(pg)
+        pg.execute(f"update {TABLE} set balance = balance + 1 where id <= 100")  # the live table differs
+        changed = read_state(pg)
+    before = {b["backup_id"] for b in commands.backup_list(accounts)}
+    blocker = None
+    try:
+        if phase == "swap":
+            blocker = psycopg.connect(**{**pg_params(accounts), "application_name": "conc-long-report"})
+            blocker.execute(f"select count(*) from {TABLE}")  # its transaction stays open: ACCESS SHARE held
+            restore_id = commands.restore(accounts, first["backup_id"], [TABLE], False, False, False)
+            wait_until("the restore's swap waiting for the reader",
+                       lambda: waiting_locks(accounts, "%", "AccessExclusiveLock"), 120)
+        else:
+            restore_id = commands.restore(accounts, first["backup_id"], [TABLE], False, False, False)
+            blocker = hold_replacement(accounts, restore_id)
+            assert jobs.read(r, restore_id).chunks_done == 0  # held before any chunk was loaded
+        code, refused = cli_json("backup", "--chunk-rows", str(CHUNK_ROWS), timeout=120)
+        assert jobs.read(r, restore_id).state == "running"
+        if phase == "load":  # (at the swap, a read would queue behind it, behind the open read)
+            with pg_connect(accounts) as conn:
+                assert read_state(conn) == changed  # the live table is untouched until the swap
+    finally:
+        if blocker is not None:
+            blocker.rollback()
+            blocker.close()
+    restored = jobs.wait(r, restore_id, timeout=300)
+    assert code == 1 and refused["state"] == "failed", refused
+    assert f"restore job {restore_id} is running" in refused["error"] and "after it" in refused["error"], \
+        refused["error"]
+    assert restored["ok"], restored.get("error")
+    with pg_connect(accounts) as conn:
+        assert read_state(conn) == restored_state
+    states = {b["backup_id"]: b["state"] for b in commands.backup_list(accounts) if b["backup_id"] not in before}
+    assert states.get(refused["job_id"]) in (None, "failed"), states  # never listed as a backup to restore
