@@ -309,20 +309,24 @@ def test_a_migration_during_a_backup_is_refused_naming_the_backup(accounts: Any,
     """`migrate` and `migrate rollback` while a backup holds its tables: both refused (exit 1) naming the backup
     job; nothing migrated; the backup completes and validates."""
     r = redis_client(accounts)
-    job_id = slow_backup(accounts, rate=10_000)  # ~11 s a chunk of the accounts table
+    job_id = slow_backup(accounts, rate=20_000)  # ~6 s a chunk of the accounts table
     deadline = time.monotonic() + 60
     while job_id not in snapshot.running_backups(r) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert job_id in snapshot.running_backups(r)
-    refusals = [cli_json(*args, env=slow_migration, timeout=120)
-                for args in (["migrate"], ["migrate", "rollback", VERSIONS[-2]])]
+    # the rollback submitted as the CLI does, the upgrade through the CLI meanwhile (the operator's view)
+    s = accounts.model_copy(update={"migrations_path": Path(slow_migration["MIGRATIONS_PATH"])})
+    rollback = commands.migrate(s, "downgrade", VERSIONS[-2], False)
+    code, refused = cli_json("migrate", env=slow_migration, timeout=120)
+    rolled = jobs.wait(r, rollback, timeout=120)
     still_running = jobs.read(r, job_id).state == "running"
     backed = jobs.wait(r, job_id, timeout=300)
     assert still_running, "the backup ended before the migrations were tried"
-    for code, refused in refusals:
-        assert code == 1 and refused["state"] == "failed", refused
-        assert f"backup job {job_id} is running" in refused["error"] and "after it" in refused["error"], \
-            refused["error"]
+    assert code == 1 and refused["state"] == "failed", refused
+    for report in (refused, rolled):
+        assert not report["ok"] and report["state"] == "failed", report
+        assert f"backup job {job_id} is running" in report["error"] and "after it" in report["error"], \
+            report["error"]
     assert migrator.current(accounts) == VERSIONS[-1]  # nothing migrated either way
     with pg_connect(accounts) as conn:
         assert conn.execute("select to_regclass('conc_mig')").fetchone()[0] is None
