@@ -323,6 +323,20 @@ def release(settings: Settings, r: Any, job_id: str) -> None:
 on_job_failure("backup", release)
 
 
+def refuse_during_restore(r: Any) -> None:
+    """A restore swaps its tables in when its load ends. A backup that held them then would keep the swap's
+    ACCESS EXCLUSIVE request waiting (up to its lock timeout), and every read of the application, and the
+    backup's own chunks, queued behind it: the backup waits for the restore instead (as restores and
+    migrations wait for backups: worker/snapshot.py refuse_during_backup). A dry run swaps nothing."""
+    holder = r.get(jobs.LOCK_KEY.format(resource="restore"))
+    if not holder:
+        return
+    held = jobs.read(r, holder)
+    if held is not None and not held.finished and not jobs.options(r, holder).get("dry_run"):
+        raise JobFailed(f"restore job {holder} is running and swaps its tables in when its load ends; run the "
+                        f"backup after it (worktask jobs show {holder})")
+
+
 @app.task(name=TASK_BACKUP_START, base=JobTask, bind=True, max_retries=0)
 def start(self: JobTask, job_id: str | None, options: dict[str, Any]) -> dict[str, Any]:
     r, s = self.redis, self.settings
@@ -335,6 +349,7 @@ def start(self: JobTask, job_id: str | None, options: dict[str, Any]) -> dict[st
         return {"job_id": job_id, "scheduled": True}
     if jobs.is_planned(r, job_id):
         return {"job_id": job_id, "skipped": "already planned"}
+    refuse_during_restore(r)
     backups.require_key(s, options["encrypt"])
     gen = jobs.generation(r, job_id)
     lock_timeout = options.get("lock_timeout", s.backup_lock_timeout)

@@ -75,7 +75,8 @@ def locked_out(table: str, lock_timeout: float, who: str) -> str:
 
 def lock_and_export(conn: psycopg.Connection, lock_timeout: float) -> tuple[str, list[str]]:
     """List the tables, lock each in ACCESS SHARE mode, then export the snapshot (taken after the locks,
-    as LOCK does not take one): every table in the snapshot is safe from TRUNCATE and rewrites."""
+    as LOCK does not take one): every table in the snapshot is safe from TRUNCATE and rewrites, and the
+    tables locked are exactly the tables of the snapshot."""
     for _attempt in range(LIST_TRIES):
         conn.autocommit = True
         tables = [row[0] for row in conn.execute(TABLES_SQL, (list(SKIP_TABLES), REPLACEMENT_MARKER + "%"))]
@@ -94,9 +95,16 @@ def lock_and_export(conn: psycopg.Connection, lock_timeout: float) -> tuple[str,
             conn.rollback()
             conn.autocommit = True
             raise _Locked(locked_out(current, lock_timeout, blockers(conn, current))) from None
+        # The listing above ran before the locks, outside the snapshot: a table that a migration (or anyone)
+        # created and committed while a lock waited for it is in the snapshot but not in the list, and the
+        # backup would hold the new schema's migration head without that table's rows. List again through the
+        # snapshot (this query takes it: LOCK does not); if the tables differ, let go and start over.
+        if [row[0] for row in conn.execute(TABLES_SQL, (list(SKIP_TABLES), REPLACEMENT_MARKER + "%"))] != tables:
+            conn.rollback()
+            continue
         snap = conn.execute("select pg_export_snapshot()").fetchone()[0]
         return snap, tables
-    raise _Locked(f"tables kept being dropped while the backup locked them ({LIST_TRIES} tries)")
+    raise _Locked(f"tables kept being created or dropped while the backup locked them ({LIST_TRIES} tries)")
 
 
 def hold(spec: dict[str, Any]) -> None:

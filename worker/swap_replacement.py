@@ -57,10 +57,11 @@ def ledger(tag: str) -> str:
 
 def create_ledger(conn: psycopg.Connection, tag: str) -> str:
     name = sql.Identifier(ledger(tag))
-    conn.execute(sql.SQL("drop table if exists {}").format(name))
-    conn.execute(sql.SQL("create table {} (tbl text not null, n int not null, rows bigint not null, "
-                         "primary key (tbl, n))").format(name))
-    conn.execute(sql.SQL("comment on table {} is {}").format(name, sql.Literal(marker(tag, ""))))
+    with conn.transaction():  # never seen unmarked (see _create)
+        conn.execute(sql.SQL("drop table if exists {}").format(name))
+        conn.execute(sql.SQL("create table {} (tbl text not null, n int not null, rows bigint not null, "
+                             "primary key (tbl, n))").format(name))
+        conn.execute(sql.SQL("comment on table {} is {}").format(name, sql.Literal(marker(tag, ""))))
     return ledger(tag)
 
 
@@ -91,12 +92,16 @@ def _create(conn: psycopg.Connection, table: str, tag: str, plain_generated: boo
     new = replacement(table, tag)
     cat = conn.execute("""select relpersistence, ts.spcname from pg_class c left join pg_tablespace ts
                           on ts.oid = c.reltablespace where c.oid = %s""", (table_oid(conn, table),)).fetchone()
-    conn.execute(sql.SQL("create {}table {} (like {} including all {}excluding indexes "
-                         "excluding constraints){}").format(
-        sql.SQL("unlogged " if cat[0] == "u" else ""), sql.Identifier(new), sql.Identifier(table),
-        sql.SQL("excluding generated " if plain_generated else ""),
-        sql.SQL(" tablespace {}").format(sql.Identifier(cat[1])) if cat[1] else sql.SQL("")))
-    conn.execute(sql.SQL("comment on table {} is {}").format(sql.Identifier(new), sql.Literal(marker(tag, table))))
+    # one transaction: the table is never seen without its mark (a backup starting meanwhile lists the tables
+    # and would take an unmarked replacement for one of the application's and back it up)
+    with conn.transaction():
+        conn.execute(sql.SQL("create {}table {} (like {} including all {}excluding indexes "
+                             "excluding constraints){}").format(
+            sql.SQL("unlogged " if cat[0] == "u" else ""), sql.Identifier(new), sql.Identifier(table),
+            sql.SQL("excluding generated " if plain_generated else ""),
+            sql.SQL(" tablespace {}").format(sql.Identifier(cat[1])) if cat[1] else sql.SQL("")))
+        conn.execute(sql.SQL("comment on table {} is {}").format(sql.Identifier(new),
+                                                                sql.Literal(marker(tag, table))))
     return new
 
 
