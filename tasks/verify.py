@@ -21,15 +21,22 @@ from worker.settings import Settings
 from worker.taskbase import JobTask, fan_out
 
 
-def cleanup(settings: Settings, options: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+def cleanup(settings: Settings, r: Any, options: dict[str, Any]) -> tuple[list[dict[str, Any]], int, list[str]]:
+    """What retention deletes, how many backups it keeps, and the unfinished uploads of backups whose job is
+    not running (a worker killed, or the store lost, mid-object), aborted (a dry run only lists them)."""
     store = backups.store_for(settings, options)
     listed = backups.list_backups(store, options, settings)
     plan = backups.cleanup_plan(listed, options["retention_days"])
-    if not options.get("dry_run"):
+    running = {"queued", "running"}
+    if options.get("dry_run"):
+        uploads = [u.key for u in store.open_uploads(options["prefix"] + "/")
+                   if jobs.state(r, u.key[len(options["prefix"]) + 1:].split("/", 1)[0]) not in running]
+    else:
         for b in plan:
             backups.delete_backup(store, options, b["backup_id"])
+        uploads = backups.abort_open_uploads(store, options, busy=lambda backup_id: jobs.state(r, backup_id) in running)
     deleted = [{k: b[k] for k in ("backup_id", "state", "created_at", "bytes_stored", "reason")} for b in plan]
-    return deleted, len(listed) - len(plan)
+    return deleted, len(listed) - len(plan), uploads
 
 
 @app.task(name=TASK_BACKUP_VALIDATE_START, base=JobTask, bind=True)
@@ -111,9 +118,10 @@ def cleanup_start(self: JobTask, job_id: str | None, options: dict[str, Any]) ->
         self.apply_async(kwargs={"job_id": job_id, "options": options})  # the job's own start: failures fail it
         return {"job_id": job_id, "scheduled": True}
     jobs.start(self.redis, job_id, 1)
-    deleted, kept = cleanup(self.settings, options)
+    deleted, kept, uploads = cleanup(self.settings, self.redis, options)
     jobs.add(self.redis, job_id, rows=len(deleted))
     report = CleanupReport(job_id=job_id, state="succeeded", ok=True, retention_days=options["retention_days"],
-                           dry_run=bool(options.get("dry_run")), deleted=deleted, kept=kept)
+                           dry_run=bool(options.get("dry_run")), deleted=deleted, kept=kept,
+                           aborted_uploads=uploads)
     jobs.finish(self.redis, job_id, report)
     return {"job_id": job_id, "deleted": len(deleted)}

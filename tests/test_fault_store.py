@@ -298,3 +298,48 @@ def test_an_endpoint_failing_mid_multipart_upload_fails_the_backup_and_aborts_th
     open_uploads = s3.list_multipart_uploads(Bucket=bucket, Prefix=f"backups/{report['job_id']}/")
     assert open_uploads.get("Uploads", []) == [], open_uploads["Uploads"]
     assert any(line.startswith("DELETE ") and "uploadId=" in line for line in proxy.seen), proxy.seen  # aborted
+
+
+def test_an_upload_left_open_by_a_lost_endpoint_is_aborted_by_cleanup_and_a_running_backups_is_kept(
+        migrated: Any, blob_table: str) -> None:
+    """The endpoint goes away whole after the first part: the upload cannot be aborted then (nor by a worker
+    killed mid-object). `backup cleanup` aborts what backups whose job ended left open, never a running one's."""
+    from worker import jobs
+    from worker.connections import redis_client
+
+    make_data(migrated)
+    bucket = f"worktask-lost-{time.time_ns()}"
+    s3 = aws_client(migrated, "s3")
+    s3.create_bucket(Bucket=bucket)
+    env = stack_env(migrated)
+    moto = env["AWS_ENDPOINT_URL"].rsplit(":", 1)
+    proxy = FlakyProxy((moto[0].split("//")[1], int(moto[1])), allow_parts=1, down_after=True)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        worker_env = {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.server_address[1]}"}
+        with own_worker(migrated, worker_env, "lost"):
+            code, report = cli_json("backup", "--skip-dynamodb", "--no-compress", "--chunk-rows", "100000",
+                                    env={"S3_BUCKET_NAME": bucket}, timeout=300)
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert code == 1 and report["state"] == "failed", report
+    assert f"table={blob_table} chunk=0" in report["error"], report["error"]
+    left = s3.list_multipart_uploads(Bucket=bucket, Prefix=f"backups/{report['job_id']}/").get("Uploads", [])
+    assert left, "the lost endpoint left no upload open: the fault did not happen"
+    # a backup still running has an upload open too: its job is live, its upload must survive
+    r = redis_client(migrated)
+    running = jobs.create(r, "backup", {"prefix": "backups"})
+    jobs.start(r, running, 1)
+    live = s3.create_multipart_upload(Bucket=bucket, Key=f"backups/{running}/postgres/services/0.x.chunk")
+    try:
+        code, dry = cli_json("backup", "cleanup", "--dry-run", env={"S3_BUCKET_NAME": bucket})
+        assert code == 0 and dry["aborted_uploads"] == [u["Key"] for u in left], dry
+        code, done = cli_json("backup", "cleanup", env={"S3_BUCKET_NAME": bucket})
+        assert code == 0 and done["aborted_uploads"] == [u["Key"] for u in left], done
+        after = s3.list_multipart_uploads(Bucket=bucket, Prefix="backups/").get("Uploads", [])
+        assert [u["UploadId"] for u in after] == [live["UploadId"]], after
+    finally:
+        s3.abort_multipart_upload(Bucket=bucket, Key=f"backups/{running}/postgres/services/0.x.chunk",
+                                  UploadId=live["UploadId"])
+        jobs.finish(r, running, {"job_id": running, "kind": "backup", "state": "failed", "ok": False})

@@ -16,6 +16,7 @@ import hashlib
 import json
 import re
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -467,6 +468,21 @@ def cleanup_plan(backups: list[dict[str, Any]], retention_days: int,
         elif now - datetime.fromisoformat(b["last_write"]) > timedelta(days=1):
             plan.append({**b, "reason": f"{b['state']} leftover, untouched for over a day"})
     return plan
+
+
+def abort_open_uploads(store: ObjectStore, options: dict[str, Any], backup_id: str | None = None,
+                       busy: Callable[[str], bool] = lambda _id: False) -> list[str]:
+    """Abort the objects begun and never finished (a worker killed mid-upload, an endpoint lost mid-object) in
+    one backup's folder, or in every backup's whose job is not `busy` (still running: its uploads are live).
+    The keys aborted."""
+    root = prefix(options, backup_id) if backup_id else options["prefix"] + "/"
+    dead = []
+    for u in store.open_uploads(root):
+        owner = u.key[len(options["prefix"]) + 1:].split("/", 1)[0]
+        if backup_id or not busy(owner):
+            dead.append(u)
+    store.abort(dead)
+    return [u.key for u in dead]
 
 
 def delete_backup(store: ObjectStore, options: dict[str, Any], backup_id: str) -> int:

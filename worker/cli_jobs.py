@@ -236,7 +236,8 @@ def backup_validate(backup_id: str, allow_unauthenticated: bool, as_json: bool, 
 def backup_cleanup(retention_days: int | None, dry_run: bool | None, as_json: bool, no_wait: bool,
                    timeout: int | None) -> int:
     """Delete complete backups older than the retention (never the newest complete one) and failed or
-    abandoned leftovers untouched for a day. Beat runs it nightly.
+    abandoned leftovers untouched for a day, and abort the unfinished uploads (S3 multipart) of backups
+    whose job is not running. Beat runs it nightly.
 
     \b
     Examples:

@@ -138,6 +138,11 @@ def render_cleanup(report: dict[str, Any]) -> None:
               f"(retention {report['retention_days']} days)", markup=False)
     for b in report["deleted"]:
         out.print(f"  {b['backup_id']}  {b['state']}  {human_bytes(b['bytes_stored'])}  {b['reason']}", markup=False)
+    if report.get("aborted_uploads"):
+        out.print(f"{'would abort' if report['dry_run'] else 'aborted'} {len(report['aborted_uploads'])} unfinished "
+                  "upload(s) of backups whose job is not running:", markup=False)
+        for key in report["aborted_uploads"]:
+            out.print(f"  {key}", markup=False)
 
 
 def render_restore(report: dict[str, Any]) -> None:

@@ -132,6 +132,7 @@ class CleanupReport(JobReport):
     retention_days: int
     deleted: list[dict[str, Any]] = Field(default_factory=list)
     kept: int = 0
+    aborted_uploads: list[str] = Field(default_factory=list)  # keys of unfinished uploads (a dry run: would abort)
 
 
 class RestoreTable(BaseModel):

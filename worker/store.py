@@ -34,6 +34,14 @@ class ObjectInfo:
     modified: datetime
 
 
+@dataclass(frozen=True)
+class OpenUpload:
+    """An object begun and never finished (S3 multipart): its parts are stored, and billed, until aborted."""
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
 class ObjectStore:
     """Keys are '/'-separated relative paths."""
 
@@ -67,6 +75,14 @@ class ObjectStore:
 
     def delete(self, keys: list[str]) -> None:
         raise NotImplementedError
+
+    def open_uploads(self, prefix: str = "") -> list[OpenUpload]:
+        """Objects begun under the prefix and never finished nor aborted (a writer killed or cut off from the
+        store mid-object). A local store has none: its unfinished `.part` files are listed as objects."""
+        return []
+
+    def abort(self, uploads: list[OpenUpload]) -> None:
+        """Drop these unfinished objects and their stored parts."""
 
     def check(self) -> str:
         """Raise ServiceUnavailable when the store cannot be used; else one line about it."""
@@ -281,6 +297,22 @@ class S3Store(ObjectStore):
         for i in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[i:i + 1000]]
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+
+    def open_uploads(self, prefix: str = "") -> list[OpenUpload]:
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
+        try:
+            return [OpenUpload(u["Key"], u["UploadId"], u["Initiated"]) for page in pages
+                    for u in page.get("Uploads", [])]
+        except (ClientError, BotoCoreError) as err:
+            raise self._error(err) from None
+
+    def abort(self, uploads: list[OpenUpload]) -> None:
+        for u in uploads:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=u.key, UploadId=u.upload_id)
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") != "NoSuchUpload":  # aborted or finished meanwhile
+                    raise self._error(err) from None
 
     def check(self) -> str:
         try:
