@@ -134,6 +134,19 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def kill_whole_worker(proc: subprocess.Popen) -> None:
+    """SIGKILL a worker's main process and its pool processes, as when its machine or container dies."""
+    pool = children(proc.pid)
+    assert pool, "the worker has no pool processes"
+    os.kill(proc.pid, signal.SIGKILL)
+    for pid in pool:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(30)
+
+
 def stored_keys(settings: Any, backup_id: str) -> set[str]:
     return {o.key for o in backups.store_for(settings, backups.store_options(settings)).list(f"backups/{backup_id}/")}
 
@@ -287,15 +300,7 @@ def test_losing_a_whole_worker_mid_backup_still_completes_and_validates(data: An
         s = data.model_copy(update={"backup_rate_limit": 50_000})
         job_id = commands.backup(s, True, True, 1000)
         running(app, "worktask.backup.dump_chunk", time.monotonic() + 60, host="wholeworker-")
-        pool = children(proc.pid)
-        assert pool, "the worker has no pool processes"
-        os.kill(proc.pid, signal.SIGKILL)
-        for pid in pool:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait(30)
+        kill_whole_worker(proc)
     tags = [tag for tag, _ in unacked(data)]
     assert tags, "the lost worker left no unacknowledged delivery"
     past_visibility_timeout(data, tags)
@@ -532,3 +537,40 @@ def test_killing_a_worker_process_during_init_still_runs_every_step(data: Any) -
     backup_id = next(s for s in report["steps"] if s["name"] == "backup")["report"]["backup_id"]
     assert validate(data, backup_id)["ok"]
     nothing_left(data)
+
+
+def test_losing_a_whole_worker_during_the_swap_leaves_the_old_data_then_restores_exactly(
+        dressed: Any) -> None:  # noqa: F811
+    """The worker whose process swaps (waiting on a lock the test holds) dies whole; its finalize goes back to
+    the queue once the visibility timeout has passed (aged, as above) and the session's workers finish."""
+    from worker.app import app
+
+    done = backup(dressed)
+    assert done["ok"], done
+    before = hashes(dressed)
+    scramble(dressed)
+    scrambled = hashes(dressed)
+    with own_worker(dressed, "wholeswap") as proc:
+        with pg_connect(dressed) as holder, pg_connect(dressed, autocommit=True) as watch:
+            holder.execute("select count(*) from services")  # ACCESS SHARE: the swap's renames wait for it
+            job_id = commands.restore(dressed, done["backup_id"], [], True, False, False)
+            victim = waiting_task(app, watch, "worktask.restore.finalize", "%", time.monotonic() + 120)
+            assert victim["hostname"].startswith("wholeswap-"), victim["hostname"]
+            kill_whole_worker(proc)
+            holder.rollback()
+            backend_gone(watch, victim["backend"], time.monotonic() + 30)
+        # the swap rolled back with its session: the old PostgreSQL data, whole (DynamoDB items are upserted
+        # before the swap, by design: README)
+        assert {k: v for k, v in hashes(dressed).items() if k != "dynamodb"} == \
+            {k: v for k, v in scrambled.items() if k != "dynamodb"}
+    tags = [tag for tag, message in unacked(dressed) if message["headers"].get("id") == victim["id"]]
+    assert tags, "the lost worker's finalize is not waiting for its visibility timeout"
+    past_visibility_timeout(dressed, [tag for tag, _ in unacked(dressed)])
+    report = jobs.wait(redis_client(dressed), job_id, timeout=WAIT)
+    assert report["ok"] and report["skipped"] == [], report.get("error")
+    assert hashes(dressed) == before
+    nothing_left(dressed, job_id)
+    scramble(dressed)
+    code, again = cli_json("restore", done["backup_id"], "--exact", timeout=WAIT)  # the next run succeeds
+    assert code == 0 and again["ok"], again.get("error")
+    assert hashes(dressed) == before
