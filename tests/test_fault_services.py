@@ -141,7 +141,10 @@ def own(migrated: Any) -> Iterator[Any]:
                                         "postgres_host": "127.0.0.1", "postgres_port": pg.port,
                                         "postgres_database": "worktask_fault", "backup_dir": folder / "backups"})
         st = SimpleNamespace(env=env, redis=red, pg=pg, settings=s, folder=folder, worker=worker)
-        wait_for_worker(st)
+        try:
+            wait_for_worker(st)
+        except AssertionError as err:
+            raise AssertionError(f"{err}; its log ends: {(folder / 'worker.log').read_text()[-3000:]}") from None
         for args in (("migrate",), ("seed",)):
             proc = run_cli(*args, env=env, timeout=300)
             assert proc.returncode == 0, proc.stderr
@@ -160,17 +163,18 @@ def own(migrated: Any) -> Iterator[Any]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def wait_for_worker(own: Any, bound: float = 90) -> None:
-    """The own worker answers a ping on the own broker (after a restart it reconnects with a back-off)."""
-    from celery import Celery
+PING = ("from worker.app import app; from worker import workers; "
+        "print(any(n.startswith('faultsvc-') for n in workers.live_workers(app)))")
 
-    app = Celery(broker=own.redis.url, backend=own.redis.url)
-    try:
-        until("the test's worker answers on its broker",
-              lambda: any(n.startswith("faultsvc-") for r in (app.control.ping(timeout=1) or []) for n in r), bound,
-              every=0.5)
-    finally:
-        app.close()
+
+def wait_for_worker(own: Any, bound: float = 90) -> None:
+    """The own worker consumes both queues on the own broker (after a restart it reconnects with a back-off).
+    Asked from a process of its own: Celery takes CELERY_BROKER_URL from the environment first."""
+    def answers() -> bool:
+        proc = subprocess.run([sys.executable, "-c", PING], env={**os.environ, **own.env}, cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        return proc.stdout.strip() == "True"
+    until("the test's worker answers on its broker", answers, bound, every=0.5)
 
 
 def start_cli(own: Any, *args: str, **env: str) -> subprocess.Popen:
@@ -236,9 +240,11 @@ def test_losing_redis_during_a_job_ends_the_wait_naming_redis_and_the_next_run_s
             proc.communicate()
     waited = time.monotonic() - began
     assert waited < 180
-    if proc.returncode != 0:  # a lost job is said so, naming Redis, in one line (no traceback)
-        lines = err.strip().splitlines()
-        assert len(lines) == 1 and "Redis" in lines[0] and job["job_id"] in lines[0], err
+    if proc.returncode != 0:  # a lost job is said so, naming Redis, in one line after the progress bar
+        last = err.strip().splitlines()[-1]
+        assert "Traceback" not in err and last.startswith("error: "), err
+        assert "Redis" in last and job["job_id"] in last, err
+        print(f"{kind}/{fault}: exit {proc.returncode}: {last}")  # shown by pytest -rP
     else:  # or the job ended before Redis went, and said so
         assert kind != "backup", out
     after = listed(own)
