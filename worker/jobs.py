@@ -463,7 +463,8 @@ def failed_report(r: redis.Redis, job_id: str) -> dict[str, Any]:
 
 
 def wait(r: redis.Redis, job_id: str, timeout: float,
-         on_progress: Callable[[Progress], None] | None = None, interval: float = 1.0) -> dict[str, Any]:
+         on_progress: Callable[[Progress], None] | None = None, interval: float = 1.0,
+         submitted: bool = False) -> dict[str, Any]:
     """The job's report once it has one (or failed); JobTimeout past `timeout` seconds.
 
     Blocks on the job's channel between reads of its record: a change wakes it at once (no polling delay at
@@ -471,7 +472,7 @@ def wait(r: redis.Redis, job_id: str, timeout: float,
     should a message be lost all the same (a dropped connection, a worker that does not announce), the record
     is read again every `interval` seconds."""
     deadline = time.monotonic() + timeout
-    seen = [False]  # the record was read once: its absence later means Redis lost it
+    seen = [submitted]  # the record exists (the caller made it, or it was read): its absence means Redis lost it
     while True:
         try:
             return _wait(r, job_id, timeout, deadline, on_progress, interval, seen)
