@@ -168,14 +168,26 @@ def start_worker(env: dict[str, str], folder: Path) -> subprocess.Popen:
         env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(folder / "worker.log", "ab"))
 
 
-def revive_worker(own: Any) -> bool:
-    """Start the worker again if it died, as its supervisor would; True when it had. kombu 5.7's Redis transport
-    can kill the worker when Redis restarts (restore_unacked on a closed channel: "'NoneType' object has no
-    attribute 'hostname'"), which no setting of this project prevents (see docs/RELIABILITY.md)."""
-    if own.worker.poll() is None:
-        return False
-    own.worker = start_worker(own.env, own.folder)
-    return True
+def revive_worker(own: Any) -> str:
+    """Start the worker again if it died or stopped answering, as its supervisor (with a liveness probe) would;
+    what happened, or "". Celery 5.7 / kombu 5.7 on Redis can kill the worker when Redis restarts
+    (restore_unacked on a closed channel: "'NoneType' object has no attribute 'hostname'") or leave it connected
+    but consuming nothing (celery/celery#10205, #8030), which no setting of this project prevents."""
+    if own.worker.poll() is not None:
+        own.worker = start_worker(own.env, own.folder)
+        return "died"
+    try:
+        wait_for_worker(own, 45)
+        return ""
+    except AssertionError:
+        own.worker.terminate()
+        try:
+            own.worker.wait(30)
+        except subprocess.TimeoutExpired:
+            own.worker.kill()
+            own.worker.wait(30)
+        own.worker = start_worker(own.env, own.folder)
+        return "stopped answering"
 
 
 PING = ("from worker.app import app; from worker import workers; "
@@ -271,8 +283,8 @@ def test_losing_redis_during_a_job_ends_the_wait_naming_redis_and_the_next_run_s
     if kind == "backup":
         assert after[job["job_id"]] != "complete"
     time.sleep(1)  # a worker the restart kills has died by now
-    if revive_worker(own):
-        print(f"{kind}/{fault}: the worker died with the restart and was started again")  # shown by pytest -rP
+    if what := revive_worker(own):
+        print(f"{kind}/{fault}: the worker {what} after the fault and was started again")  # shown by pytest -rP
     wait_for_worker(own)
     proc = run_cli(*args, env=own.env, timeout=300)  # the next run succeeds
     assert proc.returncode == 0, proc.stderr
