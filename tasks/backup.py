@@ -196,7 +196,12 @@ async def _copy_out(settings: Settings, snap: str, table: str, query: str, args:
     p = pg_params(settings)
     conn = await asyncpg.connect(host=p["host"], port=int(p["port"]), user=p["user"], password=p.get("password"),
                                  database=p["dbname"], timeout=settings.postgres_connect_timeout,
-                                 server_settings={"application_name": "worktask-backup"})
+                                 server_settings={"application_name": "worktask-backup",
+                                                  # a chunk's own bounds (TASK_TIME_LIMIT, lock_timeout below), not
+                                                  # the database's defaults: a long COPY, read at the rate limit
+                                                  # after the server has sent it all, is neither of these
+                                                  "statement_timeout": "0",
+                                                  "idle_in_transaction_session_timeout": "0"})
     rows = 0
     began = time.monotonic()
 
@@ -231,6 +236,14 @@ async def _copy_out(settings: Settings, snap: str, table: str, query: str, args:
         except asyncpg.LockNotAvailableError:
             blockers = await conn.fetch(snapshot.BLOCKERS_SQL.format(param="$1"), table)
             raise JobFailed(snapshot.locked_out(table, lock_timeout, snapshot.describe_blockers(blockers))) from None
+        except (asyncpg.InternalClientError, asyncpg.PostgresError) as err:
+            # The server ended this session mid-COPY (pg_terminate_backend, a restart): asyncpg then reports
+            # whatever its state machine met first (57P01, or "cannot switch to state 15" from the rollback).
+            # The snapshot lives in the holder's session, so the chunk can run again: a transient error.
+            if conn.is_closed() or isinstance(err, asyncpg.AdminShutdownError | asyncpg.InternalClientError):
+                raise ConnectionResetError(f"the server ended the chunk's session ({type(err).__name__}: "
+                                           f"{str(err).splitlines()[0] if str(err) else ''})") from None
+            raise
     finally:
         await conn.close()
     return rows
@@ -316,8 +329,15 @@ def release(settings: Settings, r: Any, job_id: str) -> None:
     opts = jobs.options(r, job_id)
     progress = jobs.read(r, job_id)
     error = progress.error if progress else None
-    backups.store_for(settings, opts).put(backups.prefix(opts, job_id) + "failed.json",
-                                          json.dumps({"error": error}).encode())
+    store = backups.store_for(settings, opts)
+    for attempt in range(3):  # its chunks go first: they are never restored, and a full disk needs their room
+        store.delete([o.key for o in store.list(backups.prefix(opts, job_id)) if not o.key.endswith("/failed.json")])
+        try:
+            store.put(backups.prefix(opts, job_id) + "failed.json", json.dumps({"error": error}).encode())
+            return
+        except OSError:  # chunks still running filled it again meanwhile
+            if attempt == 2:
+                raise
 
 
 on_job_failure("backup", release)

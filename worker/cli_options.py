@@ -66,7 +66,7 @@ def run_job(submit: Callable[[], str], kind: str, as_json: bool, no_wait: bool, 
         return 0
     bar, update = progress_bar(kind)
     with bar:
-        report = commands.wait(s, job_id, timeout, update)
+        report = commands.wait(s, job_id, timeout, update, submitted=True)
     if as_json:
         emit_json(report)
     else:

@@ -58,12 +58,13 @@ def submit(settings: Settings, kind: str, task: str, options: dict[str, Any]) ->
 
 
 def wait(settings: Settings, job_id: str, timeout: float | None = None,
-         on_progress: ProgressFn | None = None) -> dict[str, Any]:
+         on_progress: ProgressFn | None = None, submitted: bool = False) -> dict[str, Any]:
     from worker import jobs
-    from worker.connections import check_redis
+    from worker.connections import check_redis, redis_client
 
-    r = check_redis(settings)
-    return jobs.wait(r, job_id, timeout or settings.job_timeout, on_progress)
+    # a job just submitted is waited for through a Redis that may go and come back (jobs.wait gives it a bound)
+    r = redis_client(settings) if submitted else check_redis(settings)
+    return jobs.wait(r, job_id, timeout or settings.job_timeout, on_progress, submitted=submitted)
 
 
 def health(settings: Settings) -> str:

@@ -30,7 +30,7 @@ import redis
 from pydantic import BaseModel
 
 from worker.constants import BEAT_SLOT_KEY, ID_PATTERN, JOB_TTL_SECONDS, KEY_PREFIX
-from worker.errors import BadInput, JobTimeout
+from worker.errors import BadInput, JobFailed, JobTimeout, ServiceUnavailable
 from worker.reports import Progress, utcnow
 from worker.settings import parse_crontab
 
@@ -451,8 +451,8 @@ def unlock(r: redis.Redis, resource: str, job_id: str) -> None:
 
 def read(r: redis.Redis, job_id: str) -> Progress | None:
     raw = r.hgetall(_key(job_id))
-    if not raw:
-        return None
+    if not raw.get("kind") or not raw.get("state"):  # none, or only the counters a chunk still running wrote
+        return None  # after Redis lost the record (restarted or flushed)
     p = Progress(job_id=job_id, **{k: v for k, v in raw.items() if k in Progress.model_fields and v != ""})
     if p.started_at and p.chunks_done:
         elapsed = ((p.finished_at or utcnow()) - p.started_at).total_seconds()
@@ -480,7 +480,8 @@ def failed_report(r: redis.Redis, job_id: str) -> dict[str, Any]:
 
 
 def wait(r: redis.Redis, job_id: str, timeout: float,
-         on_progress: Callable[[Progress], None] | None = None, interval: float = 1.0) -> dict[str, Any]:
+         on_progress: Callable[[Progress], None] | None = None, interval: float = 1.0,
+         submitted: bool = False) -> dict[str, Any]:
     """The job's report once it has one (or failed); JobTimeout past `timeout` seconds.
 
     Blocks on the job's channel between reads of its record: a change wakes it at once (no polling delay at
@@ -488,13 +489,51 @@ def wait(r: redis.Redis, job_id: str, timeout: float,
     should a message be lost all the same (a dropped connection, a worker that does not announce), the record
     is read again every `interval` seconds."""
     deadline = time.monotonic() + timeout
+    seen = [submitted]  # the record exists (the caller made it, or it was read): its absence means Redis lost it
+    while True:
+        try:
+            return _wait(r, job_id, timeout, deadline, on_progress, interval, seen)
+        except (redis.ConnectionError, redis.TimeoutError) as err:  # Redis went away: give it a moment to return
+            back = time.monotonic() + min(REDIS_RETURN_S, max(deadline - time.monotonic(), 0))
+            while not _pings(r):
+                if time.monotonic() >= back:
+                    raise ServiceUnavailable(
+                        f"lost Redis at {_where(r)} while waiting for job {job_id} ({err}); the job's outcome is "
+                        f"unknown: once Redis is back, see worktask jobs show {job_id}") from None
+                time.sleep(0.5)
+            seen[0] = True  # then read the record again: a restarted Redis may have lost it
+
+
+REDIS_RETURN_S = 30  # how long a waiting CLI gives Redis to come back before it says it lost it
+
+
+def _where(r: redis.Redis) -> str:
+    """The job store as host:port/db (or socket/db): no password."""
+    kw = r.connection_pool.connection_kwargs
+    place = kw.get("path") or f"{kw.get('host')}:{kw.get('port')}"
+    return f"{place}/{kw.get('db', 0)}"
+
+
+def _pings(r: redis.Redis) -> bool:
+    try:
+        return bool(r.ping())
+    except redis.RedisError:
+        return False
+
+
+def _wait(r: redis.Redis, job_id: str, timeout: float, deadline: float,
+          on_progress: Callable[[Progress], None] | None, interval: float, seen: list[bool]) -> dict[str, Any]:
     with r.pubsub() as events:
         events.subscribe(_channel(job_id))
-        _next_event(events, min(interval, timeout), "subscribe")
+        _next_event(events, min(interval, max(deadline - time.monotonic(), 0.01)), "subscribe")
         while True:
             p = read(r, job_id)
+            if p is None and seen[0]:
+                raise JobFailed(f"job {job_id} is gone from Redis at {_where(r)} (restarted or flushed while it ran): "
+                                f"its outcome is unknown and nothing will finish it; run it again")
             if p is None:
                 raise BadInput(f"job {job_id} not found (jobs are kept {JOB_TTL_SECONDS // 86400} days)")
+            seen[0] = True
             if on_progress:
                 on_progress(p)
             if p.state == "failed":

@@ -114,6 +114,10 @@ class JobTask(Task):
         if job_id and self.request.id and not self.request.called_directly:
             if jobs.state(self.redis, job_id) == "failed":  # a queued chunk of a job that failed meanwhile
                 return {"job_id": job_id, "skipped": "the job failed"}
+            if jobs.job_kind(self.redis, job_id) is None:  # its record is gone (Redis restarted or flushed, and
+                # the worker restored its unacknowledged messages): nobody waits for it and nothing would finish it
+                log.warning("job %s: its record is gone from Redis; %s not run", job_id, self.name)
+                return {"job_id": job_id, "skipped": "the job's record is gone from Redis"}
             redeliveries = jobs.count_delivery(self.redis, job_id, self.request.id) - (self.request.retries or 0)
             if redeliveries > self.settings.max_chunk_attempts:
                 raise PoisonChunk(f"delivered {redeliveries} times (its worker keeps dying; "

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from kombu.exceptions import OperationalError
 
 from worker import jobs
 from worker.constants import QUEUE_BULK, QUEUE_CONTROL
@@ -56,5 +57,9 @@ def submit(app: Any, settings: Settings, r: redis.Redis, kind: str, task: str,
             f"no Celery worker consumes queue {', '.join(sorted(missing))} on {where}; start workers with "
             f"`worktask stack up` or `celery -A worker worker -Q control,bulk`")
     job_id = jobs.create(r, kind, opts, trigger="cli")
-    app.send_task(task, kwargs={"job_id": job_id, "options": opts}, queue=QUEUE_CONTROL)
+    try:
+        app.send_task(task, kwargs={"job_id": job_id, "options": opts}, queue=QUEUE_CONTROL)
+    except (OperationalError, redis.RedisError) as err:
+        raise ServiceUnavailable(f"lost Redis at {mask_url(settings.celery_broker_url)} while sending job {job_id} "
+                                 f"({err}); it may not run: see worktask jobs show {job_id}, or run it again") from None
     return job_id
