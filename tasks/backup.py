@@ -440,6 +440,8 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str, gen: int
         return {"job_id": job_id, "stale": gen}
     plan = jobs.load_plan(self.redis, job_id, BackupPlan)
     snapshot.release(self.redis, job_id, gen)
+    if not jobs.claim_end(self.redis, job_id, f"finish:{self.request.id}"):  # a failure owns the end: its release
+        return {"job_id": job_id, "skipped": "the job failed"}  # deletes the chunks; no manifest over them
     manifest = build_manifest(job_id, plan.model_dump(), results, plan.started)
     store = backups.store_for(self.settings, plan.options)
     backups.write_manifest(store, plan.options, manifest, sign_with=self.settings)

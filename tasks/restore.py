@@ -404,6 +404,8 @@ def build(self: JobTask, job_id: str, table: str) -> dict[str, Any]:
 
 @app.task(name=TASK_RESTORE_FINALIZE, base=JobTask, bind=True)
 def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
+    if not jobs.claim_end(self.redis, job_id, f"finish:{self.request.id}"):  # a failure owns the end: its release
+        return {"job_id": job_id, "skipped": "the job failed"}  # drops the replacements; no swap of them
     plan = jobs.load_plan(self.redis, job_id, RestorePlan)
     s, opts = self.settings, plan.options
     dry = bool(opts.get("dry_run"))

@@ -132,3 +132,30 @@ def test_a_failed_job_is_shown_failed_only_after_its_release_ran(settings: Any) 
     assert seen == ["running"]  # released once, before anyone could see the job failed
     report = jobs.report(r, job_id)
     assert report["state"] == "failed" and report["error"] == "worktask.releasetest.x table=t chunk=1: boom"
+
+
+def test_one_call_ends_a_job_a_finalize_that_claimed_it_or_the_failure_that_did(settings: Any) -> None:
+    """A backup's finalize writes the manifest, a failure's release deletes the chunks: whichever claims the
+    job's end first owns it, so a manifest is never written over a failed backup's deleted chunks."""
+    r = redis_client(settings)
+    finishing = jobs.create(r, "demo", {})
+    jobs.start(r, finishing, 2)
+    assert jobs.claim_end(r, finishing, "finish:tid-f")
+    assert jobs.claim_end(r, finishing, "finish:tid-f")  # the same finalize redelivered goes on
+    released: list[str] = []
+    assert not jobs.fail(r, finishing, "late duplicate: boom", "tid-dup", lambda: released.append("x"))
+    assert released == [] and jobs.state(r, finishing) == "running"
+    jobs.finish(r, finishing, {"job_id": finishing, "kind": "demo", "state": "succeeded", "ok": True})
+    assert jobs.report(r, finishing)["ok"]
+
+    failing = jobs.create(r, "demo", {})
+    jobs.start(r, failing, 2)
+    assert jobs.fail(r, failing, "worktask.demo.x table=t chunk=1: boom", "tid-1", lambda: released.append("y"))
+    assert not jobs.claim_end(r, failing, "finish:tid-f2")  # the finalize must not write its manifest
+    assert released == ["y"] and jobs.state(r, failing) == "failed"
+
+    broken = jobs.create(r, "demo", {})  # the finalize that claimed the end fails itself: the job fails
+    jobs.start(r, broken, 1)
+    assert jobs.claim_end(r, broken, "finish:tid-b")
+    assert jobs.fail(r, broken, "worktask.demo.finalize: disk full", "tid-b")
+    assert jobs.state(r, broken) == "failed"

@@ -232,13 +232,14 @@ def add(r: redis.Redis, job_id: str, chunks: int = 1, rows: int = 0, nbytes: int
 
 def _transition(r: redis.Redis, job_id: str, decide: Callable[[str | None], dict[str, Any] | None]) -> None:
     """Read the state and write the next one atomically (WATCH/MULTI): a failing duplicate chunk and a
-    finalize racing each other cannot leave a failed job with a report that says ok (the failure's claim is
-    watched too: it is taken before the state says failed). The change is announced in the same transaction."""
+    finalize racing each other cannot leave a failed job with a report that says ok (the claim of the
+    job's end is watched too: a failure takes it before the state says failed). The change is announced
+    in the same transaction."""
     key = _key(job_id)
     with r.pipeline() as p:
         while True:
             try:
-                p.watch(key, _key(job_id, "failing"))
+                p.watch(key, _key(job_id, "ending"))
                 fields = decide(p.hget(key, "state"))
                 if fields is None:
                     p.unwatch()
@@ -252,18 +253,25 @@ def _transition(r: redis.Redis, job_id: str, decide: Callable[[str | None], dict
                 continue
 
 
-def _claim_failure(r: redis.Redis, job_id: str) -> bool:
-    """Take the job's one failure (WATCH/MULTI on its state): False when it ended or another call has it."""
-    key, claim = _key(job_id), _key(job_id, "failing")
+def claim_end(r: redis.Redis, job_id: str, owner: str, takes_over: str | None = None) -> bool:
+    """Claim the job's one end for `owner` ("fail:<task>", or "finish:<task>" for the finalize about to write
+    what the job leaves: a manifest, a swap). True for the owner (again when the same task is redelivered),
+    and for `takes_over`'s successor (a finalize that claimed the end and then failed); False once the job
+    ended or another owns its end: a backup's finalize then writes no manifest over a failure's release."""
+    key, claim = _key(job_id), _key(job_id, "ending")
     with r.pipeline() as p:
         while True:
             try:
                 p.watch(key, claim)
-                if p.hget(key, "state") in ("succeeded", "failed") or p.exists(claim):
+                current = p.get(claim)
+                if p.hget(key, "state") in ("succeeded", "failed"):
                     p.unwatch()
                     return False
+                if current not in (None, owner, takes_over):
+                    p.unwatch()
+                    return current == owner
                 p.multi()
-                p.set(claim, "1", ex=JOB_TTL_SECONDS)
+                p.set(claim, owner, ex=JOB_TTL_SECONDS)
                 p.execute()
                 return True
             except redis.WatchError:
@@ -284,7 +292,8 @@ def fail(r: redis.Redis, job_id: str, error: str, task_id: str | None = None,
     if r.hget(_key(job_id), "state") != "succeeded":
         r.hsetnx(_key(job_id), "error", line)
         r.hincrby(_key(job_id), "chunks_failed", 1)
-    if not _claim_failure(r, job_id):
+    task = task_id or secrets.token_hex(4)
+    if not claim_end(r, job_id, f"fail:{task}", takes_over=f"finish:{task}"):
         return False
     try:
         if release:
@@ -310,7 +319,7 @@ def finish(r: redis.Redis, job_id: str, report: BaseModel | dict[str, Any]) -> N
 
     def decide(state: str | None) -> dict[str, Any]:
         final = report
-        if state == "failed" or r.exists(_key(job_id, "failing")):
+        if state == "failed" or (r.get(_key(job_id, "ending")) or "").startswith("fail:"):
             final = {**report, "state": "failed", "ok": False, "error": r.hget(_key(job_id), "error")}
         return {"state": final["state"], "report": json.dumps(final, default=str), "updated_at": now,
                 "finished_at": now}
