@@ -32,7 +32,7 @@ from worker.manifest import build_manifest
 from worker.plans import BackupPlan
 from worker.reports import BackupReport, BackupTable, utcnow
 from worker.settings import Settings
-from worker.taskbase import JobTask, fan_out, on_job_failure, stale
+from worker.taskbase import JobTask, fan_out, finish_owner, on_job_failure, stale
 
 EXPORT_PATIENCE = 20  # seconds a DynamoDB chunk task waits for the export in one go,
 EXPORT_RETRY = 30  # then it retries this much later (the export's deadline bounds the whole wait)
@@ -331,6 +331,7 @@ def release(settings: Settings, r: Any, job_id: str) -> None:
     error = progress.error if progress else None
     store = backups.store_for(settings, opts)
     for attempt in range(3):  # its chunks go first: they are never restored, and a full disk needs their room
+        store.delete([backups.prefix(opts, job_id) + "manifest.json"])  # first: never complete over missing chunks
         store.delete([o.key for o in store.list(backups.prefix(opts, job_id)) if not o.key.endswith("/failed.json")])
         try:
             store.put(backups.prefix(opts, job_id) + "failed.json", json.dumps({"error": error}).encode())
@@ -438,13 +439,18 @@ def dump_dynamo(self: JobTask, job_id: str, table: str, chunk: int, gen: int = 0
 def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str, gen: int = 0) -> dict[str, Any]:
     if stale(self.redis, job_id, gen) or any("stale" in r for r in results):
         return {"job_id": job_id, "stale": gen}
+    owner = finish_owner(self)
+    # the end first, then the snapshot: a chunk that finds the snapshot gone then never starts the backup over
+    if not jobs.claim_end(self.redis, job_id, owner):  # a failure owns the end: its release deletes the chunks
+        return {"job_id": job_id, "skipped": "the job failed"}  # (no manifest over them)
     plan = jobs.load_plan(self.redis, job_id, BackupPlan)
     snapshot.release(self.redis, job_id, gen)
-    if not jobs.claim_end(self.redis, job_id, f"finish:{self.request.id}"):  # a failure owns the end: its release
-        return {"job_id": job_id, "skipped": "the job failed"}  # deletes the chunks; no manifest over them
     manifest = build_manifest(job_id, plan.model_dump(), results, plan.started)
     store = backups.store_for(self.settings, plan.options)
     backups.write_manifest(store, plan.options, manifest, sign_with=self.settings)
+    if not jobs.claim_end(self.redis, job_id, owner):  # its failure took the end over meanwhile (a second delivery
+        store.delete([backups.prefix(plan.options, job_id) + "manifest.json"])  # of this finalize failed): no
+        return {"job_id": job_id, "skipped": "the job failed"}  # manifest beside a failed backup
     kept = {c["key"] for t in manifest["tables"] for c in t["chunks"]}
     strays = [o.key for o in store.list(backups.prefix(plan.options, job_id))
               if o.key not in kept and not o.key.endswith("/manifest.json")]

@@ -47,7 +47,7 @@ from worker.errors import CorruptChunk, JobFailed
 from worker.plans import RestorePlan
 from worker.reports import RestoreReport, RestoreTable, utcnow
 from worker.settings import Settings
-from worker.taskbase import JobTask, fan_out, on_job_failure
+from worker.taskbase import JobTask, fan_out, finish_owner, on_job_failure
 
 ident = sqltext.ident
 BATCH = 25  # BatchWriteItem's limit
@@ -404,7 +404,7 @@ def build(self: JobTask, job_id: str, table: str) -> dict[str, Any]:
 
 @app.task(name=TASK_RESTORE_FINALIZE, base=JobTask, bind=True)
 def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
-    if not jobs.claim_end(self.redis, job_id, f"finish:{self.request.id}"):  # a failure owns the end: its release
+    if not jobs.claim_end(self.redis, job_id, finish_owner(self)):  # a failure owns the end: its release
         return {"job_id": job_id, "skipped": "the job failed"}  # drops the replacements; no swap of them
     plan = jobs.load_plan(self.redis, job_id, RestorePlan)
     s, opts = self.settings, plan.options

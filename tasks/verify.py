@@ -27,14 +27,12 @@ def cleanup(settings: Settings, r: Any, options: dict[str, Any]) -> tuple[list[d
     store = backups.store_for(settings, options)
     listed = backups.list_backups(store, options, settings)
     plan = backups.cleanup_plan(listed, options["retention_days"])
-    running = {"queued", "running"}
-    if options.get("dry_run"):
-        uploads = [u.key for u in store.open_uploads(options["prefix"] + "/")
-                   if jobs.state(r, u.key[len(options["prefix"]) + 1:].split("/", 1)[0]) not in running]
-    else:
+    dry = bool(options.get("dry_run"))
+    if not dry:
         for b in plan:
             backups.delete_backup(store, options, b["backup_id"])
-        uploads = backups.abort_open_uploads(store, options, busy=lambda backup_id: jobs.state(r, backup_id) in running)
+    uploads = backups.abort_open_uploads(store, options, dry_run=dry,
+                                         busy=lambda backup_id: jobs.state(r, backup_id) in ("queued", "running"))
     deleted = [{k: b[k] for k in ("backup_id", "state", "created_at", "bytes_stored", "reason")} for b in plan]
     return deleted, len(listed) - len(plan), uploads
 

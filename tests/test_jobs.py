@@ -159,3 +159,36 @@ def test_one_call_ends_a_job_a_finalize_that_claimed_it_or_the_failure_that_did(
     assert jobs.claim_end(r, broken, "finish:tid-b")
     assert jobs.fail(r, broken, "worktask.demo.finalize: disk full", "tid-b")
     assert jobs.state(r, broken) == "failed"
+
+
+def test_a_job_whose_end_is_claimed_is_never_started_over_nor_running_again(settings: Any) -> None:
+    """Seen in a run: a failed backup's release let go of its snapshot; a chunk of it that found the snapshot
+    gone started the backup over (a new generation), and its start set the job running again, for good."""
+    r = redis_client(settings)
+    job_id = jobs.create(r, "demo", {})
+    jobs.start(r, job_id, 2)
+    assert jobs.claim_end(r, job_id, "fail:tid-1")
+    assert not jobs.next_generation(r, job_id, 0)
+    jobs.fail(r, job_id, "worktask.demo.x table=t chunk=1: boom", "tid-1")
+    r.hdel(jobs.JOB_KEY.format(job_id=job_id), "planned")  # as a start-over clears it
+    assert not jobs.start(r, job_id, 2)
+    assert jobs.state(r, job_id) == "failed"
+
+
+def test_a_failure_reported_again_after_its_release_was_cut_short_still_ends_the_job(settings: Any) -> None:
+    """A chunk's on_failure killed inside the release (hard time limit, OOM) is reported again for the same
+    task (Celery runs on_failure from the main process): the job must still end, not stay running."""
+    r = redis_client(settings)
+    job_id = jobs.create(r, "demo", {})
+    jobs.start(r, job_id, 2)
+
+    def killed() -> None:
+        raise SystemExit("killed in the release")
+
+    with pytest.raises(SystemExit):
+        jobs.fail(r, job_id, "worktask.demo.x table=t chunk=1: boom", "tid-1", killed)
+    r.hset(jobs.JOB_KEY.format(job_id=job_id), "state", "running")  # the process died before its `finally`
+    released: list[int] = []
+    assert jobs.fail(r, job_id, "worktask.demo.x table=t chunk=1: killed at its time limit", "tid-1",
+                     lambda: released.append(1))
+    assert released == [1] and jobs.state(r, job_id) == "failed"

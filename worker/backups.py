@@ -471,17 +471,18 @@ def cleanup_plan(backups: list[dict[str, Any]], retention_days: int,
 
 
 def abort_open_uploads(store: ObjectStore, options: dict[str, Any], backup_id: str | None = None,
-                       busy: Callable[[str], bool] = lambda _id: False) -> list[str]:
+                       busy: Callable[[str], bool] = lambda _id: False, dry_run: bool = False) -> list[str]:
     """Abort the objects begun and never finished (a worker killed mid-upload, an endpoint lost mid-object) in
     one backup's folder, or in every backup's whose job is not `busy` (still running: its uploads are live).
-    The keys aborted."""
+    The keys aborted (a dry run: that would be)."""
     root = prefix(options, backup_id) if backup_id else options["prefix"] + "/"
     dead = []
     for u in store.open_uploads(root):
         owner = u.key[len(options["prefix"]) + 1:].split("/", 1)[0]
-        if backup_id or not busy(owner):
+        if backup_id or (ID_RE.fullmatch(owner) and not busy(owner)):  # a backup's, not another tool's
             dead.append(u)
-    store.abort(dead)
+    if not dry_run:
+        store.abort(dead)
     return [u.key for u in dead]
 
 

@@ -197,8 +197,9 @@ def recent(r: redis.Redis, limit: int = 20) -> list[dict[str, Any]]:
 
 
 def start(r: redis.Redis, job_id: str, chunks_total: int) -> bool:
-    """Mark the job planned and running; False when a redelivered start task finds it planned already."""
-    if not r.hsetnx(_key(job_id), "planned", "1"):
+    """Mark the job planned and running; False when a redelivered start task finds it planned already, or
+    the job has ended (a start sent by a start-over that lost the race with the job's end)."""
+    if r.hget(_key(job_id), "state") in ("succeeded", "failed") or not r.hsetnx(_key(job_id), "planned", "1"):
         return False
     now = utcnow().isoformat()
     with r.pipeline() as p:
@@ -283,18 +284,20 @@ def fail(r: redis.Redis, job_id: str, error: str, task_id: str | None = None,
     """Mark the job failed, keeping the first error (the one that names the chunk). A job that already
     succeeded stays so: a late duplicate of one of its chunks does not undo its report. A task's failure
     counts once however many paths report it. The call that ends the job runs `release` (what the job held)
-    before the state says failed: whoever waits for the job wakes to find it let go. True for that call."""
+    before the state says failed: whoever waits for the job wakes to find it let go. True for that call, and
+    for the same task's failure reported again (its first report cut short inside the release: it runs again).
+    The error is written by the call that owns the end: a late duplicate that loses to the finalize leaves a
+    succeeded job without one."""
+    first = True
     if task_id:
         r.expire(_key(job_id, "failed-tasks"), JOB_TTL_SECONDS)
-        if not r.sadd(_key(job_id, "failed-tasks"), task_id):
-            return False
-    line = error.splitlines()[0][:500] if error else "failed"
-    if r.hget(_key(job_id), "state") != "succeeded":
-        r.hsetnx(_key(job_id), "error", line)
-        r.hincrby(_key(job_id), "chunks_failed", 1)
+        first = bool(r.sadd(_key(job_id, "failed-tasks"), task_id))
     task = task_id or secrets.token_hex(4)
     if not claim_end(r, job_id, f"fail:{task}", takes_over=f"finish:{task}"):
         return False
+    if first:
+        r.hsetnx(_key(job_id), "error", error.splitlines()[0][:500] if error else "failed")
+        r.hincrby(_key(job_id), "chunks_failed", 1)
     try:
         if release:
             release()
@@ -403,15 +406,24 @@ def generation(r: redis.Redis, job_id: str) -> int:
 
 def next_generation(r: redis.Redis, job_id: str, gen: int) -> bool:
     """Start the job over at generation gen + 1 (counters and plan cleared, planned again by its start task);
-    False when another task of generation `gen` did it already."""
-    if not r.set(_key(job_id, "restart", gen), "1", nx=True, ex=JOB_TTL_SECONDS):
-        return False
+    False when another task of generation `gen` did it already, or the job's end is claimed."""
     with r.pipeline() as p:
-        p.hset(_key(job_id), mapping={"generation": gen + 1, "chunks_done": 0, "rows": 0, "bytes": 0})
-        p.hdel(_key(job_id), "planned", "plan")
-        _announce(p, job_id, "progress")
-        p.execute()
-    return True
+        while True:
+            try:
+                p.watch(_key(job_id, "ending"), _key(job_id, "restart", gen))
+                # ending (a failure's release let go of the snapshot on purpose), or restarted already
+                if p.exists(_key(job_id, "ending"), _key(job_id, "restart", gen)):
+                    p.unwatch()
+                    return False
+                p.multi()
+                p.set(_key(job_id, "restart", gen), "1", ex=JOB_TTL_SECONDS)
+                p.hset(_key(job_id), mapping={"generation": gen + 1, "chunks_done": 0, "rows": 0, "bytes": 0})
+                p.hdel(_key(job_id), "planned", "plan")
+                _announce(p, job_id, "progress")
+                p.execute()
+                return True
+            except redis.WatchError:
+                continue
 
 
 # resource locks ----------------------------------------------------------------------------------------------
@@ -503,6 +515,8 @@ def wait(r: redis.Redis, job_id: str, timeout: float,
         try:
             return _wait(r, job_id, timeout, deadline, on_progress, interval, seen)
         except (redis.ConnectionError, redis.TimeoutError) as err:  # Redis went away: give it a moment to return
+            if time.monotonic() >= deadline:
+                raise JobTimeout(f"job {job_id} not finished after {timeout:.0f} s (Redis: {err})") from None
             back = time.monotonic() + min(REDIS_RETURN_S, max(deadline - time.monotonic(), 0))
             while not _pings(r):
                 if time.monotonic() >= back:

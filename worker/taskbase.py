@@ -78,6 +78,14 @@ def fail_job(settings: Settings, r: redis.Redis, job_id: str, message: str, task
     jobs.fail(r, job_id, message, task_id, release)
 
 
+def finish_owner(task: Task) -> str:
+    """The claim a finalize takes on its job's end (jobs.claim_end): its own task id, or, run inline by another
+    task (`finalize.run`), that task's id, which its failure reports (and so takes the claim over)."""
+    from celery import current_task
+
+    return f"finish:{task.request.id or getattr(getattr(current_task, 'request', None), 'id', None) or 'inline'}"
+
+
 def notify_parent(app: Any, r: redis.Redis, job_id: str) -> None:
     """The pipeline hook (worker/pipeline.py): when a job that is a step of a pipeline (options["parent"]) has
     ended, however it ended, send `worktask.<parent kind>.advance` to `control`, once. Never waits."""
