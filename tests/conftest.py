@@ -17,7 +17,9 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +165,45 @@ def cli_json(*args: str, env: dict[str, str] | None = None, timeout: float = 120
     proc = run_cli(*args, "--json", env=env, timeout=timeout)
     assert proc.stdout.strip(), proc.stderr
     return proc.returncode, json.loads(proc.stdout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def own_worker(settings: Any, name: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """A worker of the test's own on both queues, with this environment (default: the session's, on its
+    broker), while the session's workers stop consuming, so that every task of the job runs there. Stopped
+    (or found killed) and the session's workers consuming again at the end."""
+    from worker import workers
+    from worker.app import app
+
+    env = env or {**os.environ, "CELERY_BROKER_URL": settings.celery_broker_url,
+                  "CELERY_RESULT_BACKEND": settings.result_backend}
+    log = open(settings.worktask_state_dir / f"{name}-worker.log", "ab")
+    session = len(workers.live_workers(app))  # answers awaited: as many as there are, not the whole timeout
+    for queue in ("control", "bulk"):
+        app.control.cancel_consumer(queue, reply=True, timeout=5, limit=session)
+    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "control,bulk", "-c", "2",
+                             "-n", f"{name}-{os.getpid()}@%h", "--loglevel", "INFO"],
+                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(n.startswith(f"{name}-") for n in workers.live_workers(app)):
+            assert proc.poll() is None and time.monotonic() < deadline, f"the {name} worker did not start"
+            time.sleep(0.5)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        for queue in ("control", "bulk"):
+            app.control.add_consumer(queue, reply=True, timeout=5, limit=session)
+        log.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import psycopg
 import pytest
 import redis
 
-from conftest import ROOT, cli_json, run_cli
+from conftest import ROOT, cli_json, free_port, run_cli
 from test_backup import backup, data, decode, make_data, manifest_of, table_copy  # noqa: F401 - `data` is a fixture
 from worker import commands, jobs
 from worker.connections import pg_connect, pg_params, redis_client
@@ -34,12 +33,6 @@ pytestmark = [pytest.mark.fault]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 KEY = jobs.JOB_KEY.format(job_id="*")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def until(what: str, check: Any, bound: float, every: float = 0.2) -> Any:

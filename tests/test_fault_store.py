@@ -14,15 +14,14 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import ROOT, cli_json, run_cli
+from conftest import ROOT, cli_json, free_port, own_worker, run_cli
 from test_backup import make_data
-from worker import commands, jobs, workers
+from worker import commands, jobs
 from worker.connections import aws_client, pg_connect, redis_client
 
 pytestmark = [pytest.mark.fault]
@@ -30,48 +29,11 @@ pytestmark = [pytest.mark.fault]
 
 # helpers ---------------------------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def stack_env(settings: Any) -> dict[str, str]:
     """The environment a process of this session runs with, the stack's values (moto's URL, its credentials,
     the result backend) included, so that a process with WORKTASK_IGNORE_STACK can be pointed elsewhere."""
     data = json.loads((settings.worktask_state_dir / "stack.json").read_text())
     return {**os.environ, **data.get("env", {}), "WORKTASK_IGNORE_STACK": "1"}
-
-
-@contextmanager
-def own_worker(settings: Any, env: dict[str, str], name: str) -> Iterator[subprocess.Popen]:
-    """A worker of the test's own with this environment, consuming both queues while the session's workers
-    stop consuming (so that every task of the job runs with the environment under test)."""
-    from worker.app import app
-
-    log = open(settings.worktask_state_dir / f"{name}-worker.log", "ab")
-    session = len(workers.live_workers(app))  # answers awaited: as many as there are, not the whole timeout
-    for queue in ("control", "bulk"):
-        app.control.cancel_consumer(queue, reply=True, timeout=5, limit=session)
-    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "control,bulk", "-c", "2",
-                             "-n", f"{name}-{os.getpid()}@%h", "--loglevel", "INFO"],
-                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        deadline = time.monotonic() + 60
-        while not any(n.startswith(f"{name}-") for n in workers.live_workers(app)):
-            assert proc.poll() is None and time.monotonic() < deadline, f"the {name} worker did not start"
-            time.sleep(0.5)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        for queue in ("control", "bulk"):
-            app.control.add_consumer(queue, reply=True, timeout=5, limit=session)
-        log.close()
 
 
 def no_complete_backup(settings: Any, bucket: str, backup_id: str, env: dict[str, str] | None = None) -> None:
@@ -173,7 +135,7 @@ def test_access_denied_by_iam_fails_the_backup_naming_the_chunk_and_the_cause(mi
     make_data(migrated)
     env = {**stack_env(migrated), **iam_moto["creds"], "AWS_ENDPOINT_URL": iam_moto["url"],
            "S3_BUCKET_NAME": iam_moto["bucket"]}
-    with own_worker(migrated, env, "denied"):
+    with own_worker(migrated, "denied", env):
         proc = subprocess.run([sys.executable, "-m", "worker.cli", "backup", "--skip-dynamodb", "--chunk-rows",
                                "1000", "--json"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     report = json.loads(proc.stdout)
@@ -282,7 +244,7 @@ def test_an_endpoint_failing_mid_multipart_upload_fails_the_backup_and_aborts_th
     s3 = aws_client(migrated, "s3")
     try:
         worker_env = {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.server_address[1]}"}
-        with own_worker(migrated, worker_env, "flaky"):
+        with own_worker(migrated, "flaky", worker_env):
             # the CLI itself talks to moto directly: only the workers' uploads go through the proxy
             code, report = cli_json("backup", "--skip-dynamodb", "--no-compress", "--chunk-rows", "100000",
                                     env={"S3_BUCKET_NAME": bucket}, timeout=300)
@@ -317,7 +279,7 @@ def test_an_upload_left_open_by_a_lost_endpoint_is_aborted_by_cleanup_and_a_runn
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
         worker_env = {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.server_address[1]}"}
-        with own_worker(migrated, worker_env, "lost"):
+        with own_worker(migrated, "lost", worker_env):
             code, report = cli_json("backup", "--skip-dynamodb", "--no-compress", "--chunk-rows", "100000",
                                     env={"S3_BUCKET_NAME": bucket}, timeout=300)
     finally:

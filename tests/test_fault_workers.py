@@ -20,20 +20,18 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from conftest import ROOT, cli_json, run_job
+from conftest import ROOT, cli_json, own_worker, run_job
 from test_backup import backup, data, decode, manifest_of, validate  # noqa: F401 - `data` is a fixture
 from test_restore import dressed, hashes, restore, scramble  # noqa: F401 - `dressed` is a fixture
-from worker import backups, commands, jobs, snapshot, swap, workers
+from worker import backups, commands, jobs, snapshot, swap
 from worker.connections import pg_connect, redis_client
 
 pytestmark = [pytest.mark.fault]
@@ -184,39 +182,6 @@ def past_visibility_timeout(settings: Any, tags: list[str]) -> int:
             qos.restore_visible(num=1000)  # nothing when a worker's sweep holds kombu's mutex: again
             time.sleep(0.2)
     return sum(1 for tag in tags if not r.hexists("unacked", tag))
-
-
-@contextmanager
-def own_worker(settings: Any, name: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    """A worker of the test's own on both queues (the session's workers stop consuming meanwhile, so it runs
-    the whole job), as tests/test_job_life.py::own_worker. Stopped (or found killed) and the session's workers
-    consuming again at the end."""
-    from worker.app import app
-
-    log = open(settings.worktask_state_dir / f"{name}.log", "ab")
-    for queue in ("control", "bulk"):
-        app.control.cancel_consumer(queue, reply=True, timeout=5)
-    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "control,bulk", "-c", "2",
-                             "-n", f"{name}-{os.getpid()}@%h", "--loglevel", "INFO"],
-                            env={**os.environ, "CELERY_BROKER_URL": settings.celery_broker_url,
-                                 "CELERY_RESULT_BACKEND": settings.result_backend, **(env or {})},
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        deadline = time.monotonic() + 60
-        while not any(n.startswith(f"{name}-") for n in workers.live_workers(app)) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        for queue in ("control", "bulk"):
-            app.control.add_consumer(queue, reply=True, timeout=5)
-        log.close()
 
 
 # backup ------------------------------------------------------------------------------------------------------
