@@ -280,7 +280,8 @@ def test_losing_a_whole_worker_mid_backup_still_completes_and_validates(data: An
 
 # backup validate ---------------------------------------------------------------------------------------------
 
-def test_killing_a_worker_process_during_backup_validate_still_checks_every_chunk(data: Any) -> None:  # noqa: F811
+def test_killing_a_worker_process_during_backup_validate_still_checks_every_chunk(data: Any,  # noqa: F811
+                                                                                 tmp_path: Path) -> None:
     from worker.app import app
 
     done = backup(data)
@@ -289,7 +290,7 @@ def test_killing_a_worker_process_during_backup_validate_still_checks_every_chun
     t = next(t for t in manifest["tables"] if t["name"] == "todo_items")
     key = t["chunks"][1]["key"]
     path = Path(backups.store_options(data)["backup_dir"], key)
-    held = path.with_name(path.name + ".held")
+    held = tmp_path / "held"  # outside the backup's folder: validate names any object the manifest does not list
     path.rename(held)
     os.mkfifo(path)  # the chunk's check blocks opening it until the test writes
     try:

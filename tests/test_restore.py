@@ -128,6 +128,16 @@ def dressed(migrated: Any) -> Iterator[Any]:
                    "for each row execute function touch_updated_at()")
     yield migrated
     assert run_job(migrated, lambda: commands.seed(migrated, True, "overwrite", False))["ok"]
+    with pg_connect(migrated, autocommit=True) as pg:  # undressed: the schema is the migrations' again
+        pg.execute("drop trigger if exists services_touch on services")
+        pg.execute("drop function if exists touch_updated_at()")
+        pg.execute("drop publication if exists worktask_test_pub")
+        pg.execute("alter table dependencies replica identity default")
+        for target in ("table services", "column work_tasks.title", "index services_owner_workgroup_id_idx",
+                       "index services_pkey", "constraint services_pkey on services"):
+            pg.execute(f"comment on {target} is null")
+        pg.execute("revoke all on services, work_tasks from worktask_reader")
+        pg.execute("revoke update (title, description) on work_tasks from worktask_reader")
 
 
 def test_round_trip_restores_every_table_and_the_catalog(dressed: Any) -> None:
