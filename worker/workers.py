@@ -59,7 +59,8 @@ def submit(app: Any, settings: Settings, r: redis.Redis, kind: str, task: str,
     job_id = jobs.create(r, kind, opts, trigger="cli")
     try:
         app.send_task(task, kwargs={"job_id": job_id, "options": opts}, queue=QUEUE_CONTROL)
-    except (OperationalError, redis.RedisError) as err:
+    except (OperationalError, redis.RedisError, AttributeError) as err:  # AttributeError: kombu's Redis channel
+        # closed under it (seen right after a Redis restart: conn_or_acquire on a channel without a connection)
         raise ServiceUnavailable(f"lost Redis at {mask_url(settings.celery_broker_url)} while sending job {job_id} "
                                  f"({err}); it may not run: see worktask jobs show {job_id}, or run it again") from None
     return job_id
