@@ -68,14 +68,15 @@ def lock_waiter(conn: psycopg.Connection, like: str, deadline: float) -> int:
 def process_of_backend(conn: psycopg.Connection, backend: int) -> int:
     """The pid of the local process whose connection a PostgreSQL backend serves (its TCP port, the socket's
     inode in /proc/net/tcp, the process holding that socket)."""
-    port = conn.execute("select client_port from pg_stat_activity where pid = %s", (backend,)).fetchone()[0]
+    port, server = conn.execute("select client_port, inet_server_port() from pg_stat_activity where pid = %s",
+                                (backend,)).fetchone()
     assert port and port > 0, f"backend {backend} is not a TCP client's"
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(f"socket:[{fields[9]}]")
+            fields = line.split()  # the local port alone is not enough: Linux gives one local port to several
+            if (int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)) == (port, server):
+                inodes.add(f"socket:[{fields[9]}]")  # connections to different servers (a worker's Redis one)
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
