@@ -44,13 +44,16 @@ WAIT = 300  # bound of every job wait (the machine is shared and loaded)
 def running(app: Any, name: str, deadline: float, host: str | None = None,
             accept: Callable[[dict[str, Any]], bool] = lambda t: True) -> dict[str, Any]:
     """A task of this name seen running (on a worker whose name starts with `host`), with its worker's name."""
+    seen: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        for worker, active in (app.control.inspect(timeout=0.3).active() or {}).items():
+        seen = app.control.inspect(timeout=0.3).active() or {}
+        for worker, active in seen.items():
             for t in active:
                 if t["name"] == name and (host is None or worker.startswith(host)) and accept(t):
                     return {**t, "hostname": worker}
         time.sleep(0.05)
-    raise AssertionError(f"no {name} task was seen running")
+    last = {w: [(t["name"], t["worker_pid"]) for t in active] for w, active in seen.items()}
+    raise AssertionError(f"no {name} task was seen running; last seen: {last}")
 
 
 def lock_waiter(conn: psycopg.Connection, like: str, deadline: float) -> int:
