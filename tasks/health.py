@@ -14,7 +14,7 @@ import redis
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker import backups, jobs, migrator, workers
+from worker import backups, jobs, markers, migrator, workers
 from worker.app import app
 from worker.connections import pg_connect, redis_client, shared_aws_client
 from worker.constants import (
@@ -127,14 +127,8 @@ def _age(seconds: float) -> str:
     return f"{seconds / 86_400:.1f}d"
 
 
-VALIDATED = backups.VALIDATED
-
-
 def last_validation(store: Any, options: dict[str, Any], backup_id: str) -> dict[str, Any] | None:
-    try:
-        return json.loads(store.get(backups.prefix(options, backup_id) + VALIDATED))
-    except FileNotFoundError:  # both stores: never validated
-        return None
+    return markers.read(store, options, backup_id, markers.VALIDATED)
 
 
 def check_backups(settings: Settings, now: datetime | None = None) -> str:

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from worker import backups, jobs
+from worker import backups, jobs, markers
 from worker.app import app
 from worker.chunkcheck import check_chunk
 from worker.constants import (
@@ -73,7 +72,7 @@ def unlisted(store: Any, options: dict[str, Any], listed: set[str]) -> list[BadC
     out = []
     for obj in store.list(root):
         rel = obj.key[len(root):]
-        if obj.key in listed or rel in ("manifest.json", backups.VALIDATED):
+        if obj.key in listed or rel in ("manifest.json", *markers.NAMES):
             continue
         parts = rel.split("/")
         n = parts[-1].split(".", 1)[0]
@@ -97,10 +96,9 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
                                   rows_checked=sum(r["rows"] for r in results if not r["reason"]),
                                   bad_chunks=bad, error=error)
     # The outcome beside the manifest (survives Redis): what `worktask health` reads as "validated".
-    backups.store_for(self.settings, options).put(
-        backups.prefix(options, options["backup_id"]) + backups.VALIDATED,
-        json.dumps({"job_id": job_id, "ok": not bad, "at": utcnow().isoformat(), "chunks_checked": len(results),
-                    "bad_chunks": len(bad), "error": error}).encode())
+    markers.write(backups.store_for(self.settings, options), options, options["backup_id"], markers.VALIDATED,
+                  {"job_id": job_id, "ok": not bad, "at": utcnow().isoformat(), "chunks_checked": len(results),
+                   "bad_chunks": len(bad), "error": error})
     jobs.finish(self.redis, job_id, report)
     return {"job_id": job_id, "bad": len(bad)}
 

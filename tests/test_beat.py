@@ -30,11 +30,11 @@ LIST_FIELDS = {"job_id", "kind", "trigger", "state", "started_at", "finished_at"
 
 def test_default_schedules_are_staggered(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("BACKUP_SCHEDULE", "CLEANUP_SCHEDULE", "MAINTENANCE_SCHEDULE", "HEALTH_SCHEDULE", "CLEANUP_HOUR",
-                "CLEANUP_MINUTE", "HEALTH_INTERVAL_MINUTES"):
+                "CLEANUP_MINUTE", "HEALTH_INTERVAL_MINUTES", "DRILL_SCHEDULE"):
         monkeypatch.delenv(var, raising=False)
     s = Settings(_env_file=None)
     assert s.schedules == {"backup": "0 1 * * *", "backup_cleanup": "30 2 * * *", "maintenance": "30 3 * * *",
-                           "health": "*/15 * * * *"}
+                           "health": "*/15 * * * *", "drill": "0 5 * * 0"}
 
 
 def test_the_older_variables_feed_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,7 +37,6 @@ from worker.store import LocalStore, ObjectStore, S3Store
 ID_RE = re.compile(r"(\d{8}T\d{6}Z)-[0-9A-Za-z-]{1,60}")  # matched whole (fullmatch)
 _key_cache: dict[tuple[str, str], bytes] = {}
 
-VALIDATED = "validated.json"  # beside a backup's manifest: the last `backup validate` of it (health reads it)
 
 
 def new_backup_id() -> str:

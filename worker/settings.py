@@ -34,6 +34,7 @@ CRONTAB_ACCEPTS = ("a crontab of 5 fields, minute hour day-of-month month day-of
                    "e.g. '0 1 * * *' or '*/15 * * * *'")
 DEFAULT_BACKUP_SCHEDULE = "0 1 * * *"  # 01:00 UTC; clean-up 02:30 (CLEANUP_HOUR/MINUTE), maintenance 03:30
 DEFAULT_MAINTENANCE_SCHEDULE = "30 3 * * *"
+DEFAULT_DRILL_SCHEDULE = "0 5 * * 0"  # Sundays 05:00 UTC: a restore drill of the newest complete backup
 
 
 def parse_crontab(expr: str) -> Any:
@@ -121,6 +122,15 @@ class Settings(BaseSettings):
     worktask_state_dir: Path = _f(Path(".worktask"), "a folder for the embedded stack's state and logs")
     backup_max_age_hours: float = _f(26, "hours (a number, 0.01-8760) before health calls the newest complete "
                                      "backup stale", ge=0.01, le=8760)
+    drill_schedule: str = _f(DEFAULT_DRILL_SCHEDULE, CRONTAB_ACCEPTS + " (the restore drill of the newest backup)")
+    # Retention by count, beside RETENTION_DAYS (restic's forget --keep-*): a complete backup is kept when any rule
+    # keeps it; 0 turns a rule off. The newest complete, newest validated and newest drilled backups are always kept.
+    retention_keep_last: int = _f(0, "the newest N complete backups are kept, 0-100000 (0: off)", ge=0, le=100_000)
+    retention_keep_daily: int = _f(0, "the newest backup of each of the last N days is kept (0: off)", ge=0, le=100_000)
+    retention_keep_weekly: int = _f(0, "the newest backup of each of the last N ISO weeks is kept (0: off)",
+                                    ge=0, le=100_000)
+    retention_keep_monthly: int = _f(0, "the newest backup of each of the last N months is kept (0: off)",
+                                     ge=0, le=100_000)
 
     @field_validator("backup_encryption_key")
     @classmethod
@@ -158,7 +168,8 @@ class Settings(BaseSettings):
             raise ValueError("expects user:password")
         return v
 
-    @field_validator("backup_schedule", "cleanup_schedule", "maintenance_schedule", "health_schedule")
+    @field_validator("backup_schedule", "cleanup_schedule", "maintenance_schedule", "health_schedule",
+                     "drill_schedule")
     @classmethod
     def _crontab(cls, v: str | None) -> str | None:
         if v is not None:
@@ -199,7 +210,8 @@ class Settings(BaseSettings):
         return {"backup": self.backup_schedule,
                 "backup_cleanup": self.cleanup_schedule or f"{self.cleanup_minute} {self.cleanup_hour} * * *",
                 "maintenance": self.maintenance_schedule,
-                "health": self.health_schedule or health}
+                "health": self.health_schedule or health,
+                "drill": self.drill_schedule}
 
     def crontab(self, kind: str) -> Any:
         """celery's crontab of the scheduled job kind (validated when the settings were read)."""
