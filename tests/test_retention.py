@@ -210,6 +210,10 @@ def test_cleanup_dry_run_lists_every_decision_and_the_real_run_deletes_exactly_t
     assert len(listed) == 6  # the dry run deleted nothing
     text = run_cli(*args, "--dry-run", env=env)
     assert text.returncode == 0 and "would delete 2 backup(s), kept 4" in text.stdout and "keep-last 2" in text.stdout
+    # the settings reach the job, and a flag beats its variable
+    code, by_env = cli_json("backup", "cleanup", "--dry-run", "--keep-last", "0",
+                            env={**env, "RETENTION_KEEP_LAST": "5", "RETENTION_KEEP_MONTHLY": "3"})
+    assert code == 0 and by_env["policy"]["keep_last"] == 0 and by_env["policy"]["keep_monthly"] == 3, by_env
     code, done = cli_json(*args, env=env)
     assert code == 0 and done["ok"] and not done["dry_run"], done
     assert sorted(d["backup_id"] for d in done["deleted"]) == sorted(d["backup_id"] for d in dry["deleted"])
