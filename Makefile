@@ -20,8 +20,9 @@ test: install
 	$(BIN)/pytest -q
 
 # Starts the stack (embedded services where the configured ones do not answer), runs `worktask init --test-data 200`
-# (migrate, seed, test data, validate, backup), checks health, lists and validates the backup, restores it as a dry run
-# and one table for real, then stops the stack
+# (migrate, seed, test data, validate, backup), validates the backup (health calls a backup never validated a problem),
+# lists it, checks health, shows what the retention would keep, restores it as a dry run and one table for real, then
+# stops the stack
 # whatever happened. Without BACKUP_ENCRYPTION_KEY the demo makes one and keeps it in the state folder.
 STATE ?= $(or $(WORKTASK_STATE_DIR),.worktask)
 demo: install
@@ -32,10 +33,11 @@ demo: install
 	( set -e; \
 	  $(BIN)/worktask init --test-data 200; \
 	  $(BIN)/worktask migrate status; \
-	  $(BIN)/worktask health; \
-	  $(BIN)/worktask backup list; \
 	  id=$$($(BIN)/worktask backup list --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)[0]["backup_id"])'); \
 	  $(BIN)/worktask backup validate "$$id"; \
+	  $(BIN)/worktask backup list; \
+	  $(BIN)/worktask health; \
+	  $(BIN)/worktask backup cleanup --dry-run; \
 	  $(BIN)/worktask restore "$$id" --dry-run; \
 	  $(BIN)/worktask restore "$$id" --tables quality_standards ) || rc=$$?; \
 	$(BIN)/worktask stack down; \

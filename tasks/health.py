@@ -14,7 +14,7 @@ import redis
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker import backups, jobs, markers, migrator, workers
+from worker import backups, jobs, migrator, workers
 from worker.app import app
 from worker.connections import pg_connect, redis_client, shared_aws_client
 from worker.constants import (
@@ -127,13 +127,23 @@ def _age(seconds: float) -> str:
     return f"{seconds / 86_400:.1f}d"
 
 
-def last_validation(store: Any, options: dict[str, Any], backup_id: str) -> dict[str, Any] | None:
-    return markers.read(store, options, backup_id, markers.VALIDATED)
+def _drill(newest: dict[str, Any], complete: list[dict[str, Any]], now: datetime) -> tuple[str, str | None]:
+    """The last restore drill, from the verified.json markers the listing read: the newest complete backup's,
+    else the newest drilled one's; (the detail's words, the backup id when that drill failed)."""
+    drilled = newest if newest["verified"] else next((b for b in complete if b["verified"]), None)
+    if drilled is None:
+        return "never drilled (worktask backup verify ID --restore-test)", None
+    v = drilled["verified"]
+    which = "" if drilled is newest else f" of {drilled['backup_id']}"
+    ago = _age((now - datetime.fromisoformat(v["at"])).total_seconds())
+    return (f"drill{which} {'ok' if v['ok'] else 'FAILED'} {v['at'][:19]}Z ({ago} ago)",
+            None if v["ok"] else drilled["backup_id"])
 
 
 def check_backups(settings: Settings, now: datetime | None = None) -> str:
-    """The newest complete backup: its age against BACKUP_MAX_AGE_HOURS and its last validation; and any
-    failed backup since it. Bounded by the store's own timeouts: one listing, one manifest read per backup."""
+    """The newest complete backup: its age against BACKUP_MAX_AGE_HOURS, its last validation (never validated,
+    or failed, is a problem), the last restore drill (a failed one is a problem, none is not); and any failed
+    backup since it. Bounded by the store's own timeouts: one listing, then one read per manifest and marker."""
     now = now or datetime.now(UTC)
     options = backups.store_options(settings)
     store = backups.store_for(settings, options)
@@ -151,17 +161,24 @@ def check_backups(settings: Settings, now: datetime | None = None) -> str:
     problems: list[tuple[str, str]] = []  # (what, hint)
     if age_h > limit:
         problems.append(("stale", "run worktask backup (and check that beat or cron takes one daily)"))
-    v = last_validation(store, options, newest["backup_id"])
+    v = newest["validated"]
     if v is None:
-        parts.append(f"not validated (worktask backup validate {newest['backup_id']})")
+        ok_before = next((b["backup_id"] for b in complete if (b["validated"] or {}).get("ok")), None)
+        parts.append("never validated" + (f" (newest validated: {ok_before})" if ok_before else ""))
+        problems.append(("never validated", f"worktask backup validate {newest['backup_id']}"))
     else:
         ago = _age((now - datetime.fromisoformat(v["at"])).total_seconds())
         if v["ok"]:
-            parts.append(f"validated ok {v['at'][:19]}Z ({ago} ago, {v['chunks_checked']} chunks)")
+            parts.append(f"validated ok {v['at'][:19]}Z ({ago} ago)")
         else:
-            parts.append(f"validation FAILED {v['at'][:19]}Z ({ago} ago): {v['bad_chunks']} bad chunk(s)")
+            parts.append(f"validation FAILED {v['at'][:19]}Z ({ago} ago)")
             problems.append(("its validation failed", f"worktask backup validate {newest['backup_id']} names the "
                              "bad chunks; take a new backup: worktask backup"))
+    drill, drill_failed = _drill(newest, complete, now)
+    parts.append(drill)
+    if drill_failed:
+        problems.append(("drill failed", f"worktask backup verify {drill_failed} --restore-test names the tables "
+                         "that do not match; take a new backup (worktask backup) and drill it"))
     since = [b for b in listed if b["backup_id"] > newest["backup_id"]]
     failed = [b["backup_id"] for b in since if b["state"] == "failed"]
     running = [b["backup_id"] for b in since if b["state"] == "incomplete"]

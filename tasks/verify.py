@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker import backups, jobs, markers
+from worker import backups, jobs, markers, retention
 from worker.app import app
 from worker.chunkcheck import check_chunk
 from worker.constants import (
@@ -20,20 +20,21 @@ from worker.settings import Settings
 from worker.taskbase import JobTask, fan_out
 
 
-def cleanup(settings: Settings, r: Any, options: dict[str, Any]) -> tuple[list[dict[str, Any]], int, list[str]]:
-    """What retention deletes, how many backups it keeps, and the unfinished uploads of backups whose job is
-    not running (a worker killed, or the store lost, mid-object), aborted (a dry run only lists them)."""
+def cleanup(settings: Settings, r: Any, options: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every backup with its decision (worker/retention.py), the ones decided `delete` deleted, and the
+    unfinished uploads of backups whose job is not running (a worker killed, or the store lost, mid-object)
+    aborted; a dry run deletes and aborts nothing, and lists the same."""
     store = backups.store_for(settings, options)
     listed = backups.list_backups(store, options, settings)
-    plan = backups.cleanup_plan(listed, options["retention_days"])
+    decisions = retention.decide(listed, retention.Policy.from_options(options))
     dry = bool(options.get("dry_run"))
     if not dry:
-        for b in plan:
-            backups.delete_backup(store, options, b["backup_id"])
-    uploads = backups.abort_open_uploads(store, options, dry_run=dry,
-                                         busy=lambda backup_id: jobs.state(r, backup_id) in ("queued", "running"))
-    deleted = [{k: b[k] for k in ("backup_id", "state", "created_at", "bytes_stored", "reason")} for b in plan]
-    return deleted, len(listed) - len(plan), uploads
+        for d in decisions:
+            if d["action"] == "delete":
+                retention.delete_backup(store, options, d["backup_id"])
+    uploads = retention.abort_open_uploads(store, options, dry_run=dry,
+                                           busy=lambda backup_id: jobs.state(r, backup_id) in ("queued", "running"))
+    return decisions, uploads
 
 
 @app.task(name=TASK_BACKUP_VALIDATE_START, base=JobTask, bind=True)
@@ -106,7 +107,7 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
 @app.task(name=TASK_CLEANUP_START, base=JobTask, bind=True)
 def cleanup_start(self: JobTask, job_id: str | None, options: dict[str, Any]) -> dict[str, Any]:
     if job_id is None:  # from beat: one run per schedule slot, however many beats fire; none while one runs
-        options = {**backups.store_options(self.settings), "retention_days": self.settings.retention_days,
+        options = {**backups.store_options(self.settings), **retention.policy_options(self.settings),
                    "dry_run": False, **options}
         job_id = jobs.scheduled(self.redis, "backup_cleanup", self.settings.crontab("backup_cleanup"), options)
         if job_id is None:
@@ -114,10 +115,13 @@ def cleanup_start(self: JobTask, job_id: str | None, options: dict[str, Any]) ->
         self.apply_async(kwargs={"job_id": job_id, "options": options})  # the job's own start: failures fail it
         return {"job_id": job_id, "scheduled": True}
     jobs.start(self.redis, job_id, 1)
-    deleted, kept, uploads = cleanup(self.settings, self.redis, options)
+    decisions, uploads = cleanup(self.settings, self.redis, options)
+    deleted = [{**{k: d[k] for k in ("backup_id", "state", "created_at", "bytes_stored")},
+                "reason": "; ".join(d["reasons"])} for d in decisions if d["action"] == "delete"]
     jobs.add(self.redis, job_id, rows=len(deleted))
-    report = CleanupReport(job_id=job_id, state="succeeded", ok=True, retention_days=options["retention_days"],
-                           dry_run=bool(options.get("dry_run")), deleted=deleted, kept=kept,
-                           aborted_uploads=uploads)
+    policy = retention.Policy.from_options(options)
+    report = CleanupReport(job_id=job_id, state="succeeded", ok=True, retention_days=policy.retention_days,
+                           policy=policy.as_dict(), dry_run=bool(options.get("dry_run")), deleted=deleted,
+                           kept=len(decisions) - len(deleted), decisions=decisions, aborted_uploads=uploads)
     jobs.finish(self.redis, job_id, report)
     return {"job_id": job_id, "deleted": len(deleted)}

@@ -16,7 +16,7 @@ import pytest
 import zstandard
 
 from conftest import cli_json, run_cli, run_job
-from worker import backups, commands, jobs
+from worker import backups, commands, jobs, retention
 from worker.archive import read_chunk
 from worker.connections import aws_client, pg_connect, redis_client
 from worker.dynamo import to_item
@@ -300,9 +300,9 @@ def test_list_states_and_cleanup_by_retention(data: Any, tmp_path: Path) -> None
     assert len(done["deleted"]) == 3
     assert {b["backup_id"] for b in commands.backup_list(s)} == {report["backup_id"], young}
     # the newest complete backup stays whatever its age
-    assert [b["backup_id"] for b in backups.cleanup_plan(commands.backup_list(s), 1,
-                                                         now=datetime.now(UTC) + timedelta(days=90))] \
-        == [young]
+    assert [d["backup_id"] for d in retention.decide(commands.backup_list(s), retention.Policy(1),
+                                                     now=datetime.now(UTC) + timedelta(days=90))
+            if d["action"] == "delete"] == [young]
 
 
 def test_losing_the_snapshot_holder_starts_the_backup_over_from_a_fresh_snapshot(data: Any) -> None:

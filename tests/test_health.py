@@ -127,13 +127,16 @@ def test_backups_check_names_a_fresh_validated_backup_and_calls_an_old_one_stale
     code, backup = cli_json("backup", env=env, timeout=300)
     assert code == 0, backup
     s = migrated.model_copy(update={"backup_prefix": "health-fresh"})
+    # fresh but never validated: a problem (degraded), naming the command that validates it
     check = run_check("backups", s)
-    assert check.ok and backup["backup_id"] in check.detail and "not validated" in check.detail, check
+    assert not check.ok and backup["backup_id"] in check.detail and "NEVER VALIDATED" in check.detail, check
+    assert check.hint == f"worktask backup validate {backup['backup_id']}"
+    assert "never drilled" in check.detail  # said, and alone no problem
     code, checked = cli_json("backup", "validate", backup["backup_id"], env=env)
     assert code == 0 and checked["ok"], checked
     check = run_check("backups", s)
     assert check.ok and backup["backup_id"] in check.detail and "validated ok" in check.detail, check
-    assert check.hint is None
+    assert "never drilled" in check.detail and check.hint is None
     # the same backup an hour later, with a limit of 0.01 h (36 s): stale, with what to do
     stale = s.model_copy(update={"backup_max_age_hours": 0.01})
     with pytest.raises(CheckFailed) as failed:
@@ -143,6 +146,30 @@ def test_backups_check_names_a_fresh_validated_backup_and_calls_an_old_one_stale
     ok = [Check(name=n, ok=True, detail="") for n in CHECKS]
     bad = Check(name="backups", ok=False, detail=str(failed.value), hint=failed.value.hint)
     assert health_report("j", [c if c.name != "backups" else bad for c in ok]).status == "degraded"
+
+
+def test_backups_check_says_when_the_last_drill_was_and_degrades_on_a_failed_one(migrated: Any) -> None:
+    """The drill's outcome is read from verified.json: ok names its time, FAILED is a problem, none is not."""
+    from worker import backups, markers
+
+    env = {"BACKUP_PREFIX": "health-drill"}
+    code, backup = cli_json("backup", "--skip-dynamodb", env=env, timeout=300)
+    assert code == 0, backup
+    bid = backup["backup_id"]
+    assert cli_json("backup", "validate", bid, env=env)[1]["ok"]
+    s = migrated.model_copy(update={"backup_prefix": "health-drill"})
+    opts = backups.store_options(s)
+    store = backups.store_for(s, opts)
+    at = datetime.now(UTC).isoformat()
+    markers.write(store, opts, bid, markers.VERIFIED, {"job_id": "j-ok", "ok": True, "at": at, "tables": [],
+                                                       "error": None})
+    check = run_check("backups", s)
+    assert check.ok and f"drill ok {at[:19]}Z" in check.detail, check
+    markers.write(store, opts, bid, markers.VERIFIED, {"job_id": "j-bad", "ok": False, "at": at,
+                                                       "tables": [], "error": "work_tasks: mismatch"})
+    check = run_check("backups", s)
+    assert not check.ok and "DRILL FAILED" in check.detail and f"drill FAILED {at[:19]}Z" in check.detail, check
+    assert f"worktask backup verify {bid} --restore-test" in check.hint
 
 
 def test_backups_setting_accepts_fractions_and_refuses_below_001(settings: Any) -> None:

@@ -75,8 +75,10 @@ def test_embedded_stack_up_health_down_on_dead_ports(tmp_path: Path, stack: Any)
         assert services["redis"]["url"].startswith("redis+socket://")
         migrate = cli("migrate")
         assert migrate.returncode == 0, migrate.stderr
-        backup = cli("backup")  # without a backup the `backups` check says so (degraded)
+        backup = cli("backup", "--json")  # without a backup the `backups` check says so (degraded)
         assert backup.returncode == 0, backup.stderr
+        checked = cli("backup", "validate", json.loads(backup.stdout)["backup_id"])  # never validated: degraded
+        assert checked.returncode == 0, checked.stderr
         health = cli("health", "--json")
         report = json.loads(health.stdout)
         assert health.returncode == 0 and report["status"] == "healthy", report

@@ -1,11 +1,12 @@
-"""Backups in the object store (DESIGN §9): ids, layout, keys, manifest, listing, retention.
+"""Backups in the object store (DESIGN §9): ids, layout, keys, manifest, listing.
 
     BACKUP_PREFIX/<id>/manifest.json                    written last: no manifest, no backup
     BACKUP_PREFIX/<id>/failed.json                      written when the backup failed
     BACKUP_PREFIX/<id>/postgres/<table>/<n>.<token>.<ext>
     BACKUP_PREFIX/<id>/dynamodb/<table>/<n>.<token>.<ext>
 
-The manifest's format, field by field, and how it is built: worker/manifest.py.
+The manifest's format, field by field, and how it is built: worker/manifest.py. What is kept beside it
+(validated.json, verified.json): worker/markers.py. Retention (what cleanup deletes): worker/retention.py.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import hashlib
 import json
 import re
 import secrets
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.hmac import HMAC
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from worker import markers
 from worker.archive import new_data_key, unwrap_key, wrap_key
 from worker.connections import aws_client
 from worker.errors import BadInput, ServiceUnavailable
@@ -407,13 +408,14 @@ def read_manifest(store: ObjectStore, options: dict[str, Any], backup_id: str, s
     return manifest
 
 
-# listing and retention --------------------------------------------------------------------------------
+# listing --------------------------------------------------------------------------------------
 
 def list_backups(store: ObjectStore, options: dict[str, Any], settings: Settings | None = None) -> list[dict[str, Any]]:
     """Every backup id under the prefix, newest first, with its state and totals. With settings, a manifest
     whose MAC fails is `failed`; `authenticated` is True (MAC verified), False (none, or it fails) or None
     (not checked: no settings, a key this installation lacks, or a KMS MAC, left to validate and restore so
-    that listing makes no KMS call per backup)."""
+    that listing makes no KMS call per backup). `validated` and `verified` are None (never validated / never
+    drilled) or {ok, at} of the marker (worker/markers.py), read only where the listing shows one (a GET each)."""
     root = options["prefix"] + "/"
     seen: dict[str, dict[str, Any]] = {}
     for obj in store.list(root):
@@ -421,18 +423,25 @@ def list_backups(store: ObjectStore, options: dict[str, Any], settings: Settings
         if not ID_RE.fullmatch(backup_id):
             continue
         entry = seen.setdefault(backup_id, {"objects": 0, "bytes": 0, "manifest": False, "failed": False,
-                                            "last_write": obj.modified})
+                                            "last_write": obj.modified, "markers": set()})
         entry["objects"] += 1
         entry["bytes"] += obj.size
         entry["last_write"] = max(entry["last_write"], obj.modified)
         entry["manifest"] |= obj.key.endswith("/manifest.json")
         entry["failed"] |= obj.key.endswith("/failed.json")
+        name = obj.key.rsplit("/", 1)[-1]
+        if name in markers.NAMES and obj.key == f"{root}{backup_id}/{name}":
+            entry["markers"].add(name)
     out = []
     for backup_id, e in seen.items():
         row: dict[str, Any] = {"backup_id": backup_id, "created_at": created_at(backup_id).isoformat(),
                                "state": "incomplete", "tables": 0, "rows": 0, "bytes_stored": e["bytes"],
                                "encrypted": None, "compressed": None, "duration_s": None, "authenticated": None,
-                               "last_write": e["last_write"].isoformat()}
+                               "last_write": e["last_write"].isoformat(), "validated": None, "verified": None}
+        for field, name in (("validated", markers.VALIDATED), ("verified", markers.VERIFIED)):
+            if name in e["markers"]:
+                marker = markers.read(store, options, backup_id, name)
+                row[field] = {"ok": marker["ok"] is True, "at": marker["at"]} if marker else None
         if e["manifest"]:
             try:
                 m = read_manifest(store, options, backup_id, any_format=True)  # as before: a newer format is
@@ -449,47 +458,3 @@ def list_backups(store: ObjectStore, options: dict[str, Any], settings: Settings
             row["state"] = "failed"
         out.append(row)
     return sorted(out, key=lambda r: r["backup_id"], reverse=True)
-
-
-def cleanup_plan(backups: list[dict[str, Any]], retention_days: int,
-                 now: datetime | None = None) -> list[dict[str, Any]]:
-    """What retention removes: complete backups older than the retention except the newest complete one,
-    and failed or incomplete leftovers whose last write is over a day old."""
-    now = now or datetime.now(UTC)
-    complete = [b for b in backups if b["state"] == "complete"]
-    newest = complete[0]["backup_id"] if complete else None
-    plan = []
-    for b in backups:
-        age = now - datetime.fromisoformat(b["created_at"])
-        if b["state"] == "complete":
-            if b["backup_id"] != newest and age > timedelta(days=retention_days):
-                plan.append({**b, "reason": f"older than {retention_days} days"})
-        elif now - datetime.fromisoformat(b["last_write"]) > timedelta(days=1):
-            plan.append({**b, "reason": f"{b['state']} leftover, untouched for over a day"})
-    return plan
-
-
-def abort_open_uploads(store: ObjectStore, options: dict[str, Any], backup_id: str | None = None,
-                       busy: Callable[[str], bool] = lambda _id: False, dry_run: bool = False) -> list[str]:
-    """Abort the objects begun and never finished (a worker killed mid-upload, an endpoint lost mid-object) in
-    one backup's folder, or in every backup's whose job is not `busy` (still running: its uploads are live).
-    The keys aborted (a dry run: that would be)."""
-    root = prefix(options, backup_id) if backup_id else options["prefix"] + "/"
-    dead = []
-    for u in store.open_uploads(root):
-        owner = u.key[len(options["prefix"]) + 1:].split("/", 1)[0]
-        if backup_id or (ID_RE.fullmatch(owner) and not busy(owner)):  # a backup's, not another tool's
-            dead.append(u)
-    if not dry_run:
-        store.abort(dead)
-    return [u.key for u in dead]
-
-
-def delete_backup(store: ObjectStore, options: dict[str, Any], backup_id: str) -> int:
-    """Delete the manifest first (the backup stops being complete at once), then the rest."""
-    check_backup_id(backup_id)
-    keys = [o.key for o in store.list(prefix(options, backup_id))]
-    manifest = [k for k in keys if k.endswith("/manifest.json")]
-    store.delete(manifest)
-    store.delete([k for k in keys if k not in manifest])
-    return len(keys)

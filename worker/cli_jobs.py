@@ -176,10 +176,18 @@ def backup(ctx: click.Context, compress: bool | None, encrypt: bool | None, chun
                    timeout, render_backup)
 
 
+def _marker_cell(marker: dict | None) -> str:
+    """A short column of `backup list`: when the last validation / drill was, and whether it passed."""
+    if marker is None:
+        return "-"
+    return f"[green]ok[/] {marker['at'][:10]}" if marker["ok"] else f"[red]FAIL[/] {marker['at'][:10]}"
+
+
 @backup.command("list")
 @output_options(wait=False)
 def backup_list(as_json: bool) -> int:
-    """List backups newest first: id, time, state (complete/incomplete/failed), tables, rows, size.
+    """List backups newest first: id, time, state (complete/incomplete/failed), tables, rows, size, and the
+    outcome and date of its last validation (`valid.`) and restore drill (`drill`); `-` for never.
 
     \b
     Example:
@@ -188,9 +196,11 @@ def backup_list(as_json: bool) -> int:
     rows = commands.backup_list(settings())
     if as_json:
         emit_json([{k: r[k] for k in ("backup_id", "state", "created_at", "tables", "rows", "bytes_stored",
-                                      "encrypted", "compressed", "duration_s", "authenticated")} for r in rows])
+                                      "encrypted", "compressed", "duration_s", "authenticated", "validated",
+                                      "verified")} for r in rows])
         return 0
-    table = Table("backup id", "created (UTC)", "state", "tables", "rows", "size", "duration", "enc", "zstd", "mac")
+    table = Table("backup id", "created (UTC)", "state", "tables", "rows", "size", "duration", "enc", "zstd", "mac",
+                  "valid.", "drill")
     for r in rows:
         colour = {"complete": "green", "failed": "red"}.get(r["state"], "yellow")
         table.add_row(r["backup_id"], r["created_at"][:19], f"[{colour}]{r['state']}[/]", str(r["tables"]),
@@ -198,7 +208,8 @@ def backup_list(as_json: bool) -> int:
                       f"{r['duration_s']:.1f} s" if r["duration_s"] is not None else "-",
                       str(r["encrypted"]) if r["encrypted"] is not None else "-",
                       str(r["compressed"]) if r["compressed"] is not None else "-",
-                      {True: "ok", False: "none"}.get(r["authenticated"], "-"))
+                      {True: "ok", False: "none"}.get(r["authenticated"], "-"),
+                      _marker_cell(r["validated"]), _marker_cell(r["verified"]))
     out.print(table)
     return 0
 
@@ -228,27 +239,44 @@ def backup_validate(backup_id: str, allow_unauthenticated: bool, as_json: bool, 
                    no_wait, timeout, render_backup_validate)
 
 
+KEEP_RANGE = click.IntRange(0, 100_000)
+
+
 @backup.command("cleanup")
 @click.option("--retention-days", type=click.IntRange(1, RETENTION_DAYS_MAX), default=None,
-              help=f"Days to keep, 1-{RETENTION_DAYS_MAX} (default: RETENTION_DAYS).")
+              help=f"Keep backups younger than this many days, 1-{RETENTION_DAYS_MAX} (default: RETENTION_DAYS).")
+@click.option("--keep-last", type=KEEP_RANGE, default=None, metavar="N",
+              help="Keep the newest N complete backups; 0 off (default: RETENTION_KEEP_LAST).")
+@click.option("--keep-daily", type=KEEP_RANGE, default=None, metavar="N",
+              help="Keep the newest backup of each of the last N days that have one (default: RETENTION_KEEP_DAILY).")
+@click.option("--keep-weekly", type=KEEP_RANGE, default=None, metavar="N",
+              help="The same per ISO week (default: RETENTION_KEEP_WEEKLY).")
+@click.option("--keep-monthly", type=KEEP_RANGE, default=None, metavar="N",
+              help="The same per month (default: RETENTION_KEEP_MONTHLY).")
 @dry_run_option
 @output_options()
-def backup_cleanup(retention_days: int | None, dry_run: bool | None, as_json: bool, no_wait: bool,
-                   timeout: int | None) -> int:
-    """Delete complete backups older than the retention (never the newest complete one) and failed or
-    abandoned leftovers untouched for a day, and abort the unfinished uploads (S3 multipart) of backups
-    whose job is not running. Beat runs it nightly.
+def backup_cleanup(retention_days: int | None, keep_last: int | None, keep_daily: int | None,
+                   keep_weekly: int | None, keep_monthly: int | None, dry_run: bool | None, as_json: bool,
+                   no_wait: bool, timeout: int | None) -> int:
+    """Apply the retention policy: a complete backup is kept when it is younger than the retention days or a
+    --keep-* rule keeps it (UTC days, ISO weeks, months, as restic's forget --keep-*); the newest complete
+    backup, the newest that passed validation and the newest that passed a restore drill are always kept.
+    Every other complete backup is deleted, and failed or abandoned leftovers untouched for a day; unfinished
+    uploads (S3 multipart) of backups whose job is not running are aborted. --dry-run lists every backup with
+    keep/delete and its reasons, and changes nothing. Beat runs it nightly with the settings.
 
     \b
     Examples:
       worktask backup cleanup --dry-run
-      RETENTION_DAYS=7 worktask backup cleanup
+      worktask backup cleanup --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --dry-run --json
+      RETENTION_DAYS=7 RETENTION_KEEP_LAST=3 worktask backup cleanup
     """
     s = settings()
     dry = flag_or(dry_run, s.dry_run)
-    days = flag_or(retention_days, s.retention_days)
-    return run_job(lambda: commands.backup_cleanup(s, days, dry), "backup_cleanup", as_json, no_wait, timeout,
-                   render_cleanup)
+    return run_job(lambda: commands.backup_cleanup(s, retention_days, dry, keep_last=keep_last,
+                                                   keep_daily=keep_daily, keep_weekly=keep_weekly,
+                                                   keep_monthly=keep_monthly),
+                   "backup_cleanup", as_json, no_wait, timeout, render_cleanup)
 
 
 @click.command()

@@ -135,12 +135,14 @@ def backup_validate(settings: Settings, backup_id: str, allow_unauthenticated: b
                   {**opts, "backup_id": backup_id, **backups.auth_options(settings, allow_unauthenticated)})
 
 
-def backup_cleanup(settings: Settings, retention_days: int, dry_run: bool) -> str:
-    from worker import backups
+def backup_cleanup(settings: Settings, retention_days: int | None, dry_run: bool, **keep: int | None) -> str:
+    """Enqueue a clean-up under the retention policy: each of retention_days and keep_last/keep_daily/
+    keep_weekly/keep_monthly given (not None) beats its setting (worker/retention.py policy_options)."""
+    from worker import backups, retention
 
     opts = backups.store_options(settings)
     return submit(settings, "backup_cleanup", TASK_CLEANUP_START,
-                  {**opts, "retention_days": retention_days, "dry_run": dry_run})
+                  {**opts, **retention.policy_options(settings, retention_days, **keep), "dry_run": dry_run})
 
 
 def _dynamo_exists(settings: Settings, table: str) -> bool:

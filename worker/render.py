@@ -133,11 +133,27 @@ def render_backup_validate(report: dict[str, Any]) -> None:
 
 
 def render_cleanup(report: dict[str, Any]) -> None:
+    """What the policy decided for every backup (a dry run: would), with its reasons; then the uploads aborted."""
     verb = "would delete" if report["dry_run"] else "deleted"
+    policy = report.get("policy") or {"retention_days": report["retention_days"]}
+    rules = [f"{policy['retention_days']} days"] + [f"{k.replace('_', '-')} {v}" for k, v in policy.items()
+                                                    if k != "retention_days" and v]
     out.print(f"{verb} {len(report['deleted'])} backup(s), kept {report['kept']} "
-              f"(retention {report['retention_days']} days)", markup=False)
-    for b in report["deleted"]:
-        out.print(f"  {b['backup_id']}  {b['state']}  {human_bytes(b['bytes_stored'])}  {b['reason']}", markup=False)
+              f"(retention: {', '.join(rules)}; always the newest complete, validated and drilled)", markup=False)
+    decisions = report.get("decisions")
+    if decisions:
+        table = Table("backup id", "state", "size", "action", "reasons",
+                      title="dry run: nothing deleted" if report["dry_run"] else None)
+        for d in decisions:
+            action = ("[red]would delete[/]" if report["dry_run"] else "[red]deleted[/]") \
+                if d["action"] == "delete" else "[green]keep[/]"
+            table.add_row(d["backup_id"], d["state"], human_bytes(d["bytes_stored"]), action,
+                          escape("; ".join(d["reasons"])))
+        out.print(table)
+    else:  # a report from before decisions were recorded
+        for b in report["deleted"]:
+            out.print(f"  {b['backup_id']}  {b['state']}  {human_bytes(b['bytes_stored'])}  {b['reason']}",
+                      markup=False)
     if report.get("aborted_uploads"):
         out.print(f"{'would abort' if report['dry_run'] else 'aborted'} {len(report['aborted_uploads'])} unfinished "
                   "upload(s) of backups whose job is not running:", markup=False)

@@ -130,8 +130,11 @@ class ValidateBackupReport(JobReport):
 class CleanupReport(JobReport):
     kind: str = "backup_cleanup"
     retention_days: int
-    deleted: list[dict[str, Any]] = Field(default_factory=list)
-    kept: int = 0
+    policy: dict[str, int] = Field(default_factory=dict)  # retention_days, keep_last/_daily/_weekly/_monthly in force
+    deleted: list[dict[str, Any]] = Field(default_factory=list)  # {backup_id, state, created_at, bytes_stored, reason}
+    kept: int = 0  # how many backups stay (scripts read it)
+    # every backup: {backup_id, created_at, state, bytes_stored, action: keep|delete, reasons: [...]}, newest first
+    decisions: list[dict[str, Any]] = Field(default_factory=list)
     aborted_uploads: list[str] = Field(default_factory=list)  # keys of unfinished uploads (a dry run: would abort)
 
 
