@@ -1,4 +1,5 @@
-"""`worktask maintenance`: backup_cleanup, validate, optimize (VACUUM (ANALYZE) that never waits on a lock)."""
+"""`worktask maintenance`: backup_cleanup, validate, optimize (VACUUM (ANALYZE) that never waits on a lock), and
+backup_validate (the newest complete backup, when it was never validated)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import psycopg
 import pytest
 
 from conftest import cli_json
+from test_backup import data  # noqa: F401 - a fixture
 from worker.connections import pg_connect
 
 
@@ -46,8 +48,8 @@ def test_maintenance_vacuums_dead_tuples_and_skips_a_locked_table(migrated: Any,
         locker.close()
     try:
         assert report["kind"] == "maintenance", report
-        assert [s["name"] for s in report["steps"]] == ["backup_cleanup", "validate", "optimize"]
-        assert all(s["state"] in ("succeeded", "failed") for s in report["steps"])
+        assert [s["name"] for s in report["steps"]] == ["backup_cleanup", "validate", "optimize", "backup_validate"]
+        assert all(s["state"] in ("succeeded", "failed") for s in report["steps"][:3])
         step = {s["name"]: s for s in report["steps"]}
         assert step["optimize"]["state"] == "succeeded" and step["backup_cleanup"]["state"] == "succeeded", report
         assert code == (0 if report["ok"] else 1)
@@ -66,6 +68,29 @@ def test_maintenance_vacuums_dead_tuples_and_skips_a_locked_table(migrated: Any,
 
 def test_maintenance_dry_run_reports_without_vacuuming(migrated: Any) -> None:
     code, report = cli_json("maintenance", "--dry-run", timeout=300)
-    assert report["dry_run"] and [s["name"] for s in report["steps"]] == ["backup_cleanup", "validate", "optimize"]
+    assert report["dry_run"] and [s["name"] for s in report["steps"]] == ["backup_cleanup", "validate", "optimize",
+                                                                          "backup_validate"]
+    assert {s["name"]: s for s in report["steps"]}["backup_validate"]["state"] == "skipped", report
     opt = {s["name"]: s for s in report["steps"]}["optimize"]["report"]
     assert all(t["action"] == "would vacuum" and not t["after"] for t in opt["tables"])
+
+
+@pytest.mark.slow
+def test_maintenance_validates_the_newest_backup_once_and_health_then_calls_it_validated(data: Any) -> None:  # noqa: F811
+    from test_backup import backup
+    from worker import backups, markers
+
+    made = backup(data)
+    assert made["ok"], made
+    code, report = cli_json("maintenance", timeout=300)
+    step = {s["name"]: s for s in report["steps"]}["backup_validate"]
+    assert step["state"] == "succeeded" and step["report"]["backup_id"] == made["backup_id"], step
+    opts = backups.store_options(data)
+    marker = markers.read(backups.store_for(data, opts), opts, made["backup_id"], markers.VALIDATED)
+    assert marker and marker["ok"], marker
+    code, health = cli_json("health", timeout=120)
+    detail = {c["name"]: c for c in health["checks"]}["backups"]["detail"]
+    assert made["backup_id"] in detail and "never validated" not in detail.lower(), detail
+    code, again = cli_json("maintenance", "--dry-run", timeout=300)
+    step = {s["name"]: s for s in again["steps"]}["backup_validate"]
+    assert step["state"] == "skipped" and "validated already" in step["report"]["reason"], step
