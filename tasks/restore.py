@@ -306,8 +306,8 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
         snapshot.refuse_during_backup(r, "restore")
     holder = jobs.lock(r, restore_target.lock_name(options), job_id)
     if holder:
-        where = f"into {options['target_database']}" if options.get("target_database") else "of the live database"
-        raise JobFailed(f"another restore {where} is running (job {holder}); wait for it")
+        where = f" into {options['target_database']}" if options.get("target_database") else ""
+        raise JobFailed(f"another restore{where} is running (job {holder}); wait for it")
     manifest = backups.read_manifest(backups.store_for(s, options), options, options["backup_id"], self.settings,
                                      options.get("allow_unauthenticated", False))
     wanted = options.get("tables") or [t["name"] for t in manifest["tables"]]

@@ -11,12 +11,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import cli_json, run_cli
+from conftest import cli_json, run_cli, run_job
 from test_backup import backup, make_data, manifest_of
 from test_restore import hashes, table_hash
-from worker import commands, migrator
+from worker import backups, commands, migrator
 from worker.connections import aws_client, pg_connect
-from worker.dynamo import drop_table, to_item
+from worker.constants import TASK_RESTORE_START
+from worker.dynamo import drop_table, ensure_table, to_item
 
 AFTER = "added after the backup"
 
@@ -81,8 +82,9 @@ def test_restore_into_another_database_leaves_the_live_data_identical(made: dict
 def test_restore_beside_the_live_table_under_a_new_name(made: dict[str, Any]) -> None:
     live = made["settings"]
     before = hashes(live)
-    with pg_connect(live) as conn:
+    with pg_connect(live, autocommit=True) as conn:
         live_indexes = conn.execute("select indexname from pg_indexes where tablename = 'services'").fetchall()
+        conn.execute("create statistics services_name_tier_st on name, tier from services")
     try:
         code, report = cli_json("restore", made["backup_id"], "--tables", "services", "--target-table",
                                 "services_restored", timeout=300)
@@ -96,8 +98,12 @@ def test_restore_beside_the_live_table_under_a_new_name(made: dict[str, Any]) ->
                                                    where conrelid = 'services_restored'::regclass""")}
             names |= {r[0] for r in conn.execute(
                 "select indexname from pg_indexes where tablename = 'services_restored'")}
-            assert names and all(n.startswith("services_restored") for n in names), names
-            assert "services_restored_pkey" in names
+            names |= {r[0] for r in conn.execute(
+                "select stxname from pg_statistic_ext where stxrelid = 'services_restored'::regclass")}
+            names |= {r[0] for r in conn.execute("select pg_get_serial_sequence('services_restored', 'id')")}
+            assert all(n.removeprefix("public.").startswith("services_restored") for n in names), names
+            assert {"services_restored_pkey", "services_restored_name_tier_st", "public.services_restored_id_seq"} \
+                <= names, names
             assert not conn.execute("""select 1 from pg_constraint where contype = 'f'
                                        and conrelid = 'services_restored'::regclass""").fetchone()
             assert conn.execute("select indexname from pg_indexes where tablename = 'services'").fetchall() \
@@ -112,6 +118,51 @@ def test_restore_beside_the_live_table_under_a_new_name(made: dict[str, Any]) ->
     finally:
         with pg_connect(live, autocommit=True) as conn:
             conn.execute("drop table if exists services_restored")
+            conn.execute("drop statistics if exists services_name_tier_st")
+
+
+def test_a_target_table_created_after_the_check_fails_the_job_and_renames_nothing(made: dict[str, Any]) -> None:
+    """The finalize's transaction checks again: a script that submits the job itself (no CLI check) or a
+    table created meanwhile makes the job fail, naming it; the table and the live one stay as they were."""
+    live = made["settings"]
+    before = hashes(live)
+    with pg_connect(live, autocommit=True) as conn:
+        conn.execute("create table services_taken (note text)")
+        conn.execute("insert into services_taken values ('mine')")
+    try:
+        options = {**backups.store_options(live), "backup_id": made["backup_id"], "tables": ["services"],
+                   "exact": False, "dry_run": False, "target_database": None, "target_table": "services_taken",
+                   "target_dynamodb_table": None, **backups.auth_options(live, False)}
+        report = run_job(live, lambda: commands.submit(live, "restore", TASK_RESTORE_START, options), 300)
+        assert not report["ok"] and "services_taken exists already" in report["error"], report
+        with pg_connect(live) as conn:
+            assert conn.execute("select note from services_taken").fetchall() == [("mine",)]
+            assert not conn.execute("""select relname from pg_class  -- no replacement or ledger left
+                                       where obj_description(oid, 'pg_class') like 'worktask:restore:%'""").fetchall()
+        assert hashes(live) == before
+    finally:
+        with pg_connect(live, autocommit=True) as conn:
+            conn.execute("drop table if exists services_taken")
+
+
+def test_dynamodb_items_into_another_table_with_exact(made: dict[str, Any]) -> None:
+    """Into an existing table holding an item the backup does not have: --exact deletes it there; the live
+    table is unchanged."""
+    live = made["settings"]
+    before = hashes(live)
+    other = live.model_copy(update={"dynamo_table_name": f"worktask-other-{secrets.token_hex(3)}"})
+    client = aws_client(live, "dynamodb")
+    ensure_table(client, other.dynamo_table_name)
+    client.put_item(TableName=other.dynamo_table_name, Item=to_item({"PK": "TASK#stray", "SK": "ANALYSIS"}))
+    try:
+        code, report = cli_json("restore", made["backup_id"], "--tables", live.dynamo_table_name,
+                                "--target-dynamodb-table", other.dynamo_table_name, "--exact", timeout=300)
+        assert code == 0 and report["ok"], report
+        assert [t["removed"] for t in report["tables"]] == [1], report
+        assert hashes(other)["dynamodb"] == made["at_backup"]["dynamodb"]
+        assert hashes(live) == before
+    finally:
+        drop_table(client, other.dynamo_table_name)
 
 
 def test_restore_from_another_installations_folder_and_s3_prefix(made: dict[str, Any], bucket: str) -> None:

@@ -3,9 +3,10 @@ X, instead of being swapped in (worker/swap.py). In the caller's transaction:
 
 NEW must still not exist (checked again here, under the transaction); the replacement is renamed NEW, its
 marker comment removed (so no clean-up ever drops it), the constraints and indexes `build` made under
-temporary names are named after NEW (`X_pkey` -> `NEW_pkey`; a name taken gets a number), and an identity
-sequence is named after NEW and moved past the restored ids. No foreign keys, triggers, policies or grants:
-NEW is a plain copy of the backup's rows with X's columns, keys, checks and indexes. The live X is not touched.
+temporary names, and the statistics objects LIKE copied, are named after NEW (`X_pkey` -> `NEW_pkey`; a
+name taken gets a number), and an identity sequence is named after NEW and moved past the restored ids.
+No foreign keys, triggers, policies or grants: NEW is a plain copy of the backup's rows with X's columns,
+keys, checks and indexes. The live X is not touched.
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ def new_name(conn: psycopg.Connection, old: str, table: str, new: str) -> str:
     return name
 
 
+def _free_statistics(conn: psycopg.Connection, old: str, table: str, new: str) -> str:
+    base = _clip(new + old[len(table):] if old.startswith(table) else f"{new}_{old}", NAMEDATALEN)
+    name, i = base, 1
+    while conn.execute("select 1 from pg_statistic_ext where stxname = %s and stxnamespace = "
+                       "'public'::regnamespace", (name,)).fetchone():
+        name, i = _clip(base, NAMEDATALEN - len(f"_{i}")) + f"_{i}", i + 1
+    return name
+
+
 def beside(conn: psycopg.Connection, cat: dict[str, Any], new: str, tag: str) -> None:
     """Rename the built replacement of cat["table"] to `new` (see the module's docstring)."""
     table, built = cat["table"], replacement(cat["table"], tag)
@@ -60,6 +70,13 @@ def beside(conn: psycopg.Connection, cat: dict[str, Any], new: str, tag: str) ->
     for i, (name, *_rest) in enumerate(cat["indexes"]):
         conn.execute(sql.SQL("alter index {} rename to {}").format(
             sql.Identifier(temp_name(table, tag, "i", i)), sql.Identifier(new_name(conn, name, table, new))))
+    stats = [r[0] for r in conn.execute("""select stxname from pg_statistic_ext
+                                            where stxrelid = format('public.%%I', %s::text)::regclass
+                                            order by oid""", (new,))]
+    if len(stats) == len(cat["statistics"]):  # copied by LIKE, named after the replacement
+        for current, (name, *_rest) in zip(stats, cat["statistics"]):
+            conn.execute(sql.SQL("alter statistics {} rename to {}").format(
+                sql.Identifier(current), sql.Identifier(_free_statistics(conn, name, table, new))))
     identity = conn.execute("""
         select a.attname, s.relname from pg_depend d join pg_class s on s.oid = d.objid and s.relkind = 'S'
         join pg_attribute a on a.attrelid = d.refobjid and a.attnum = d.refobjsubid
