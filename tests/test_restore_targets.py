@@ -175,6 +175,13 @@ def test_restore_from_another_installations_folder_and_s3_prefix(made: dict[str,
     # not found in this installation's own store
     proc = run_cli("restore", other_local["backup_id"], "--dry-run")
     assert proc.returncode == 2 and "not found" in proc.stderr, proc.stderr
+    code, listed = cli_json("backup", "list", "--from", str(folder / "theirs"))
+    assert code == 0 and [b["backup_id"] for b in listed] == [other_local["backup_id"]], listed
+    code, listed = cli_json("backup", "list", "--from", f"s3://{bucket}/other/install")
+    assert code == 0 and [b["backup_id"] for b in listed] == [other_s3["backup_id"]], listed
+    code, checked = cli_json("backup", "validate", other_s3["backup_id"], "--from", f"s3://{bucket}/other/install",
+                             timeout=300)
+    assert code == 0 and checked["ok"], checked
     code, report = cli_json("restore", other_local["backup_id"], "--from", str(folder / "theirs"), "--dry-run",
                             timeout=300)
     assert code == 0 and report["ok"] and report["dry_run"], report
