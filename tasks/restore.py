@@ -177,10 +177,12 @@ def _key_text(item: dict[str, Any], names: list[str]) -> str:
     return json.dumps([item[n] for n in names], sort_keys=True, separators=(",", ":"))
 
 
-def extra_items(settings: Settings, plan: RestorePlan, table: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Keys of the items in the live table that the backup does not have (what --exact deletes), bounded in
-    memory: the backup's keys go into a temporary sqlite file, the live ones are compared a page at a time,
-    and the extras are given out once the live scan is over (so deleting them does not disturb it)."""
+def extra_items(settings: Settings, plan: RestorePlan, table: dict[str, Any],
+                into: str | None = None) -> Iterator[dict[str, Any]]:
+    """Keys of the items in the table restored into (`into`, else the backup's own) that the backup does not
+    have (what --exact deletes), bounded in memory: the backup's keys go into a temporary sqlite file, the live
+    ones are compared a page at a time, and the extras are given out once the live scan is over (so deleting
+    them does not disturb it)."""
     names = [k["AttributeName"] for k in table.get("key_schema") or KEY_SCHEMA]
     client = aws_client(settings, "dynamodb")
     with tempfile.TemporaryDirectory(prefix="worktask-exact-") as tmp:
@@ -199,7 +201,7 @@ def extra_items(settings: Settings, plan: RestorePlan, table: dict[str, Any]) ->
                 db.executemany("insert or ignore into backup values (?)", batch)
             attrs = {f"#k{i}": n for i, n in enumerate(names)}
             pages = client.get_paginator("scan").paginate(
-                TableName=settings.dynamo_table_name, ProjectionExpression=", ".join(attrs),
+                TableName=into or table["name"], ProjectionExpression=", ".join(attrs),
                 ExpressionAttributeNames=attrs, ConsistentRead=True, PaginationConfig={"PageSize": 1000})
             for page in pages:
                 db.executemany("insert or ignore into extra select ?1 where not exists "
@@ -279,7 +281,7 @@ def release(settings: Settings, r: Any, job_id: str) -> None:
 
 def ensure_dynamo_target(settings: Settings, table: dict[str, Any]) -> None:
     """--target-dynamodb-table: create it when missing, with the backup's key schema, on demand (the key
-    attributes' types: the default table's, else those of the backup's first item)."""
+    attributes' types are the project's table's, PK and SK strings; another key schema is refused)."""
     client = aws_client(settings, "dynamodb")
     if dynamo.exists(client, settings.dynamo_table_name):
         return
@@ -462,7 +464,7 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
         jobs.mark(self.redis, job_id, "swapped")  # a redelivered finalize does not swap twice
     for t in ok:  # --exact deletes only after the swap (the upserts of the load are already in DynamoDB)
         if t["store"] == "dynamodb" and opts.get("exact"):
-            extra = extra_items(s, plan, t)
+            extra = extra_items(s, plan, t, s.dynamo_table_name)  # the table restored into
             removed[t["name"]] = sum(1 for _ in extra) if dry else delete_items(s, s.dynamo_table_name, extra)
         if t["store"] == "dynamodb" and not dry and not opts.get("target_dynamodb_table"):  # the live table's note
             note_dynamo_restore(self.settings, self.redis, plan, t)

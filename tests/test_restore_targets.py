@@ -227,3 +227,13 @@ def test_bad_target_exits_2_naming_the_rule_and_changes_nothing(made: dict[str, 
     assert len(proc.stderr.strip().splitlines()) == 1 and says in proc.stderr, proc.stderr
     assert "s3cr3t" not in proc.stderr + proc.stdout
     assert hashes(live) == before and commands.job_list(live, 5) == jobs_before
+
+
+def test_a_target_server_that_does_not_answer_exits_3_naming_it(made: dict[str, Any]) -> None:
+    live = made["settings"]
+    before = hashes(live)
+    proc = run_cli("restore", made["backup_id"], "--tables", "services",
+                   "--target-database", "postgresql://postgres@127.0.0.1:1/elsewhere")
+    assert proc.returncode == 3, (proc.stdout, proc.stderr)
+    assert "postgresql://postgres@127.0.0.1:1/elsewhere" in proc.stderr, proc.stderr
+    assert hashes(live) == before
