@@ -3,13 +3,23 @@ PostgreSQL, moto and real workers."""
 
 from __future__ import annotations
 
+import secrets
+import time
 from typing import Any
 
+import psycopg
 import pytest
 
-from test_backup import backup, make_data, manifest_of
-from worker import rowhash
-from worker.connections import aws_client, pg_connect
+import beat_schedule
+from conftest import run_cli
+from tasks import drill
+from test_backup import backup, decode, make_data, manifest_of
+from worker import jobs, rowhash
+from worker.app import app
+from worker.connections import aws_client, pg_connect, redis_client
+from worker.constants import BEAT_SLOT_KEY, TASK_DRILL_START
+from worker.dynamo import from_export_line
+from worker.errors import JobFailed
 
 
 @pytest.fixture(scope="module")
@@ -34,3 +44,99 @@ def test_every_table_records_its_rows_hash_computed_in_the_snapshot(good: tuple[
                 if t["store"] == "postgres" else rowhash.dynamo_table(client, t["name"])
             assert found == (t["rows"], t["row_hash"]), t["name"]
     assert {t["name"] for t in manifest["tables"] if t["rows"] > 1000}  # several chunks summed somewhere
+
+
+# the comparison, on a scratch database and table loaded from the backup's chunks ---------------------------------
+
+def scratch_left(settings: Any) -> list[str]:
+    """Scratch databases and DynamoDB tables of drills that exist now."""
+    with pg_connect(settings, dbname="postgres") as conn:
+        dbs = [r[0] for r in conn.execute("select datname from pg_database where datname like 'worktask\\_drill\\_%'")]
+    tables = aws_client(settings, "dynamodb").list_tables()["TableNames"]
+    return dbs + [t for t in tables if t.startswith(f"{settings.dynamo_table_name}-drill-")]
+
+
+def load_scratch(settings: Any, manifest: dict[str, Any], database: str, table: str) -> None:
+    """What a restore into the scratch targets writes: every chunk's rows (foreign keys not enforced while loading)."""
+    with pg_connect(drill.scratch_settings(settings, database), autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("set session_replication_role = replica")
+        for t in manifest["tables"]:
+            if t["store"] != "postgres":
+                continue
+            cols = psycopg.sql.SQL(", ").join(psycopg.sql.Identifier(c["name"]) for c in t["columns"])
+            with cur.copy(psycopg.sql.SQL("copy {} ({}) from stdin").format(psycopg.sql.Identifier(t["name"]),
+                                                                              cols)) as copy:
+                for line in decode(settings, manifest, t["name"]):
+                    copy.write(line + b"\n")
+    client = aws_client(settings, "dynamodb")
+    dyn = next(t for t in manifest["tables"] if t["store"] == "dynamodb")
+    for line in decode(settings, manifest, dyn["name"]):
+        client.put_item(TableName=table, Item=from_export_line(line))
+
+
+def test_the_comparison_names_match_mismatch_not_restored_and_hash_not_recorded(
+        good: tuple[Any, dict[str, Any]]) -> None:
+    settings, manifest = good
+    database, table = drill.scratch_names(settings, "cmp" + secrets.token_hex(3), None)
+    try:
+        drill.create_database(settings, database)
+        drill.migrate_to(settings, database, manifest["source"]["migration_head"])
+        assert drill.create_missing_tables(settings, database, manifest) == []  # the migrations make every table
+        assert drill.create_dynamo_table(settings, table, manifest)
+        with pytest.raises(JobFailed, match="exists already"):
+            drill.create_database(settings, database)
+        load_scratch(settings, manifest, database, table)
+        restored = {"state": "succeeded", "skipped": []}
+        results = drill.compare(settings, manifest, database, table, restored)
+        assert [(t.name, t.outcome) for t in results] == [(t["name"], "match") for t in manifest["tables"]]
+        assert all(t.rows_found == t.rows_expected and t.hash_found == t.hash_expected for t in results)
+
+        with pg_connect(drill.scratch_settings(settings, database), autocommit=True) as conn:
+            conn.execute("update work_tasks set title = title || '!' where id = (select min(id) from work_tasks)")
+        skipped = {"state": "succeeded", "skipped": [{"name": "services", "reason": "not touched: chunk 0 bad"}]}
+        older = {**manifest, "tables": [{k: v for k, v in t.items() if k != "row_hash"} if t["name"] == "todo_items"
+                                        else t for t in manifest["tables"]]}
+        by_name = {t.name: t for t in drill.compare(settings, older, database, table, skipped)}
+        work = by_name["work_tasks"]
+        assert work.outcome == "mismatch" and work.rows_found == work.rows_expected
+        assert f"expected {work.hash_expected}, found {work.hash_found}" in work.reason
+        assert (by_name["services"].outcome, by_name["services"].reason) == ("not restored", "not touched: chunk 0 bad")
+        assert by_name["todo_items"].outcome == "hash not recorded"
+        assert by_name[settings.dynamo_table_name].outcome == "match"
+    finally:
+        drill.drop(settings, database, table)
+    assert scratch_left(settings) == []
+
+
+# the command ---------------------------------------------------------------------------------------------------
+
+def test_verify_without_restore_test_or_into_an_existing_database_exits_2_and_creates_nothing(
+        good: tuple[Any, dict[str, Any]]) -> None:
+    settings, manifest = good
+    proc = run_cli("backup", "verify", manifest["backup_id"])
+    assert proc.returncode == 2 and "--restore-test" in proc.stderr and "backup validate" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = run_cli("backup", "verify", manifest["backup_id"], "--restore-test", "--target-database", "postgres")
+    assert proc.returncode == 2 and "exists already" in proc.stderr, proc.stderr
+    assert scratch_left(settings) == []
+
+
+def test_beat_drills_weekly_by_default_and_records_a_skip_when_there_is_no_complete_backup(settings: Any) -> None:
+    entry = beat_schedule.build(settings)["restore-drill"]
+    assert entry["task"] == TASK_DRILL_START and entry["schedule"] == settings.crontab("drill")
+    assert entry["kwargs"]["options"]["schedule"] == settings.schedules["drill"] == "0 5 * * 0"
+    r = redis_client(settings)
+    prefix = f"empty-{secrets.token_hex(3)}"  # a store that holds no backup; the slot of this minute, freed
+    r.delete(*r.keys(BEAT_SLOT_KEY.format(name="backup_verify", slot="*")) or ["-"])  # (a run a moment ago took it)
+    app.send_task(TASK_DRILL_START, kwargs={"job_id": None, "options": {
+        "prefix": prefix, "scheduled": True, "schedule": "* * * * *"}})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = [j for j in jobs.recent(r, 50) if j["kind"] == "backup_verify"
+                 and jobs.options(r, j["job_id"]).get("prefix") == prefix]
+        if found and found[0]["state"] == "succeeded":
+            break
+        time.sleep(0.5)
+    assert found, "no drill job recorded"
+    report = jobs.report(r, found[0]["job_id"])
+    assert report["skipped"] == "no complete backup to drill" and report["backup_id"] is None
