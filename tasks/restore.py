@@ -12,7 +12,12 @@ replacement dropped. The replacement tables are invisible until the swap, so the
 of no return, as before. DynamoDB writes cannot be rolled back: its chunks are verified first and loaded
 only then (items are upserted and stay even if the swap then fails, README says so). A failed restore
 drops its replacement tables, and the next restore drops those of one that was killed. `--dry-run`
-verifies every chunk and writes nothing. One restore runs at a time (a lock its job holds until it ends).
+verifies every chunk and writes nothing. One restore runs at a time per target database (a lock its job
+holds until it ends: `restore` for the live database, `restore:<target>` for another).
+
+Another target (worker/restore_target.py): every PostgreSQL connection of the job goes to the options'
+`target_database`, the DynamoDB items to `target_dynamodb_table`; with `target_table` the one table's
+replacement is renamed to that new name instead of swapped (worker/swap_beside.py).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 import asyncpg
 import psycopg
 
-from worker import backups, chunks, jobs, snapshot, sqltext, swap
+from worker import backups, chunks, dynamo, jobs, restore_target, snapshot, sqltext, swap, swap_beside
 from worker.app import app
 from worker.chunkcheck import check_chunk, drain, open_chunk, verdict
 from worker.connections import aws_client, pg_connect, pg_params
@@ -194,8 +199,8 @@ def extra_items(settings: Settings, plan: RestorePlan, table: dict[str, Any]) ->
                 db.executemany("insert or ignore into backup values (?)", batch)
             attrs = {f"#k{i}": n for i, n in enumerate(names)}
             pages = client.get_paginator("scan").paginate(
-                TableName=table["name"], ProjectionExpression=", ".join(attrs), ExpressionAttributeNames=attrs,
-                ConsistentRead=True, PaginationConfig={"PageSize": 1000})
+                TableName=settings.dynamo_table_name, ProjectionExpression=", ".join(attrs),
+                ExpressionAttributeNames=attrs, ConsistentRead=True, PaginationConfig={"PageSize": 1000})
             for page in pages:
                 db.executemany("insert or ignore into extra select ?1 where not exists "
                                "(select 1 from backup where k = ?1)",
@@ -253,19 +258,40 @@ def live_rows(settings: Settings, table: str) -> int:
 
 # tasks --------------------------------------------------------------------------------------------------------
 
-LOCK = "restore"  # one restore at a time
+def targets(settings: Settings, options: dict[str, Any]) -> Settings:
+    """The settings of everything the job writes: the target database and DynamoDB table, when it has them."""
+    return restore_target.target_settings(settings, options)
 
 
 def release(settings: Settings, r: Any, job_id: str) -> None:
-    """A restore that ends lets go: its replacement tables (the live ones were never touched) and the lock."""
+    """A restore that ends lets go: its replacement tables (the live ones were never touched) and the lock
+    (one restore per target database: `restore` for the live one)."""
     plan = jobs.load_plan(r, job_id, RestorePlan)
+    options = plan.options if plan else jobs.options(r, job_id)
     if plan and not plan.options.get("dry_run"):
         try:
-            with pg_connect(settings, autocommit=True) as conn:
+            with pg_connect(targets(settings, options), autocommit=True) as conn:
                 swap.drop_replacements(conn, plan.tag)
         except Exception:  # noqa: BLE001 - the next restore drops them
             pass
-    jobs.unlock(r, LOCK, job_id)
+    jobs.unlock(r, restore_target.lock_name(options), job_id)
+
+
+def ensure_dynamo_target(settings: Settings, table: dict[str, Any]) -> None:
+    """--target-dynamodb-table: create it when missing, with the backup's key schema, on demand (the key
+    attributes' types: the default table's, else those of the backup's first item)."""
+    client = aws_client(settings, "dynamodb")
+    if dynamo.exists(client, settings.dynamo_table_name):
+        return
+    schema = table.get("key_schema") or KEY_SCHEMA
+    types = {a["AttributeName"]: a["AttributeType"] for a in dynamo.ATTRIBUTES}
+    if any(k["AttributeName"] not in types for k in schema):
+        raise JobFailed(f"--target-dynamodb-table {settings.dynamo_table_name}: the backup's key schema {schema} "
+                        "is not the default one; create the table with it first")
+    client.create_table(TableName=settings.dynamo_table_name, KeySchema=schema, BillingMode="PAY_PER_REQUEST",
+                        AttributeDefinitions=[{"AttributeName": k["AttributeName"],
+                                               "AttributeType": types[k["AttributeName"]]} for k in schema])
+    client.get_waiter("table_exists").wait(TableName=settings.dynamo_table_name, WaiterConfig=dynamo.WAIT)
 
 
 on_job_failure("restore", release)
@@ -273,15 +299,16 @@ on_job_failure("restore", release)
 
 @app.task(name=TASK_RESTORE_START, base=JobTask, bind=True, max_retries=0)
 def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]:
-    r, s = self.redis, self.settings
+    r, s = self.redis, targets(self.settings, options)
     if jobs.load_plan(r, job_id, RestorePlan):
         return {"job_id": job_id, "skipped": "already planned"}
-    if not options.get("dry_run"):
+    if not options.get("dry_run") and not options.get("target_database"):  # backups read the live database only
         snapshot.refuse_during_backup(r, "restore")
-    holder = jobs.lock(r, LOCK, job_id)
+    holder = jobs.lock(r, restore_target.lock_name(options), job_id)
     if holder:
-        raise JobFailed(f"another restore is running (job {holder}); wait for it")
-    manifest = backups.read_manifest(backups.store_for(s, options), options, options["backup_id"], s,
+        where = f"into {options['target_database']}" if options.get("target_database") else "of the live database"
+        raise JobFailed(f"another restore {where} is running (job {holder}); wait for it")
+    manifest = backups.read_manifest(backups.store_for(s, options), options, options["backup_id"], self.settings,
                                      options.get("allow_unauthenticated", False))
     wanted = options.get("tables") or [t["name"] for t in manifest["tables"]]
     plan = RestorePlan(backup_id=manifest["backup_id"], tag=job_id.rsplit("-", 1)[-1], options=options,
@@ -290,7 +317,7 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
     dry = bool(options.get("dry_run"))
     pg_tables = [t for t in plan.tables if t["store"] == "postgres"]
     bad: dict[str, str] = {}
-    if pg_tables:  # what the swap could not carry over: refused before anything is written
+    if pg_tables and not options.get("target_table"):  # what the swap could not carry over: refused first
         with pg_connect(s, autocommit=True) as conn:
             bad.update(swap.refusals(conn, pg_tables))
     if not dry:
@@ -306,6 +333,9 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
                     plan.plain_generated.append(t["name"])
                 swap.create_replacement(conn, t["name"], plan.tag, plain_generated=bool(listed))
             swap.create_ledger(conn, plan.tag)
+        for t in plan.tables:
+            if t["store"] == "dynamodb" and options.get("target_dynamodb_table"):
+                ensure_dynamo_target(s, t)
     plan.skipped = [{"name": n, "reason": f"not touched: {why}"} for n, why in bad.items()]
     jobs.save_plan(r, job_id, plan)
     # PostgreSQL chunks are loaded (and verified as they are read) at once, DynamoDB chunks verified first
@@ -336,13 +366,14 @@ def after_verify(self: JobTask, results: list[dict[str, Any]], job_id: str) -> d
     skip every table with a bad chunk (dropping its replacement), then build the PostgreSQL tables and load
     the DynamoDB chunks side by side."""
     plan = jobs.load_plan(self.redis, job_id, RestorePlan)
+    s = targets(self.settings, plan.options)
     bad: dict[str, str] = {}
     for r in sorted(results, key=lambda r: (r["table"], r["chunk"])):
         if r["reason"] and r["table"] not in bad:
             bad[r["table"]] = f"chunk {r['chunk']} ({r['path']}): {r['reason']}"
     dry = bool(plan.options.get("dry_run"))
     if bad and not dry:
-        with pg_connect(self.settings, autocommit=True) as conn:
+        with pg_connect(s, autocommit=True) as conn:
             swap.drop_replacements(conn, plan.tag, list(bad))
     plan.skipped += [{"name": n, "reason": f"not touched: {why}"} for n, why in bad.items()
                      if n not in {x["name"] for x in plan.skipped}]  # a redelivered after_verify adds none twice
@@ -367,14 +398,14 @@ def load(self: JobTask, job_id: str, table: str, chunk: int) -> dict[str, Any]:
     began = time.monotonic()
     done = {"table": table, "chunk": chunk, "path": c["key"], "reason": None}
     if t["store"] == "postgres":  # once, whatever the deliveries (the restore's ledger)
-        rows, reason = load_postgres_chunk(self.settings, plan, t, c)
+        rows, reason = load_postgres_chunk(targets(self.settings, plan.options), plan, t, c)
         if reason == ALREADY:  # counted by the delivery that loaded it
             return {**done, "rows": rows, "seconds": 0}
         jobs.add(self.redis, job_id, rows=rows, nbytes=c["bytes_stored"])
         if reason:
             return {**done, "reason": reason}
         return {**done, "rows": rows, "seconds": round(time.monotonic() - began, 3)}
-    rows = load_dynamo_chunk(self.settings, plan, t, c)
+    rows = load_dynamo_chunk(targets(self.settings, plan.options), plan, t, c)
     if rows != c["rows"]:
         raise JobFailed(f"loaded {rows} rows, the manifest says {c['rows']}")
     jobs.add(self.redis, job_id, rows=rows, nbytes=c["bytes_stored"])
@@ -384,7 +415,7 @@ def load(self: JobTask, job_id: str, table: str, chunk: int) -> dict[str, Any]:
 @app.task(name=TASK_RESTORE_BUILD, base=JobTask, bind=True)
 def build(self: JobTask, job_id: str, table: str) -> dict[str, Any]:
     plan = jobs.load_plan(self.redis, job_id, RestorePlan)
-    with pg_connect(self.settings) as conn:  # one transaction: a retry starts from a clean replacement
+    with pg_connect(targets(self.settings, plan.options)) as conn:  # one transaction: a retry starts clean
         conn.execute("select set_config('lock_timeout', %s, true)", (swap.LOCK_TIMEOUT,))
         if table in plan.plain_generated:
             swap.recompute_generated(conn, table, plan.tag)
@@ -407,28 +438,34 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
     if not jobs.claim_end(self.redis, job_id, finish_owner(self)):  # a failure owns the end: its release
         return {"job_id": job_id, "skipped": "the job failed"}  # drops the replacements; no swap of them
     plan = jobs.load_plan(self.redis, job_id, RestorePlan)
-    s, opts = self.settings, plan.options
-    dry = bool(opts.get("dry_run"))
+    s, opts = targets(self.settings, plan.options), plan.options
+    dry, beside = bool(opts.get("dry_run")), opts.get("target_table")
     loaded = jobs.value(self.redis, job_id, "loaded", []) + [r for r in results if "rows" in r]
     ok = [t for t in plan.tables if t["name"] in plan.ok_tables]
     removed: dict[str, int] = {}
     pg_ok = [t["name"] for t in ok if t["store"] == "postgres"]
     for t in ok:
-        if t["store"] == "postgres" and dry:
+        if t["store"] == "postgres" and dry and not beside:  # beside the live table: nothing is replaced
             removed[t["name"]] = live_rows(s, t["name"])
     if pg_ok and not dry and not jobs.marked(self.redis, job_id, "swapped"):
         with pg_connect(s) as conn:
             conn.execute("select set_config('lock_timeout', %s, true)", (swap.LOCK_TIMEOUT,))
             cats = [swap.catalog(conn, name) for name in pg_ok]
-            swap.swap(conn, cats, plan.tag)
+            if beside:  # the one table, renamed to the new name; the live one untouched
+                try:
+                    swap_beside.beside(conn, cats[0], beside, plan.tag)
+                except swap_beside.TargetExists as err:
+                    raise JobFailed(str(err)) from None
+            else:
+                swap.swap(conn, cats, plan.tag)
             conn.commit()
         jobs.mark(self.redis, job_id, "swapped")  # a redelivered finalize does not swap twice
     for t in ok:  # --exact deletes only after the swap (the upserts of the load are already in DynamoDB)
         if t["store"] == "dynamodb" and opts.get("exact"):
             extra = extra_items(s, plan, t)
-            removed[t["name"]] = sum(1 for _ in extra) if dry else delete_items(s, t["name"], extra)
-        if t["store"] == "dynamodb" and not dry:
-            note_dynamo_restore(s, self.redis, plan, t)
+            removed[t["name"]] = sum(1 for _ in extra) if dry else delete_items(s, s.dynamo_table_name, extra)
+        if t["store"] == "dynamodb" and not dry and not opts.get("target_dynamodb_table"):  # the live table's note
+            note_dynamo_restore(self.settings, self.redis, plan, t)
     tables = [RestoreTable(name=t["name"], store=t["store"], rows=t["rows"], chunks=len(t["chunks"]),
                            removed=removed.get(t["name"], 0),
                            seconds=round(sum(r["seconds"] for r in loaded if r["table"] == t["name"]), 3))

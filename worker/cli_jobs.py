@@ -177,16 +177,23 @@ def backup(ctx: click.Context, compress: bool | None, encrypt: bool | None, chun
                    timeout, render_backup)
 
 
+FROM_HELP = ("Read the backup from another installation's store: s3://bucket/prefix, or the folder that holds "
+             "the backup-id folders (default: this installation's S3_BUCKET_NAME/BACKUP_DIR and BACKUP_PREFIX).")
+from_option = click.option("--from", "source", default=None, metavar="s3://BUCKET/PREFIX|FOLDER", help=FROM_HELP)
+
+
 @backup.command("list")
+@from_option
 @output_options(wait=False)
-def backup_list(as_json: bool) -> int:
+def backup_list(source: str | None, as_json: bool) -> int:
     """List backups newest first: id, time, state (complete/incomplete/failed), tables, rows, size.
 
     \b
-    Example:
+    Examples:
       worktask backup list --json
+      worktask backup list --from s3://other-bucket/backups
     """
-    rows = commands.backup_list(settings())
+    rows = commands.backup_list(settings(), source)
     if as_json:
         emit_json([{k: r[k] for k in ("backup_id", "state", "created_at", "tables", "rows", "bytes_stored",
                                       "encrypted", "compressed", "duration_s", "authenticated")} for r in rows])
@@ -212,8 +219,9 @@ ALLOW_UNAUTHENTICATED_HELP = ("Accept a manifest this installation cannot authen
 @backup.command("validate")
 @click.argument("backup_id")
 @click.option("--allow-unauthenticated", is_flag=True, help=ALLOW_UNAUTHENTICATED_HELP)
+@from_option
 @output_options()
-def backup_validate(backup_id: str, allow_unauthenticated: bool, as_json: bool, no_wait: bool,
+def backup_validate(backup_id: str, allow_unauthenticated: bool, source: str | None, as_json: bool, no_wait: bool,
                     timeout: int | None) -> int:
     """Re-read every chunk (one task each): checksum, decryption, decompression, row count.
     Names each bad chunk; exit 1 if any, 2 for a malformed or unknown id or a manifest that fails its MAC
@@ -223,10 +231,11 @@ def backup_validate(backup_id: str, allow_unauthenticated: bool, as_json: bool, 
     Examples:
       worktask backup validate 20261124T101500Z-backup-1a2b3c --json
       worktask backup validate 20261124T101500Z-backup-1a2b3c --allow-unauthenticated   # made without a key
+      worktask backup validate 20261124T101500Z-backup-1a2b3c --from /mnt/old-server/backups
     """
     s = settings()
-    return run_job(lambda: commands.backup_validate(s, backup_id, allow_unauthenticated), "backup_validate", as_json,
-                   no_wait, timeout, render_backup_validate)
+    return run_job(lambda: commands.backup_validate(s, backup_id, allow_unauthenticated, source), "backup_validate",
+                   as_json, no_wait, timeout, render_backup_validate)
 
 
 @backup.command("verify")
@@ -286,25 +295,39 @@ def backup_cleanup(retention_days: int | None, dry_run: bool | None, as_json: bo
 @click.option("--exact", is_flag=True, help="DynamoDB: also delete items that are not in the backup.")
 @click.option("--allow-schema-mismatch", is_flag=True, help="Restore although the migration heads differ.")
 @click.option("--allow-unauthenticated", is_flag=True, help=ALLOW_UNAUTHENTICATED_HELP)
+@click.option("--target-database", default=None, metavar="NAME|URL",
+              help="Restore into another database: a name on the same server, or postgresql://user@host:port/db "
+                   "(no password: the workers' own apply). It must exist at the backup's migration head.")
+@click.option("--target-table", default=None, metavar="NEW",
+              help="With --tables X (one PostgreSQL table): restore X beside the live one as the new table NEW.")
+@click.option("--target-dynamodb-table", default=None, metavar="NAME",
+              help="Write the DynamoDB items into NAME (created when missing) instead of DYNAMO_TABLE_NAME.")
+@from_option
 @dry_run_option
 @output_options()
 def restore(backup_id: str, tables: str | None, exact: bool, allow_schema_mismatch: bool,
-            allow_unauthenticated: bool, dry_run: bool | None, as_json: bool, no_wait: bool,
-            timeout: int | None) -> int:
+            allow_unauthenticated: bool, target_database: str | None, target_table: str | None,
+            target_dynamodb_table: str | None, source: str | None, dry_run: bool | None, as_json: bool,
+            no_wait: bool, timeout: int | None) -> int:
     """Restore all tables of a backup, or the named ones. Every chunk of a table is verified before the
     table is touched; PostgreSQL tables load beside the live ones and swap in by rename in one transaction.
     A manifest that fails its MAC (or has none while a key is configured) is refused first (exit 2).
+    With --target-database, --target-table or --target-dynamodb-table the live data is not touched.
 
     \b
     Examples:
       worktask restore 20261124T101500Z-backup-1a2b3c --dry-run
       TABLES_ONLY=services,dependencies worktask restore 20261124T101500Z-backup-1a2b3c
+      worktask restore 20261124T101500Z-backup-1a2b3c --target-database scratch --target-dynamodb-table scratch-items
+      worktask restore 20261124T101500Z-backup-1a2b3c --tables services --target-table services_restored
+      worktask restore 20261124T101500Z-backup-1a2b3c --from s3://other-bucket/backups --allow-unauthenticated
     """
     s = settings()
     names = commands.table_names(tables, s)
     dry = flag_or(dry_run, s.dry_run)
     return run_job(lambda: commands.restore(s, backup_id, names, exact, dry, allow_schema_mismatch,
-                                            allow_unauthenticated), "restore", as_json, no_wait, timeout,
+                                            allow_unauthenticated, target_database, target_table,
+                                            target_dynamodb_table, source), "restore", as_json, no_wait, timeout,
                    render_restore)
 
 

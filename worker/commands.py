@@ -117,20 +117,22 @@ def backup(settings: Settings, compress: bool, encrypt: bool, chunk_rows: int | 
     return submit(settings, "backup", TASK_BACKUP_START, opts)
 
 
-def backup_list(settings: Settings) -> list[dict[str, Any]]:
-    from worker import backups
+def backup_list(settings: Settings, source: str | None = None) -> list[dict[str, Any]]:
+    """The backups of this installation's store, or with `source` (--from) of another's."""
+    from worker import backups, restore_target
 
-    opts = backups.store_options(settings)
+    opts = restore_target.source_options(settings, source)
     return backups.list_backups(backups.store_for(settings, opts), opts, settings)
 
 
-def backup_validate(settings: Settings, backup_id: str, allow_unauthenticated: bool = False) -> str:
+def backup_validate(settings: Settings, backup_id: str, allow_unauthenticated: bool = False,
+                    source: str | None = None) -> str:
     """Refuse a malformed or unknown id, or a manifest that fails authentication (exit 2), before anything is
-    enqueued; the workers check the manifest again with the same options."""
-    from worker import backups
+    enqueued; the workers check the manifest again with the same options. `source`: --from another store."""
+    from worker import backups, restore_target
 
     backups.check_backup_id(backup_id)
-    opts = backups.store_options(settings)
+    opts = restore_target.source_options(settings, source)
     backups.read_manifest(backups.store_for(settings, opts), opts, backup_id, settings, allow_unauthenticated)
     return submit(settings, "backup_validate", TASK_BACKUP_VALIDATE_START,
                   {**opts, "backup_id": backup_id, **backups.auth_options(settings, allow_unauthenticated)})
@@ -204,13 +206,19 @@ def table_names(option: str | None, settings: Settings) -> list[str]:
 
 
 def restore(settings: Settings, backup_id: str, tables: list[str], exact: bool, dry_run: bool,
-            allow_schema_mismatch: bool, allow_unauthenticated: bool = False) -> str:
-    """Check the id, the manifest's MAC, the table names and the schema against the backup (exit 2), then
-    enqueue; the workers check the manifest again with the same options."""
-    from worker import backups, migrator
+            allow_schema_mismatch: bool, allow_unauthenticated: bool = False, target_database: str | None = None,
+            target_table: str | None = None, target_dynamodb_table: str | None = None,
+            source: str | None = None) -> str:
+    """Check the id, the manifest's MAC, the table names, the targets (worker/restore_target.py) and the schema
+    of the database restored into against the backup (exit 2), then enqueue; the workers check the manifest
+    again with the same options."""
+    from worker import backups, migrator, restore_target
 
     backups.check_backup_id(backup_id)
-    opts = backups.store_options(settings)
+    opts = restore_target.source_options(settings, source)
+    target_database = restore_target.database_option(settings, target_database)
+    if target_dynamodb_table == settings.dynamo_table_name:
+        target_dynamodb_table = None  # the live table: as without the option
     manifest = backups.read_manifest(backups.store_for(settings, opts), opts, backup_id, settings,
                                      allow_unauthenticated)
     held = [t["name"] for t in manifest["tables"]]
@@ -218,25 +226,38 @@ def restore(settings: Settings, backup_id: str, tables: list[str], exact: bool, 
     for t in manifest["tables"]:
         if t.get("partition_of"):
             leaves.setdefault(t["partition_of"], []).append(t["name"])
+    if target_table is not None and len(tables) == 1 and tables[0] in leaves and tables[0] not in held:
+        raise BadInput(f"--target-table: {tables[0]} is a partitioned table; a partition or partitioned table "
+                       "cannot be restored beside the live one")
     tables = [leaf for t in tables for leaf in (leaves[t] if t not in held and t in leaves else [t])]
     unknown = [t for t in tables if t not in held]
     if unknown:
         # ascii(): a look-alike (Cyrillic 'е' in "sеrvices") shows as what it is, not as the name it mimics
         raise BadInput(f"backup {backup_id} holds no table {', '.join(map(ascii, unknown))}; "
                        f"it holds: {', '.join(held)}")
+    restore_target.check_names(manifest, tables, target_table, target_dynamodb_table, target_database)
     dyn = next((t["name"] for t in manifest["tables"] if t["store"] == "dynamodb"), None)
-    if dyn and dyn != settings.dynamo_table_name and (not tables or dyn in tables):
+    into = target_dynamodb_table or settings.dynamo_table_name
+    if dyn and dyn != into and not target_dynamodb_table and (not tables or dyn in tables):
         raise BadInput(f"the backup's DynamoDB table is {dyn}, DYNAMO_TABLE_NAME is {settings.dynamo_table_name}: "
-                       f"restore into the same table, or leave it out with --tables")
-    if dyn and (not tables or dyn in tables) and not _dynamo_exists(settings, dyn):
+                       f"restore into the same table, name one with --target-dynamodb-table, or leave it out "
+                       "with --tables")
+    if dyn and not target_dynamodb_table and (not tables or dyn in tables) and not _dynamo_exists(settings, dyn):
         raise BadInput(f"DynamoDB table {dyn!r} does not exist (the restore writes into it): create it with "
                        "worktask migrate, or leave it out with --tables")
-    head = migrator.current(settings)
+    options = {**opts, "target_database": target_database, "target_table": target_table,
+               "target_dynamodb_table": target_dynamodb_table}
+    pg_tables = [t["name"] for t in manifest["tables"]
+                 if t["store"] == "postgres" and (not tables or t["name"] in tables)]
+    if target_database or target_table:
+        restore_target.check_database(settings, options, pg_tables, target_table)
+    head = migrator.current(restore_target.pg_settings(settings, options))
     theirs = manifest["source"].get("migration_head")
     if head != theirs and not allow_schema_mismatch:
-        raise BadInput(f"schema mismatch: the database is at migration {head or 'base'}, the backup at "
+        where = f"database {target_database}" if target_database else "database"
+        raise BadInput(f"schema mismatch: the {where} is at migration {head or 'base'}, the backup at "
                        f"{theirs or 'base'}; migrate to match, or pass --allow-schema-mismatch")
-    return submit(settings, "restore", TASK_RESTORE_START, {**opts, "backup_id": backup_id, "tables": tables,
+    return submit(settings, "restore", TASK_RESTORE_START, {**options, "backup_id": backup_id, "tables": tables,
                                                             "exact": exact, "dry_run": dry_run,
                                                             **backups.auth_options(settings, allow_unauthenticated)})
 
