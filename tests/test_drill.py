@@ -222,5 +222,28 @@ def test_a_recorded_row_hash_that_differs_is_a_mismatch(good: tuple[Any, dict[st
     assert scratch_left(settings) == []
 
 
+@needs_targets
+@pytest.mark.slow
+def test_a_drill_that_fails_drops_its_scratch_and_marks_the_backup_not_verified(
+        good: tuple[Any, dict[str, Any]]) -> None:
+    settings, manifest = good
+    opts = backups.store_options(settings)
+    store = backups.store_for(settings, opts)
+    key = backups.prefix(opts, manifest["backup_id"]) + "manifest.json"
+    original = store.get(key)
+    edited = {k: v for k, v in json.loads(original).items() if k not in ("checksum", "auth")}
+    edited["source"] = {**edited["source"], "migration_head": "0000nosuchrevision"}  # the scratch cannot get there
+    store.put(key, json.dumps({**edited, "checksum": backups.manifest_checksum(edited)}).encode())
+    try:
+        code, report = cli_json("backup", "verify", manifest["backup_id"], "--restore-test",
+                                "--allow-unauthenticated", timeout=300)
+    finally:
+        store.put(key, original)
+    assert code == 1 and report["state"] == "failed" and report["error"], report
+    marker = marker_of(settings, manifest["backup_id"])
+    assert marker["job_id"] == report["job_id"] and not marker["ok"] and marker["error"]
+    assert scratch_left(settings) == []
+
+
 def manifest_tables(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {t["name"]: t for t in manifest["tables"]}
