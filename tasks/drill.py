@@ -17,7 +17,6 @@ A failure anywhere drops the scratch database and table (release, registered wit
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from typing import Any
 
@@ -133,11 +132,6 @@ def _made(r: Any, job_id: str, **what: str) -> None:
     jobs.put_value(r, job_id, "scratch", {**(jobs.value(r, job_id, "scratch", {}) or {}), **what})
 
 
-def restore_supports_targets() -> bool:
-    """The restore job of this build honours target_database / target_dynamodb_table (worker/restore_target.py)."""
-    return importlib.util.find_spec("worker.restore_target") is not None
-
-
 # comparing -----------------------------------------------------------------------------------------------------
 
 def compare(settings: Settings, manifest: dict[str, Any], database: str, dynamo_table: str | None,
@@ -246,9 +240,6 @@ def start(self: JobTask, job_id: str | None, options: dict[str, Any]) -> dict[st
         return {"job_id": job_id, "scheduled": True}
     if not jobs.start(r, job_id, 2):  # the restore, the comparison
         return {"job_id": job_id, "skipped": "already planned"}
-    if not restore_supports_targets():
-        raise JobFailed("this build's restore cannot write into another database (no worker/restore_target.py): "
-                        "the drill would have to restore over the live data, so it does not run")
     manifest = backups.read_manifest(backups.store_for(s, options), options, options["backup_id"], s,
                                      options.get("allow_unauthenticated", False))
     database, table = scratch_names(s, options["tag"], options.get("target_database"))

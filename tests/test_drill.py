@@ -143,10 +143,7 @@ def test_beat_drills_weekly_by_default_and_records_a_skip_when_there_is_no_compl
     assert report["skipped"] == "no complete backup to drill" and report["backup_id"] is None
 
 
-# the whole drill: needs the restore into another target (worker/restore_target.py, branch `targets`) ------------
-
-needs_targets = pytest.mark.skipif(not drill.restore_supports_targets(),
-                                   reason="this build's restore cannot write into another database yet")
+# the whole drill ------------------------------------------------------------------------------------------------
 
 
 def live_hashes(settings: Any, manifest: dict[str, Any]) -> dict[str, tuple[int, str]]:
@@ -161,7 +158,6 @@ def marker_of(settings: Any, backup_id: str) -> dict[str, Any] | None:
     return markers.read(backups.store_for(settings, opts), opts, backup_id, markers.VERIFIED)
 
 
-@needs_targets
 @pytest.mark.slow
 def test_a_drill_of_a_good_backup_matches_every_table_and_leaves_the_live_data_alone(
         good: tuple[Any, dict[str, Any]]) -> None:
@@ -176,7 +172,6 @@ def test_a_drill_of_a_good_backup_matches_every_table_and_leaves_the_live_data_a
     assert scratch_left(settings) == []
 
 
-@needs_targets
 @pytest.mark.slow
 def test_a_chunk_corrupted_after_validation_is_reported_and_the_marker_is_not_ok(
         good: tuple[Any, dict[str, Any]]) -> None:
@@ -198,7 +193,6 @@ def test_a_chunk_corrupted_after_validation_is_reported_and_the_marker_is_not_ok
     assert scratch_left(settings) == []
 
 
-@needs_targets
 @pytest.mark.slow
 def test_a_recorded_row_hash_that_differs_is_a_mismatch(good: tuple[Any, dict[str, Any]]) -> None:
     settings, manifest = good
@@ -222,7 +216,6 @@ def test_a_recorded_row_hash_that_differs_is_a_mismatch(good: tuple[Any, dict[st
     assert scratch_left(settings) == []
 
 
-@needs_targets
 @pytest.mark.slow
 def test_a_drill_that_fails_drops_its_scratch_and_marks_the_backup_not_verified(
         good: tuple[Any, dict[str, Any]]) -> None:
