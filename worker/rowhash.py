@@ -12,7 +12,7 @@ sorted), hashed the same way and summed mod 2**64.
 
 Measured on this machine (1M rows, 3 columns bigint/text/timestamptz, 2 cores shared): hashing the lines
 of the COPY stream in the dumping process is cheaper than a second, server-side pass
-(sum of md5-derived 64-bit values over `t::text`); see the drill's report for the numbers.
+(sum of md5-derived 64-bit values over `t::text`): about +0.5 s against 1.5 s (README, "Restore drill").
 """
 
 from __future__ import annotations
