@@ -21,7 +21,7 @@ import asyncpg
 import psycopg
 from botocore.exceptions import ClientError
 
-from worker import backups, chunks, dynamo, jobs, snapshot, sqltext
+from worker import backups, chunks, dynamo, jobs, rowhash, snapshot, sqltext
 from worker.app import app
 from worker.archive import ChunkWriter
 from worker.connections import aws_client, pg_connect, pg_params
@@ -172,7 +172,8 @@ def _request_export(settings: Settings, client: Any, desc: dict[str, Any], optio
 
 def dump_postgres_chunk(settings: Settings, options: dict[str, Any], backup_id: str, snap: str, table: dict[str, Any],
                         chunk: dict[str, Any], key: bytes | None) -> dict[str, Any]:
-    """COPY one key range TO STDOUT through the snapshot -> zstd -> AES-GCM -> the store (asyncpg, DESIGN §12)."""
+    """COPY one key range TO STDOUT through the snapshot -> zstd -> AES-GCM -> the store (asyncpg, DESIGN §12);
+    the rows' hash (worker/rowhash.py) over the same stream, for the restore drill."""
     store = backups.store_for(settings, options)
     obj = backups.chunk_key(options, backup_id, "postgres", table["name"], chunk["n"], secrets.token_hex(3))
     cols = ", ".join(ident(c["name"]) for c in table["columns"])
@@ -183,16 +184,19 @@ def dump_postgres_chunk(settings: Settings, options: dict[str, Any], backup_id: 
     with store.writer(obj) as out:
         writer = ChunkWriter(out, backups.chunk_aad(backup_id, "postgres", table["name"], chunk["n"]),
                              options["compress"], key)
+        hasher = rowhash.CopyHasher()
         rows = asyncio.run(_copy_out(settings, snap, table["name"], query, args, writer, rate,
-                                     options.get("lock_timeout", settings.backup_lock_timeout), table.get("filenode")))
+                                     options.get("lock_timeout", settings.backup_lock_timeout), table.get("filenode"),
+                                     hasher))
         stats = writer.close()
     bounds = {k: chunk[k] for k in ("range", "ctid") if k in chunk}
     return {"table": table["name"], "store": "postgres", "n": chunk["n"], "key": obj, "rows": rows, **bounds,
-            "seconds": round(time.monotonic() - began, 3), "ended_at": time.time(), **stats}
+            "row_hash": hasher.hexdigest(), "seconds": round(time.monotonic() - began, 3), "ended_at": time.time(),
+            **stats}
 
 
 async def _copy_out(settings: Settings, snap: str, table: str, query: str, args: list[Any], writer: ChunkWriter,
-                    rate: int, lock_timeout: float, filenode: int | None) -> int:
+                    rate: int, lock_timeout: float, filenode: int | None, hasher: rowhash.CopyHasher) -> int:
     p = pg_params(settings)
     conn = await asyncpg.connect(host=p["host"], port=int(p["port"]), user=p["user"], password=p.get("password"),
                                  database=p["dbname"], timeout=settings.postgres_connect_timeout,
@@ -201,7 +205,9 @@ async def _copy_out(settings: Settings, snap: str, table: str, query: str, args:
                                                   # the database's defaults: a long COPY, read at the rate limit
                                                   # after the server has sent it all, is neither of these
                                                   "statement_timeout": "0",
-                                                  "idle_in_transaction_session_timeout": "0"})
+                                                  "idle_in_transaction_session_timeout": "0",
+                                                  # the text of a row, hashed, must not depend on the session
+                                                  **rowhash.SESSION_SETTINGS})
     rows = 0
     began = time.monotonic()
 
@@ -209,6 +215,7 @@ async def _copy_out(settings: Settings, snap: str, table: str, query: str, args:
         nonlocal rows
         rows += data.count(b"\n")  # text COPY: one newline per row, newlines in values are escaped
         writer.write(data)
+        hasher.update(data)
         if rate:
             ahead = writer.raw / rate - (time.monotonic() - began)
             if ahead > 0:
@@ -275,15 +282,16 @@ def _write_items(settings: Settings, options: dict[str, Any], backup_id: str, ta
                  chunk: dict[str, Any], key: bytes | None, items: Any) -> dict[str, Any]:
     store = backups.store_for(settings, options)
     obj = backups.chunk_key(options, backup_id, "dynamodb", table["name"], chunk["n"], secrets.token_hex(3))
-    began, rows = time.monotonic(), 0
+    began, hasher = time.monotonic(), rowhash.DynamoHasher()
     with store.writer(obj) as out:
         writer = ChunkWriter(out, backups.chunk_aad(backup_id, "dynamodb", table["name"], chunk["n"]),
                              options["compress"], key)
         for item in items:
             writer.write(dynamo.export_line(item))
-            rows += 1
+            hasher.update(dynamo.to_export(item))
         stats = writer.close()
-    return {"table": table["name"], "store": "dynamodb", "n": chunk["n"], "key": obj, "rows": rows,
+    return {"table": table["name"], "store": "dynamodb", "n": chunk["n"], "key": obj, "rows": hasher.rows,
+            "row_hash": hasher.hexdigest(),
             "seconds": round(time.monotonic() - began, 3), "ended_at": time.time(), **stats}
 
 

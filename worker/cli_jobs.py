@@ -23,6 +23,7 @@ from worker.render import (
     render_backup,
     render_backup_validate,
     render_cleanup,
+    render_drill,
     render_migrate,
     render_pipeline,
     render_restore,
@@ -246,6 +247,34 @@ def backup_validate(backup_id: str, allow_unauthenticated: bool, source: str | N
     s = settings()
     return run_job(lambda: commands.backup_validate(s, backup_id, allow_unauthenticated, source), "backup_validate",
                    as_json, no_wait, timeout, render_backup_validate)
+
+
+@backup.command("verify")
+@click.argument("backup_id")
+@click.option("--restore-test", is_flag=True, help="Restore the backup into a scratch database and DynamoDB table "
+              "and compare every table's rows and row hash with the manifest (required).")
+@click.option("--target-database", default=None, metavar="NAME",
+              help="The scratch database's name (on the same server; must not exist: the drill creates and drops "
+                   "it). Default: worktask_drill_<random>.")
+@click.option("--allow-unauthenticated", is_flag=True, help=ALLOW_UNAUTHENTICATED_HELP)
+@output_options()
+def backup_verify(backup_id: str, restore_test: bool, target_database: str | None, allow_unauthenticated: bool,
+                  as_json: bool, no_wait: bool, timeout: int | None) -> int:
+    """Restore drill: restore a backup into a scratch database and DynamoDB table (created, then dropped; the live
+    ones are never touched), and compare every table's rows and order-independent row hash with what the backup
+    recorded. Per table: match, mismatch (expected vs found), hash not recorded (older backups: counts only) or
+    not restored (why). The outcome is kept beside the manifest (verified.json). Exit 1 when any table does not
+    match; 2 without --restore-test, for a bad id, a manifest that fails its MAC, or a --target-database that
+    exists. Beat runs it on the newest complete backup (DRILL_SCHEDULE, weekly by default).
+
+    \b
+    Examples:
+      worktask backup verify 20261124T101500Z-backup-1a2b3c --restore-test
+      worktask backup verify 20261124T101500Z-backup-1a2b3c --restore-test --target-database drill_nov --json
+    """
+    s = settings()
+    return run_job(lambda: commands.backup_verify(s, backup_id, restore_test, target_database, allow_unauthenticated),
+                   "backup_verify", as_json, no_wait, timeout, render_drill)
 
 
 KEEP_RANGE = click.IntRange(0, 100_000)

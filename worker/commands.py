@@ -12,6 +12,7 @@ from worker.constants import (
     TASK_BACKUP_START,
     TASK_BACKUP_VALIDATE_START,
     TASK_CLEANUP_START,
+    TASK_DRILL_START,
     TASK_HEALTH_START,
     TASK_INIT_START,
     TASK_MAINTENANCE_START,
@@ -135,6 +136,37 @@ def backup_validate(settings: Settings, backup_id: str, allow_unauthenticated: b
     backups.read_manifest(backups.store_for(settings, opts), opts, backup_id, settings, allow_unauthenticated)
     return submit(settings, "backup_validate", TASK_BACKUP_VALIDATE_START,
                   {**opts, "backup_id": backup_id, **backups.auth_options(settings, allow_unauthenticated)})
+
+
+def backup_verify(settings: Settings, backup_id: str, restore_test: bool, target_database: str | None = None,
+                  allow_unauthenticated: bool = False) -> str:
+    """The restore drill: refuse (exit 2) without --restore-test, a malformed or unknown id, a manifest that fails
+    authentication, a --target-database that is not a plain name or that exists already; then enqueue."""
+    from worker import backups
+
+    if not restore_test:
+        raise BadInput("backup verify restores the backup into a scratch database to prove it: pass --restore-test "
+                       "(or run `worktask backup validate ID` to check the chunks' checksums alone)")
+    backups.check_backup_id(backup_id)
+    if target_database is not None:
+        if not target_database or "/" in target_database or ":" in target_database or len(target_database) > 63:
+            raise BadInput(f"--target-database {target_database!r}: give a database name on the same server "
+                           "(at most 63 characters), which the drill creates and drops")
+        if target_database == settings.postgres_database or _database_exists(settings, target_database):
+            raise BadInput(f"--target-database {target_database}: that database exists already, and the drill drops "
+                           "what it restores into; name one that does not exist, or leave the option out")
+    opts = backups.store_options(settings)
+    backups.read_manifest(backups.store_for(settings, opts), opts, backup_id, settings, allow_unauthenticated)
+    return submit(settings, "backup_verify", TASK_DRILL_START,
+                  {**opts, "backup_id": backup_id, "tag": secrets.token_hex(4), "target_database": target_database,
+                   **backups.auth_options(settings, allow_unauthenticated)})
+
+
+def _database_exists(settings: Settings, name: str) -> bool:
+    from worker.connections import pg_connect
+
+    with pg_connect(settings, dbname="postgres") as conn:
+        return conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is not None
 
 
 def backup_cleanup(settings: Settings, retention_days: int | None, dry_run: bool, **keep: int | None) -> str:

@@ -6,7 +6,7 @@ QUEUE_BULK = "bulk"  # per-table, per-chunk work
 # Task names are worktask.<family>.<step>. Coordinators go to `control`, the rest to `bulk`.
 CONTROL_STEPS = ("start", "finalize", "fail", "after_verify", "advance")
 TASK_MODULES = ["tasks.health", "tasks.migrate", "tasks.seed", "tasks.backup", "tasks.verify",
-                "tasks.restore", "tasks.testdata", "tasks.validate", "tasks.init", "tasks.maintenance"]
+                "tasks.restore", "tasks.drill", "tasks.testdata", "tasks.validate", "tasks.init", "tasks.maintenance"]
 
 TASK_HEALTH_START = "worktask.health.start"
 TASK_HEALTH_CHECK = "worktask.health.check"
@@ -25,6 +25,9 @@ TASK_BACKUP_VALIDATE_START = "worktask.backup_validate.start"
 TASK_BACKUP_VALIDATE_CHUNK = "worktask.backup_validate.check_chunk"
 TASK_BACKUP_VALIDATE_FINALIZE = "worktask.backup_validate.finalize"
 TASK_CLEANUP_START = "worktask.backup_cleanup.start"
+# the restore drill (`backup verify --restore-test`, kind backup_verify; advance is the restore's parent hook)
+TASK_DRILL_START = "worktask.backup_verify.start"
+TASK_DRILL_ADVANCE = "worktask.backup_verify.advance"
 TASK_RESTORE_START = "worktask.restore.start"
 TASK_RESTORE_VERIFY = "worktask.restore.verify_chunk"
 TASK_RESTORE_AFTER_VERIFY = "worktask.restore.after_verify"

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from worker import chunks
+from worker import chunks, rowhash
 from worker.errors import BadInput, JobFailed
 from worker.reports import utcnow
 
@@ -63,6 +63,9 @@ class Chunk(_Part):
     ctid: list[int | None] | None = Field(
         None, description="[lo, hi]: pages lo <= page < hi (hi null = to the end); every table's chunks since "
                           "page-range planning, only those of tables without a primary key before")
+    row_hash: str | None = Field(
+        None, description="hex of the chunk's order-independent row hash (worker/rowhash.py, the table's "
+                          "row_hash_alg), read in the backup's snapshot; absent in older manifests")
 
 
 class Capture(_Part):
@@ -95,6 +98,11 @@ class Table(_Part):
     key_type: str | None = Field(None, description="postgres, key-range backups: its type (regtype)")
     partition_of: str | None = Field(None, description="postgres: the partitioned parent of a leaf partition")
     partition_bound: str | None = Field(None, description="postgres: the leaf's bound (pg_get_expr)")
+    row_hash: str | None = Field(None, description="order-independent hash of the table's rows at the snapshot: "
+                                                   "the sum of its chunks' row_hash mod 2**64 (the restore drill "
+                                                   "compares it); absent in older manifests")
+    row_hash_alg: str | None = Field(None, description="how row_hash was computed (worker/rowhash.py ALG for "
+                                                       "postgres, DYNAMO_ALG for dynamodb)")
     planned_rows: int | None = Field(None, description="postgres, backups made before page-range planning: rows "
                                                        "counted under the snapshot at planning (the page ranges "
                                                        "now tile the table instead, checked at finalize)")
@@ -241,12 +249,16 @@ def build_manifest(backup_id: str, plan: dict[str, Any], results: list[dict[str,
         gap = chunks.check_tiling(t["name"], got) if t["store"] == "postgres" else None
         if gap:
             raise JobFailed(f"{gap}: no manifest is written")
-        tables.append({**{k: v for k, v in t.items() if k not in ("chunks", "filenode")},
+        hashes = [c["row_hash"] for c in got if c.get("row_hash") is not None]
+        hashed = {"row_hash": rowhash.combine(hashes),
+                  "row_hash_alg": rowhash.ALG if t["store"] == "postgres" else rowhash.DYNAMO_ALG} \
+            if len(hashes) == len(got) else {}
+        tables.append({**{k: v for k, v in t.items() if k not in ("chunks", "filenode")}, **hashed,
                        "rows": rows, "bytes_raw": sum(c["bytes_raw"] for c in got),
                        "bytes_stored": sum(c["bytes_stored"] for c in got),
                        "seconds": round(sum(c["seconds"] for c in got), 3),
                        "chunks": [{k: c[k] for k in ("n", "key", "rows", "bytes_raw", "bytes_stored", "sha256")}
-                                  | {k: c[k] for k in ("range", "ctid") if k in c} for c in got]}
+                                  | {k: c[k] for k in ("range", "ctid", "row_hash") if k in c} for c in got]}
                       | ({"capture": dynamo_capture(t, got)} if t["store"] == "dynamodb" else {}))
     totals = {k: sum(t[k] for t in tables) for k in ("rows", "bytes_raw", "bytes_stored")}
     totals["chunks"] = sum(len(t["chunks"]) for t in tables)

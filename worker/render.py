@@ -132,6 +132,20 @@ def render_backup_validate(report: dict[str, Any]) -> None:
         out.print(table)
 
 
+def render_drill(report: dict[str, Any]) -> None:
+    if report.get("skipped"):
+        out.print(f"drill skipped: {report['skipped']}", markup=False)
+        return
+    table = Table("table", "store", "rows expected", "rows found", "outcome", "reason",
+                  title=f"restore drill of {report['backup_id']}")
+    colours = {"match": "green", "hash not recorded": "yellow"}
+    for t in report["tables"]:
+        found = "-" if t["rows_found"] is None else f"{t['rows_found']:,}"
+        table.add_row(escape(t["name"]), t["store"], f"{t['rows_expected']:,}", found,
+                      f"[{colours.get(t['outcome'], 'red')}]{t['outcome']}[/]", escape(t["reason"] or ""))
+    out.print(table)
+
+
 def render_cleanup(report: dict[str, Any]) -> None:
     """What the policy decided for every backup (a dry run: would), with its reasons; then the uploads aborted."""
     verb = "would delete" if report["dry_run"] else "deleted"

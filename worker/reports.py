@@ -127,6 +127,30 @@ class ValidateBackupReport(JobReport):
     bad_chunks: list[BadChunk] = Field(default_factory=list)
 
 
+class DrillTable(BaseModel):
+    """One table of a restore drill: what the manifest recorded at backup time against what was restored."""
+
+    name: str
+    store: Literal["postgres", "dynamodb"]
+    rows_expected: int
+    rows_found: int | None = None
+    hash_expected: str | None = None
+    hash_found: str | None = None
+    outcome: Literal["match", "mismatch", "hash not recorded", "not restored"]
+    reason: str | None = None
+
+
+class DrillReport(JobReport):
+    """`backup verify ID --restore-test`: per table match / mismatch / hash not recorded / not restored; `marker`
+    is what was written to verified.json. ok only when every table matches (or, without hashes, its count)."""
+
+    kind: str = "backup_verify"
+    backup_id: str | None
+    tables: list[DrillTable] = Field(default_factory=list)
+    marker: dict[str, Any] | None = None
+    skipped: str | None = None
+
+
 class CleanupReport(JobReport):
     kind: str = "backup_cleanup"
     retention_days: int
