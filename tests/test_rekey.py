@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,7 @@ def restores_exactly(settings: Any, backup_id: str, env: dict[str, str]) -> None
     assert hashes(settings) == before
 
 
+@pytest.mark.slow  # ~30 s: a full restore on a worker of its own
 def test_a_raw_key_backup_rekeyed_to_kms_validates_and_restores_with_only_the_kms_key(made: Any) -> None:
     settings, folder, (backup_id, _) = made
     old = settings.backup_encryption_key.get_secret_value()
@@ -248,3 +250,18 @@ def test_local_store_put_replaces_an_object_whole_or_not_at_all(tmp_path: Path) 
     assert [o.key for o in store.list()] == ["b/manifest.json"]
     store.put("b/manifest.json", b"new")
     assert store.get("b/manifest.json") == b"new" and [o.key for o in store.list()] == ["b/manifest.json"]
+
+
+def test_kms_unreachable_exits_3_naming_it_and_changes_nothing(made: Any) -> None:
+    settings, folder, _ids = made
+    store = LocalStore(folder)
+    before = {o.key: store.get(o.key) for o in store.list()}
+    stack = json.loads((settings.worktask_state_dir / "stack.json").read_text()).get("env", {})
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    env = {**stack, "WORKTASK_IGNORE_STACK": "1", "AWS_ENDPOINT_URL": dead,
+           **cli_env(folder, key=settings.backup_encryption_key.get_secret_value())}
+    code, report, err = rekey("--all", "--new-kms-key-id", "alias/anything", env=env)
+    assert code == 3 and report is None and "KMS" in err and dead in err, (code, err)
+    assert {o.key: store.get(o.key) for o in store.list()} == before
