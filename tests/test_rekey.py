@@ -172,11 +172,11 @@ def test_a_rekey_that_fails_half_way_leaves_each_backup_readable_with_one_of_the
     s = migrated.model_copy(update={"backup_dir": tmp_path})
     old, new = migrated.backup_encryption_key.get_secret_value(), new_key()
     ids = []
-    for encrypt in (True, True, False):  # the third without encryption: it gets only the new MAC
+    for encrypt in (True, True, False):  # one without encryption: it gets only the new MAC
         report = run_job(s, lambda: commands.backup(s, True, encrypt, 100_000, True), 300)  # noqa: B023
         assert report["ok"], report
         ids.append(report["backup_id"])
-    assert ids == sorted(ids)  # the order --all takes them in (oldest first)
+    ids.sort()  # the order --all takes them in (by id: two made in one second sort by their suffix)
     key_file = tmp_path.parent / f"{tmp_path.name}.key"
     key_file.write_text(new + "\n")
     opts = backups.store_options(s)
@@ -265,3 +265,28 @@ def test_kms_unreachable_exits_3_naming_it_and_changes_nothing(made: Any) -> Non
     code, report, err = rekey("--all", "--new-kms-key-id", "alias/anything", env=env)
     assert code == 3 and report is None and "KMS" in err and dead in err, (code, err)
     assert {o.key: store.get(o.key) for o in store.list()} == before
+
+
+def test_on_s3_one_line_per_backup_and_a_manifest_that_fails_its_mac_is_refused(migrated: Any, bucket: str) -> None:
+    make_data(migrated)
+    prefix = f"rekey-{secrets.token_hex(3)}"
+    s = migrated.model_copy(update={"s3_bucket_name": bucket, "backup_prefix": prefix})
+    ids = sorted(run_job(s, lambda: commands.backup(s, True, True, 100_000, True), 300)["backup_id"] for _ in range(2))
+    s3 = aws_client(migrated, "s3")
+    forged_key = f"{prefix}/{ids[1]}/manifest.json"
+    forged = json.loads(s3.get_object(Bucket=bucket, Key=forged_key)["Body"].read())
+    forged["tables"][0]["chunks"][0]["rows"] += 1  # an edit by someone who can write to the bucket, not sign
+    forged["checksum"] = backups.manifest_checksum(forged)
+    s3.put_object(Bucket=bucket, Key=forged_key, Body=json.dumps(forged).encode())
+    old, new = migrated.backup_encryption_key.get_secret_value(), new_key()
+    env = {"S3_BUCKET_NAME": bucket, "BACKUP_PREFIX": prefix, "BACKUP_ENCRYPTION_KEY": old}
+    proc = subprocess.run([sys.executable, "-m", "worker.cli", "backup", "rekey", "--all", "--new-key", "-"],
+                          input=new, capture_output=True, text=True, env={**os.environ, **env}, timeout=120, cwd=ROOT)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith(f"{ids[0]}  rekeyed  now under the key "), lines
+    assert lines[1].startswith(f"{ids[1]}  failed  ") and "fails its MAC" in lines[1], lines
+    assert lines[2].startswith("2 backup(s) under the key ") and "1 rekeyed, 0 already, 1 failed" in lines[2], lines
+    assert json.loads(s3.get_object(Bucket=bucket, Key=forged_key)["Body"].read()) == forged  # left as it was
+    with_new = s.model_copy(update={"backup_encryption_key": SecretStr(new)})
+    assert readable(with_new, ids[0]) and not readable(s, ids[0])
