@@ -290,3 +290,23 @@ def test_on_s3_one_line_per_backup_and_a_manifest_that_fails_its_mac_is_refused(
     assert json.loads(s3.get_object(Bucket=bucket, Key=forged_key)["Body"].read()) == forged  # left as it was
     with_new = s.model_copy(update={"backup_encryption_key": SecretStr(new)})
     assert readable(with_new, ids[0]) and not readable(s, ids[0])
+
+
+def test_from_a_kms_key_to_another_then_to_a_raw_key(migrated: Any, tmp_path: Path) -> None:
+    """The old key is the installation's KMS key: it unwraps and authenticates; each step needs only the next."""
+    make_data(migrated)
+    kms = aws_client(migrated, "kms")
+    first, second = (kms.create_key()["KeyMetadata"]["KeyId"] for _ in range(2))
+    s = keyed(migrated, tmp_path, kms=first)
+    backup_id = run_job(s, lambda: commands.backup(s, True, True, 100_000, True), 300)["backup_id"]
+    assert backups.read_manifest(LocalStore(tmp_path), backups.store_options(s), backup_id)["encryption"][
+        "kms_key_id"] == first
+    code, report, err = rekey(backup_id, "--new-kms-key-id", second, env=cli_env(tmp_path, kms=first))
+    assert code == 0 and [b["outcome"] for b in report["backups"]] == ["rekeyed"], (report, err)
+    assert readable(keyed(migrated, tmp_path, kms=second), backup_id)
+    assert not readable(keyed(migrated, tmp_path, kms=first), backup_id)
+    raw = new_key()
+    code, report, err = rekey(backup_id, "--new-key", "-", env=cli_env(tmp_path, kms=second), stdin=raw)
+    assert code == 0 and [b["outcome"] for b in report["backups"]] == ["rekeyed"], (report, err)
+    assert readable(keyed(migrated, tmp_path, key=raw), backup_id)
+    assert not readable(keyed(migrated, tmp_path, kms=second), backup_id)
