@@ -115,10 +115,11 @@ KMS_REFUSALS = ("NotFoundException", "DisabledException", "AccessDeniedException
                 "KMSInvalidStateException", "NotAuthorizedException")
 
 
-def check_kms_key(settings: Settings, kms_key_id: str) -> None:
+def check_kms_key(settings: Settings, kms_key_id: str, flag: str | None = None) -> None:
     """Before a backup is submitted: the KMS key can make a data key (the call the backup makes; no other
     permission needed). A key that does not exist or may not be used is bad configuration (exit 2), not a
-    failed job with a failed backup left in the store."""
+    failed job with a failed backup left in the store. `flag`: the option that named the key (the message
+    names it instead of BACKUP_KMS_KEY_ID)."""
     from botocore.exceptions import BotoCoreError
 
     try:
@@ -126,6 +127,9 @@ def check_kms_key(settings: Settings, kms_key_id: str) -> None:
                                                       EncryptionContext={"worktask": "key-check"})
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code", "")
+        if code in KMS_REFUSALS and flag:
+            raise BadInput(f"{flag} {kms_key_id!r}: {code}; give a KMS key this role may use "
+                           "(kms:GenerateDataKey, kms:Encrypt)") from None
         if code in KMS_REFUSALS:
             raise BadInput(f"BACKUP_KMS_KEY_ID={kms_key_id!r}: {code}; set it to a KMS key this role may use "
                            "(kms:GenerateDataKey), or unset it to use BACKUP_ENCRYPTION_KEY") from None
@@ -142,12 +146,21 @@ def make_data_key(settings: Settings, backup_id: str, kms_key_id: str | None) ->
             KeyId=kms_key_id, KeySpec="AES_256", EncryptionContext={"backup_id": backup_id})
         return out["Plaintext"], {"wrapping": "kms", "kms_key_id": kms_key_id,
                                   "wrapped_key": base64.b64encode(out["CiphertextBlob"]).decode()}
+    key = new_data_key()
+    return key, wrap_data_key(settings, backup_id, key, None)
+
+
+def wrap_data_key(settings: Settings, backup_id: str, key: bytes, kms_key_id: str | None) -> dict[str, Any]:
+    """The manifest's `encryption` block for this data key: wrapped by the KMS key (kms:Encrypt, the same
+    encryption context as GenerateDataKey) or else by BACKUP_ENCRYPTION_KEY. make_data_key and `backup rekey`."""
+    if kms_key_id:
+        blob = aws_client(settings, "kms").encrypt(KeyId=kms_key_id, Plaintext=key,
+                                                   EncryptionContext={"backup_id": backup_id})["CiphertextBlob"]
+        return {"wrapping": "kms", "kms_key_id": kms_key_id, "wrapped_key": base64.b64encode(blob).decode()}
     if not settings.backup_encryption_key:
         raise BadInput("this worker has no BACKUP_ENCRYPTION_KEY (nor BACKUP_KMS_KEY_ID); give the workers the key")
     master = base64.b64decode(settings.backup_encryption_key.get_secret_value())
-    key = new_data_key()
-    return key, {"wrapping": "key", "wrapped_key": wrap_key(key, master, backup_id),
-                 "master_key_id": master_key_id(master)}
+    return {"wrapping": "key", "wrapped_key": wrap_key(key, master, backup_id), "master_key_id": master_key_id(master)}
 
 
 def master_key_id(master: bytes) -> str:
@@ -369,10 +382,14 @@ def write_manifest(store: ObjectStore, options: dict[str, Any], manifest: dict[s
     """Store the manifest with its checksum; with `sign_with`, the settings' key also MACs it (sign_manifest)."""
     if sign_with is not None:
         manifest = sign_manifest(sign_with, options, manifest)
-    manifest = {**manifest, "checksum": manifest_checksum(manifest)}
     key = prefix(options, manifest["backup_id"]) + "manifest.json"
-    store.put(key, json.dumps(manifest, indent=1, default=str).encode())
+    store.put(key, encode_manifest(manifest))
     return key
+
+
+def encode_manifest(manifest: dict[str, Any]) -> bytes:
+    """The manifest as stored: with its checksum, as JSON (one PUT of these bytes replaces it whole)."""
+    return json.dumps({**manifest, "checksum": manifest_checksum(manifest)}, indent=1, default=str).encode()
 
 
 def read_manifest(store: ObjectStore, options: dict[str, Any], backup_id: str, settings: Settings | None = None,

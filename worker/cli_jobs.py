@@ -26,6 +26,8 @@ from worker.render import (
     render_drill,
     render_migrate,
     render_pipeline,
+    render_rekey,
+    render_rekey_line,
     render_restore,
     render_seed,
     render_testdata,
@@ -220,6 +222,51 @@ def backup_list(source: str | None, as_json: bool) -> int:
                       _marker_cell(r["validated"]), _marker_cell(r["verified"]))
     out.print(table)
     return 0
+
+
+@backup.command("rekey")
+@click.argument("backup_ids", nargs=-1, metavar="[ID]...")
+@click.option("--all", "every", is_flag=True, help="Every complete backup in the store.")
+@click.option("--new-key", "new_key", metavar="FILE|-", default=None,
+              help="A file holding the new BACKUP_ENCRYPTION_KEY (base64, as worktask keygen prints), or - to "
+                   "read it from stdin. Never the key itself: arguments show in ps.")
+@click.option("--new-kms-key-id", default=None, metavar="ID", help="The new KMS key: id, ARN or alias/NAME.")
+@output_options(wait=False)
+def backup_rekey(backup_ids: tuple[str, ...], every: bool, new_key: str | None, new_kms_key_id: str | None,
+                 as_json: bool) -> int:
+    """Re-wrap each backup's data key with a new key and sign its manifest again under it, so that the old
+    key is no longer needed to validate or restore it. No chunk is read or rewritten.
+
+    The old key is this installation's current BACKUP_ENCRYPTION_KEY / BACKUP_KMS_KEY_ID: it must
+    authenticate each manifest and unwrap its data key first. Each manifest is replaced by one write, after
+    the new one was read back with the new key: stopped anywhere, every backup is readable with the old key
+    or the new one. A backup already under the new key is left alone (`already`): run it again after an
+    interruption. It runs here, in the CLI process, not as a job on the workers: task arguments never carry
+    a secret. Then set the new key on the workers and the CLI. Exit 1 if any backup failed, 2 for bad input
+    (nothing changed), 3 when the store or KMS cannot be reached.
+
+    \b
+    Examples:
+      worktask keygen > new.key && chmod 600 new.key
+      worktask backup rekey --all --new-key new.key
+      worktask backup rekey 20261124T101500Z-backup-1a2b3c --new-key - < new.key
+      worktask backup rekey --all --new-kms-key-id alias/worktask-backups --json
+    """
+    import sys
+
+    from worker import rekey
+
+    s = settings()
+    key = rekey.read_new_key(new_key, sys.stdin) if new_key is not None else None
+    report, code = rekey.rekey(s, list(backup_ids), every, key, new_kms_key_id,
+                               progress=lambda row: render_rekey_line(row, err if as_json else out))
+    if as_json:
+        emit_json(report)
+    else:
+        render_rekey(report)
+        if code == 3:
+            err.print(f"[red]error:[/] {escape(report['error'])}", soft_wrap=True)
+    return code
 
 
 ALLOW_UNAUTHENTICATED_HELP = ("Accept a manifest this installation cannot authenticate: one without a MAC (made "

@@ -292,3 +292,19 @@ def render_job_list(rows: list[dict[str, Any]]) -> None:
         note = f"skipped: {j['skipped']}" if j.get("skipped") else (j.get("error") or "")
         table.add_row(j["job_id"], j["kind"], j["trigger"], state, started, duration, escape(note))
     out.print(table)
+
+
+REKEY_COLOUR = {"rekeyed": "green", "already": "cyan", "failed": "red"}
+
+
+def render_rekey_line(row: dict[str, Any], console: Console) -> None:
+    """One line per backup as `backup rekey` goes (stdout; stderr with --json)."""
+    colour = REKEY_COLOUR.get(row["outcome"], "red")
+    console.print(f"{row['backup_id']}  [{colour}]{row['outcome']}[/]  {escape(row['reason'])}", soft_wrap=True)
+
+
+def render_rekey(report: dict[str, Any]) -> None:
+    """The tally after the lines (the lines themselves were printed as each backup was done)."""
+    counts = {o: sum(1 for b in report["backups"] if b["outcome"] == o) for o in ("rekeyed", "already", "failed")}
+    out.print(f"{len(report['backups'])} backup(s) under the {escape(report['new_key'])}: "
+              f"{counts['rekeyed']} rekeyed, {counts['already']} already, {counts['failed']} failed")
