@@ -18,12 +18,13 @@ A failure anywhere drops the scratch database and table (release, registered wit
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from worker import backups, dynamo, jobs, markers, migrator, rowhash
+from worker import backups, dynamo, jobs, markers, migrator, restore_target, rowhash
 from worker.app import app
 from worker.connections import aws_client, pg_connect
 from worker.constants import TASK_DRILL_ADVANCE, TASK_DRILL_START, TASK_RESTORE_START
@@ -43,7 +44,9 @@ def scratch_names(settings: Settings, tag: str, target_database: str | None) -> 
 
 
 def scratch_settings(settings: Settings, database: str) -> Settings:
-    return settings.model_copy(update={"postgres_database": database})
+    """Every connection of the drill's own to the scratch database (as the restore's: POSTGRES_SECRET_ARN's dbname
+    would otherwise win over the scratch database's name and point it at the live one)."""
+    return restore_target.pg_settings(settings, {"target_database": database})
 
 
 # preparing -----------------------------------------------------------------------------------------------------
@@ -83,11 +86,19 @@ def create_missing_tables(settings: Settings, database: str, manifest: dict[str,
     return made
 
 
+_NAME = r'(?:"[^"]+"|[a-z_][a-z0-9_$]*)'
+TYPE_RE = re.compile(rf"{_NAME}(?:\.{_NAME})?(?: [a-z_][a-z0-9_]*)*(?:\(\d+(?:,\d+)?\))?"
+                     r"(?: with(?:out)? time zone)?(?:\[\])*")
+NOT_TYPE_WORDS = {"check", "default", "generated", "references", "constraint", "collate", "primary", "unique", "not",
+                  "null", "as", "using", "identity", "always"}
+
+
 def _type(text: str) -> str:
-    """A column type as format_type() wrote it into the manifest (e.g. `character varying(200)`, `"Mood"[]`),
-    checked before it goes into DDL: letters, digits, spaces, (),.[]_ and balanced double quotes only."""
-    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789_ ()[],.\"")
-    if not text or set(text.lower()) - allowed or text.count('"') % 2:
+    """A column type as format_type() wrote it into the manifest (e.g. `character varying(200)`, `"Mood"[]`,
+    `timestamp(3) with time zone`), checked before it goes into DDL: a (qualified) type name, type words, a
+    numeric modifier, `with[out] time zone`, array brackets — never a constraint, a default or an expression."""
+    words = set(re.sub(r'"[^"]*"', " ", text.lower()).replace("(", " ").replace(")", " ").split())
+    if not text or not TYPE_RE.fullmatch(text) or words & NOT_TYPE_WORDS:
         raise JobFailed(f"the manifest names a column type {text!r} the drill cannot create")
     return text
 

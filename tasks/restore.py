@@ -304,6 +304,9 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
     r, s = self.redis, targets(self.settings, options)
     if jobs.load_plan(r, job_id, RestorePlan):
         return {"job_id": job_id, "skipped": "already planned"}
+    if restore_target.is_live(self.settings, options):  # a job not submitted by the CLI, or a name it could not see
+        raise JobFailed(f"the target database {options['target_database']} is the live database: nothing was "
+                        "written; restore without --target-database")
     if not options.get("dry_run") and not options.get("target_database"):  # backups read the live database only
         snapshot.refuse_during_backup(r, "restore")
     holder = jobs.lock(r, restore_target.lock_name(options), job_id)
@@ -453,11 +456,8 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
         with pg_connect(s) as conn:
             conn.execute("select set_config('lock_timeout', %s, true)", (swap.LOCK_TIMEOUT,))
             cats = [swap.catalog(conn, name) for name in pg_ok]
-            if beside:  # the one table, renamed to the new name; the live one untouched
-                try:
-                    swap_beside.beside(conn, cats[0], beside, plan.tag)
-                except swap_beside.TargetExists as err:
-                    raise JobFailed(str(err)) from None
+            if beside:  # the one table, renamed to the new name (JobFailed if it exists by now); the live one untouched
+                swap_beside.beside(conn, cats[0], beside, plan.tag)
             else:
                 swap.swap(conn, cats, plan.tag)
             conn.commit()

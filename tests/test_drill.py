@@ -240,3 +240,15 @@ def test_a_drill_that_fails_drops_its_scratch_and_marks_the_backup_not_verified(
 
 def manifest_tables(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {t["name"]: t for t in manifest["tables"]}
+
+
+@pytest.mark.parametrize("text", ["integer check (pg_terminate_backend(1) or true)", "integer default(1)",
+                                  "int generated always as (1) stored", "text collate \"C\"", "integer; drop table x"])
+def test_a_manifest_column_type_that_is_no_type_is_never_run_as_ddl(text: str) -> None:
+    """The reviewer's: a forged manifest (accepted with --allow-unauthenticated) must not run SQL in the drill."""
+    from tasks.drill import _type
+
+    with pytest.raises(JobFailed):
+        _type(text)
+    assert [_type(t) for t in ("character varying(200)", '"Mood"[]', "timestamp(3) with time zone", "numeric(10,2)",
+                               "double precision", "bit(8)")]

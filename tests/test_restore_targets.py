@@ -14,8 +14,8 @@ import pytest
 from conftest import cli_json, run_cli, run_job
 from test_backup import backup, make_data, manifest_of
 from test_restore import hashes, table_hash
-from worker import backups, commands, migrator
-from worker.connections import aws_client, pg_connect
+from worker import backups, commands, jobs, migrator
+from worker.connections import aws_client, pg_connect, redis_client
 from worker.constants import TASK_RESTORE_START
 from worker.dynamo import drop_table, ensure_table, to_item
 
@@ -213,6 +213,11 @@ BAD = {
     "no such folder": (["--from", "/nonexistent/worktask/backups"], "no such folder"),
     "dynamodb target without its table": (["--tables", "services", "--target-dynamodb-table", "other"],
                                           "no DynamoDB table"),
+    # the reviewer's: DynamoDB elsewhere while every PostgreSQL table would be swapped into the live database
+    "dynamodb elsewhere, postgres live": (["--target-dynamodb-table", "other-items"], "would replace the live tables"),
+    # the reviewer's: the live database under another address is still the live database
+    "the live database by another address": (["--target-database", "postgresql://postgres@localhost:{port}/{live}",
+                                              "--tables", "services"], "is the live database"),
 }
 
 
@@ -220,7 +225,7 @@ BAD = {
 def test_bad_target_exits_2_naming_the_rule_and_changes_nothing(made: dict[str, Any], case: str) -> None:
     live = made["settings"]
     args, says = BAD[case]
-    args = [a.format(live=live.postgres_database, dyn=live.dynamo_table_name) for a in args]
+    args = [a.format(live=live.postgres_database, dyn=live.dynamo_table_name, port=live.postgres_port) for a in args]
     before, jobs_before = hashes(live), commands.job_list(live, 5)
     proc = run_cli("restore", made["backup_id"], *args)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
@@ -236,4 +241,33 @@ def test_a_target_server_that_does_not_answer_exits_3_naming_it(made: dict[str, 
                    "--target-database", "postgresql://postgres@127.0.0.1:1/elsewhere")
     assert proc.returncode == 3, (proc.stdout, proc.stderr)
     assert "postgresql://postgres@127.0.0.1:1/elsewhere" in proc.stderr, proc.stderr
+    assert hashes(live) == before
+
+
+def test_the_live_password_goes_only_to_the_live_server(made: dict[str, Any]) -> None:
+    """A URL naming another host with the live user gets no password (libpq's ~/.pgpass applies there)."""
+    from pydantic import SecretStr
+
+    from worker import restore_target
+
+    live = made["settings"].model_copy(update={"postgres_password": SecretStr("s3cr3t-pw")})
+    elsewhere = restore_target.pg_settings(live, {"target_database": f"postgresql://{live.postgres_user}@"
+                                                  "db.example.invalid:5432/other"})
+    assert elsewhere.postgres_password is None
+    same = restore_target.pg_settings(live, {"target_database": "other"})
+    assert same.postgres_password and same.postgres_password.get_secret_value() == "s3cr3t-pw"
+
+
+def test_a_restore_job_aimed_at_the_live_database_by_another_address_writes_nothing(made: dict[str, Any]) -> None:
+    """Submitted without the CLI's checks, the workers refuse it themselves."""
+    live = made["settings"]
+    before = hashes(live)
+    opts = backups.store_options(live)
+    url = f"postgresql://{live.postgres_user}@localhost:{live.postgres_port}/{live.postgres_database}"
+    job_id = commands.submit(live, "restore", TASK_RESTORE_START,
+                             {**opts, "backup_id": made["backup_id"], "tables": ["services"], "exact": False,
+                              "dry_run": False, "target_database": url, "target_table": None,
+                              "target_dynamodb_table": None, **backups.auth_options(live, False)})
+    report = jobs.wait(redis_client(live), job_id, timeout=120)
+    assert report["state"] == "failed" and "is the live database" in report["error"], report
     assert hashes(live) == before

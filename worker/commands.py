@@ -383,11 +383,11 @@ def _backup_validate_step(settings: Settings, dry_run: bool) -> dict[str, Any]:
     """Maintenance's last step: `backup validate` of the newest complete backup when it was never validated
     (the nightly backup's own check, so that health does not call it unvalidated every morning). A manifest that
     cannot be checked here (no MAC while a key is set) is a skip naming why, not a maintenance refused."""
-    backup_id, skip = newest_unvalidated(settings, dry_run)
     try:
+        backup_id, skip = newest_unvalidated(settings, dry_run)
         return plan_step("backup_validate", skip, lambda: backup_validate(settings, str(backup_id)))
-    except BadInput as err:
-        return {"name": "backup_validate", "skip": f"cannot validate backup {backup_id} here: {err}"}
+    except (BadInput, ServiceUnavailable) as err:  # the other steps run; health names the backup unvalidated
+        return {"name": "backup_validate", "skip": f"cannot validate the newest backup here: {err}"}
 
 
 def maintenance_options(settings: Settings, retention_days: int, fix: bool, dry_run: bool) -> dict[str, Any]:

@@ -72,7 +72,35 @@ def database_option(settings: Settings, value: str | None) -> str | None:
     if value == settings.postgres_database and not settings.postgres_secret_arn:
         raise BadInput(f"--target-database {value} is the live database: leave --target-database out to restore "
                        "into it")
+    if is_live(settings, {"target_database": value}):
+        raise BadInput(f"--target-database {value} is the live database (by another name or address): leave "
+                       "--target-database out to restore into it")
     return value
+
+
+def _identity(settings: Settings) -> tuple[str, str] | None:
+    """(database, server start time) of the database these settings reach: one server, one database, whatever
+    the host is called. None when it cannot be reached (the callers' own checks say so)."""
+    import psycopg
+
+    from worker.connections import pg_params
+
+    try:
+        with psycopg.connect(**pg_params(settings), autocommit=True) as conn:
+            row = conn.execute("select current_database(), pg_postmaster_start_time()::text").fetchone()
+            return (row[0], row[1])
+    except psycopg.Error:
+        return None
+
+
+def is_live(settings: Settings, options: dict[str, Any]) -> bool:
+    """The target database of these options is the live database itself (a secret's dbname, an alias of the
+    host, a URL for the same server): then a restore `into another database` would swap the live tables under
+    another lock and drop a live restore's replacement tables. Checked by the CLI and again on the workers."""
+    if not options.get("target_database"):
+        return False
+    live = _identity(settings)
+    return live is not None and live == _identity(pg_settings(settings, options))
 
 
 def pg_settings(settings: Settings, options: dict[str, Any]) -> Settings:
@@ -90,7 +118,10 @@ def pg_settings(settings: Settings, options: dict[str, Any]) -> Settings:
     update: dict[str, Any] = {"postgres_host": p["host"] or live["host"], "postgres_port": int(p["port"] or (
         5432 if p["host"] else live["port"])), "postgres_database": p["dbname"], "postgres_user": user,
         "postgres_secret_arn": None,
-        "postgres_password": SecretStr(live["password"]) if live.get("password") and user == live["user"] else None}
+        "postgres_password": None}
+    same_server = (update["postgres_host"], update["postgres_port"]) == (live["host"], int(live["port"]))
+    if live.get("password") and user == live["user"] and same_server:  # never sent to another server
+        update["postgres_password"] = SecretStr(live["password"])
     return settings.model_copy(update=update)
 
 
@@ -165,6 +196,12 @@ def check_names(manifest: dict[str, Any], tables: list[str], target_table: str |
                            "of A-Z a-z 0-9 _ . -")
         if not dyn:
             raise BadInput("--target-dynamodb-table: the restore holds no DynamoDB table (see --tables)")
+    pg_restored = [n for n in restored if entries[n]["store"] == "postgres"]
+    if target_dynamodb_table is not None and pg_restored and not target_database and target_table is None:
+        raise BadInput(f"--target-dynamodb-table restores DynamoDB elsewhere, but {', '.join(pg_restored[:3])}"
+                       f"{' …' if len(pg_restored) > 3 else ''} would replace the live tables: add --target-database "
+                       "NAME, or restore the DynamoDB table alone (--tables "
+                       f"{dyn} --target-dynamodb-table {target_dynamodb_table})")
     if target_database and dyn and not target_dynamodb_table:
         raise BadInput(f"--target-database restores PostgreSQL elsewhere, but the DynamoDB table {dyn} would go "
                        "into the live one: add --target-dynamodb-table NAME, or leave it out with --tables")

@@ -16,11 +16,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from worker.errors import JobFailed
 from worker.swap_replacement import NAMEDATALEN, replacement, temp_name
-
-
-class TargetExists(Exception):
-    """NEW was created after the CLI checked: nothing is renamed."""
 
 
 def _exists(conn: psycopg.Connection, name: str) -> bool:
@@ -56,7 +53,7 @@ def beside(conn: psycopg.Connection, cat: dict[str, Any], new: str, tag: str) ->
     table, built = cat["table"], replacement(cat["table"], tag)
     conn.execute("select pg_advisory_xact_lock(hashtext('worktask:target-table'), hashtext(%s))", (new,))
     if _exists(conn, new):
-        raise TargetExists(f"table {new} exists already (created after the restore was checked): nothing was "
+        raise JobFailed(f"table {new} exists already (created after the restore was checked): nothing was "
                            f"renamed; drop it or pick another --target-table, and run the restore again")
     t = sql.Identifier(new)
     conn.execute(sql.SQL("alter table {} rename to {}").format(sql.Identifier(built), t))
