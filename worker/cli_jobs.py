@@ -387,7 +387,8 @@ def restore(backup_id: str, tables: str | None, exact: bool, allow_schema_mismat
     """Restore all tables of a backup, or the named ones. Every chunk of a table is verified before the
     table is touched; PostgreSQL tables load beside the live ones and swap in by rename in one transaction.
     A manifest that fails its MAC (or has none while a key is configured) is refused first (exit 2).
-    With --target-database, --target-table or --target-dynamodb-table the live data is not touched.
+    With --target-database (and --target-dynamodb-table when DynamoDB is restored), or --target-table, the
+    live data is not touched; --target-dynamodb-table alone goes with --tables naming the DynamoDB table only.
 
     \b
     Examples:
@@ -508,7 +509,8 @@ def maintenance(fix: bool | None, retention_days: int | None, dry_run: bool | No
                 timeout: int | None) -> int:
     """Maintain: backup_cleanup (retention) -> validate (--fix) -> optimize (VACUUM (ANALYZE) of the tables
     with many dead tuples or stale statistics, never VACUUM FULL; a table whose lock is not granted within
-    2 s is skipped, not waited on). Exit 1 if a step failed.
+    2 s is skipped, not waited on) -> backup_validate (the newest complete backup, when it was never
+    validated). Exit 1 if a step failed.
 
     \b
     Examples:
