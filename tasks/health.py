@@ -129,15 +129,18 @@ def _age(seconds: float) -> str:
 
 def _drill(newest: dict[str, Any], complete: list[dict[str, Any]], now: datetime) -> tuple[str, str | None]:
     """The last restore drill, from the verified.json markers the listing read: the newest complete backup's,
-    else the newest drilled one's; (the detail's words, the backup id when that drill failed)."""
+    else the newest drilled one's; (the detail's words, the backup id when the newest backup's drill failed).
+    An older backup's failed drill is said, not a problem: it says nothing of the newer backups (their own
+    drills will), and health would otherwise stay degraded for as long as that backup is kept."""
     drilled = newest if newest["verified"] else next((b for b in complete if b["verified"]), None)
     if drilled is None:
         return "never drilled (worktask backup verify ID --restore-test)", None
     v = drilled["verified"]
     which = "" if drilled is newest else f" of {drilled['backup_id']}"
     ago = _age((now - datetime.fromisoformat(v["at"])).total_seconds())
-    return (f"drill{which} {'ok' if v['ok'] else 'FAILED'} {v['at'][:19]}Z ({ago} ago)",
-            None if v["ok"] else drilled["backup_id"])
+    return (f"drill{which} {'ok' if v['ok'] else 'FAILED'} {v['at'][:19]}Z ({ago} ago)"
+            + ("" if drilled is newest else "; the newest not drilled yet"),
+            None if v["ok"] or drilled is not newest else drilled["backup_id"])
 
 
 def check_backups(settings: Settings, now: datetime | None = None) -> str:

@@ -213,3 +213,18 @@ def test_human_output_says_what_to_do_for_a_failing_check(settings: Any) -> None
     text = cap.get()
     assert "degraded" in text and "what to do" in text and "backups: run worktask backup" in text
     assert len(text.splitlines()) < 40  # one screen
+
+
+def test_an_older_backups_failed_drill_is_said_but_does_not_degrade_health_once_a_newer_backup_exists() -> None:
+    """Seen in the whole suite: a drill that failed on an old backup kept health degraded after newer, validated
+    backups (the newest's own drill decides)."""
+    from tasks.health import _drill
+
+    now = datetime.now(UTC)
+    at = (now - timedelta(hours=1)).isoformat()
+    older = {"backup_id": "20261101T000000Z-backup-aaaaaa", "verified": {"ok": False, "at": at}}
+    newest = {"backup_id": "20261102T000000Z-backup-bbbbbb", "verified": None}
+    words, failed = _drill(newest, [newest, older], now)
+    assert failed is None and f"drill of {older['backup_id']} FAILED" in words and "newest not drilled" in words
+    newest["verified"] = {"ok": False, "at": at}
+    assert _drill(newest, [newest, older], now)[1] == newest["backup_id"]
