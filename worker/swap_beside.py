@@ -67,6 +67,12 @@ def beside(conn: psycopg.Connection, cat: dict[str, Any], new: str, tag: str) ->
     for i, (name, *_rest) in enumerate(cat["indexes"]):
         conn.execute(sql.SQL("alter index {} rename to {}").format(
             sql.Identifier(temp_name(table, tag, "i", i)), sql.Identifier(new_name(conn, name, table, new))))
+    # PostgreSQL 18 keeps NOT NULL as named constraints (`X_col_not_null`), copied by LIKE: named after NEW too
+    for (name,) in conn.execute("""select conname from pg_constraint where contype = 'n'
+                                   and conrelid = format('public.%%I', %s::text)::regclass""", (new,)).fetchall():
+        if name.startswith(f"{table}_") and not name.startswith(f"{new}_"):
+            conn.execute(sql.SQL("alter table {} rename constraint {} to {}").format(
+                t, sql.Identifier(name), sql.Identifier(_clip(new + name[len(table):], NAMEDATALEN))))
     stats = [r[0] for r in conn.execute("""select stxname from pg_statistic_ext
                                             where stxrelid = format('public.%%I', %s::text)::regclass
                                             order by oid""", (new,))]
