@@ -264,8 +264,14 @@ def restore(settings: Settings, backup_id: str, tables: list[str], exact: bool, 
                                                             **backups.auth_options(settings, allow_unauthenticated)})
 
 
-def validate(settings: Settings, fix: bool) -> str:
-    return submit(settings, "validate", TASK_VALIDATE_DATA_START, {"fix": fix})
+def validate(settings: Settings, fix: bool, kinds: list[str] | None = None) -> str:
+    """A validation job; with fix, the fix kinds it may apply (None: every kind, as `validate --fix` on the CLI;
+    maintenance passes FIX_KINDS) and where its quarantine goes (worker/fixes.py, worker/quarantine.py)."""
+    from worker import fixes, quarantine
+
+    return submit(settings, "validate", TASK_VALIDATE_DATA_START,
+                  {"fix": fix, "fix_kinds": list(fixes.KINDS) if kinds is None else kinds,
+                   "fix_min_age_minutes": settings.fix_min_age_minutes, **quarantine.store_settings(settings)})
 
 
 def testdata(settings: Settings, action: str, count: int | None = None, seed: int | None = None,
@@ -390,21 +396,24 @@ def _backup_validate_step(settings: Settings, dry_run: bool) -> dict[str, Any]:
         return {"name": "backup_validate", "skip": f"cannot validate the newest backup here: {err}"}
 
 
-def maintenance_options(settings: Settings, retention_days: int, fix: bool, dry_run: bool) -> dict[str, Any]:
-    """backup_cleanup -> validate (--fix) -> optimize -> backup_validate (the newest backup, once); beat's
-    scheduled run plans with the worker's settings."""
+def maintenance_options(settings: Settings, retention_days: int, fix: bool, dry_run: bool,
+                        fix_kinds: list[str] | None = None) -> dict[str, Any]:
+    """backup_cleanup -> validate (--fix: the kinds of FIX_KINDS unless given) -> optimize -> backup_validate (the
+    newest backup, once); beat's scheduled run plans with the worker's settings."""
+    fix_kinds = fix_kinds or settings.fix_kinds.split(",")
     steps = [
         plan_step("backup_cleanup", None, lambda: backup_cleanup(settings, retention_days, dry_run)),
-        plan_step("validate", None, lambda: validate(settings, fix and not dry_run)),
+        plan_step("validate", None, lambda: validate(settings, fix and not dry_run, fix_kinds)),
         plan_step("optimize", None, lambda: optimize(settings, dry_run)),
         _backup_validate_step(settings, dry_run),
     ]
-    return {"dry_run": dry_run, "fix": fix, "retention_days": retention_days, "steps": steps}
+    return {"dry_run": dry_run, "fix": fix, "fix_kinds": fix_kinds, "retention_days": retention_days, "steps": steps}
 
 
-def maintenance(settings: Settings, retention_days: int, fix: bool, dry_run: bool) -> str:
+def maintenance(settings: Settings, retention_days: int, fix: bool, dry_run: bool,
+                fix_kinds: list[str] | None = None) -> str:
     return submit(settings, "maintenance", TASK_MAINTENANCE_START,
-                  maintenance_options(settings, retention_days, fix, dry_run))
+                  maintenance_options(settings, retention_days, fix, dry_run, fix_kinds))
 
 
 def pipeline_step(settings: Settings, job_id: str) -> str | None:

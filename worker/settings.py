@@ -21,6 +21,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.constants import RETENTION_DAYS_MAX  # the one bound of RETENTION_DAYS and --retention-days
 from worker.errors import BadInput
+from worker.fixes import DEFAULT_KINDS as FIX_KINDS_DEFAULT
+from worker.fixes import parse_kinds
 
 BOOL = "true or false"
 SECRET_FIELDS = ("postgres_password", "backup_encryption_key", "flower_basic_auth")
@@ -123,6 +125,10 @@ class Settings(BaseSettings):
     backup_max_age_hours: float = _f(26, "hours (a number, 0.01-8760) before health calls the newest complete "
                                      "backup stale", ge=0.01, le=8760)
     drill_schedule: str = _f(DEFAULT_DRILL_SCHEDULE, CRONTAB_ACCEPTS + " (the restore drill of the newest backup)")
+    # Safe fixes (worker/fixes.py): no fix touches a row or item younger than this; which kinds run unattended.
+    fix_min_age_minutes: float = _f(60, "minutes (a number, 0-10080) a row must have been left alone before a fix "
+                                    "touches it", ge=0, le=10_080)
+    fix_kinds: str = _f(FIX_KINDS_DEFAULT, "a comma-separated list of fix kinds, or all (worktask validate --help)")
     # Retention by count, beside RETENTION_DAYS (restic's forget --keep-*): a complete backup is kept when any rule
     # keeps it; 0 turns a rule off. The newest complete, newest validated and newest drilled backups are always kept.
     retention_keep_last: int = _f(0, "the newest N complete backups are kept, 0-100000 (0: off)", ge=0, le=100_000)
@@ -143,6 +149,14 @@ class Settings(BaseSettings):
             if len(raw) != 32:
                 raise ValueError("not 32 bytes")
         return v
+
+    @field_validator("fix_kinds")
+    @classmethod
+    def _fix_kinds(cls, v: str) -> str:
+        try:
+            return ",".join(parse_kinds(v, "FIX_KINDS"))
+        except BadInput as err:
+            raise ValueError(str(err).split(": ", 1)[1]) from None
 
     @field_validator("tables_only")
     @classmethod
