@@ -2,21 +2,23 @@
 foreign key, a key range, a scan segment), fanned out as a chord; finalize writes the report and keeps
 it in Redis for `worktask health`.
 
-Each unit returns its issues and how many records it looked at; with fix=True it repairs what is
-fixable in its own transaction and marks those issues fixed.
+Each unit returns its issues and how many records it looked at; with fix it repairs what is fixable, of the
+kinds the job may apply, in its own transaction (worker/fixer.py: re-checked, aged, quarantined before the
+commit) and marks those issues fixed, or pending with why.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from typing import Any
 
 import psycopg
 from pydantic import ValidationError
 
-from worker import jobs
+from worker import jobs, quarantine
 from worker.app import app
 from worker.connections import aws_client, pg_connect, redis_client
 from worker.constants import (
@@ -27,6 +29,7 @@ from worker.constants import (
     TASK_VALIDATE_DATA_START,
 )
 from worker.dynamo import from_item
+from worker.fixer import Fixer, Outcome, pin_session
 from worker.models import model_for
 from worker.reports import Issue, ValidationReport
 from worker.settings import Settings
@@ -36,9 +39,18 @@ RANGE = 50_000  # work tasks per consistency unit
 TEXT_COLUMNS = {"work_tasks": "title", "todo_items": "title", "deliverables": "name", "services": "name"}
 
 
-def issue(severity: str, category: str, table: str, key: Any, message: str, fixable: bool = False) -> dict[str, Any]:
+def issue(severity: str, category: str, table: str, key: Any, message: str, kind: str | None = None
+          ) -> dict[str, Any]:
     return Issue(severity=severity, category=category, table=table, key=str(key), message=message,
-                 fixable=fixable).model_dump()
+                 fixable=kind is not None, kind=kind).model_dump()
+
+
+def settle(entry: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
+    """An issue with what its fix did."""
+    entry["fixed"] = outcome.state == "fixed"
+    entry["pending"] = outcome.state == "pending"
+    entry["note"] = outcome.note
+    return entry
 
 
 def ident(name: str) -> psycopg.sql.Identifier:
@@ -47,7 +59,7 @@ def ident(name: str) -> psycopg.sql.Identifier:
 
 # schema ----------------------------------------------------------------------------------------------------
 
-def check_config(conn: psycopg.Connection, fix: bool) -> tuple[int, list[dict[str, Any]]]:
+def check_config(conn: psycopg.Connection, fx: Fixer | None) -> tuple[int, list[dict[str, Any]]]:
     out, n = [], 0
     for key, criteria in conn.execute("select key, criteria from quality_standards"):
         n += 1
@@ -67,7 +79,7 @@ def check_config(conn: psycopg.Connection, fix: bool) -> tuple[int, list[dict[st
     return n, out
 
 
-def check_blank_text(conn: psycopg.Connection, table: str, fix: bool) -> tuple[int, list[dict[str, Any]]]:
+def check_blank_text(conn: psycopg.Connection, table: str, fx: Fixer | None) -> tuple[int, list[dict[str, Any]]]:
     col = TEXT_COLUMNS[table]
     n = conn.execute(psycopg.sql.SQL("select count(*) from {}").format(ident(table))).fetchone()[0]
     rows = conn.execute(psycopg.sql.SQL("select id from {} where btrim({}) = '' or {} <> btrim({}) limit 1000").format(
@@ -75,7 +87,7 @@ def check_blank_text(conn: psycopg.Connection, table: str, fix: bool) -> tuple[i
     return n, [issue("warning", "schema", table, r[0], f"{col} is blank or has surrounding spaces") for r in rows]
 
 
-def check_dynamo(settings: Settings, segment: int, segments: int, fix: bool) -> tuple[int, list[dict[str, Any]]]:
+def check_dynamo(settings: Settings, segment: int, segments: int, fx: Fixer | None) -> tuple[int, list[dict[str, Any]]]:
     """Every item against its model; TASK# items must reference an existing work task (cross-store)."""
     client, table = aws_client(settings, "dynamodb"), settings.dynamo_table_name
     out, n, refs = [], 0, {}
@@ -98,9 +110,9 @@ def check_dynamo(settings: Settings, segment: int, segments: int, fix: bool) -> 
             if item["PK"].startswith("TASK#"):
                 refs[int(item["PK"][5:])] = (key, raw)
     if refs:
-        with pg_connect(settings) as conn:
-            found = {r[0] for r in conn.execute("select id from work_tasks where id = any(%s)", (list(refs),))}
+        found = existing_tasks(settings, list(refs))
         note = scan_restore_note(settings)
+        fixable = []
         for task_id in sorted(set(refs) - found):
             key, raw = refs[task_id]
             if note and (key in note["keys"] or (note["truncated"] and task_id > note["max_work_task_id"])):
@@ -109,13 +121,21 @@ def check_dynamo(settings: Settings, segment: int, segments: int, fix: bool) -> 
                                  "over a window after its PostgreSQL snapshot, so the task may be newer than the "
                                  "snapshot: not deleted by --fix (delete it by hand if it is stale)"))
                 continue
-            entry = issue("error", "referential", table, key, f"references work task {task_id}, which does not exist",
-                          fixable=True)
-            if fix:
-                client.delete_item(TableName=table, Key={"PK": raw["PK"], "SK": raw["SK"]})
-                entry["fixed"] = True
-            out.append(entry)
+            out.append(issue("error", "referential", table, key, f"references work task {task_id}, which does not "
+                             "exist", kind="dynamo_orphans"))
+            fixable.append((task_id, key, raw))
+        if fx and fixable:
+            outcomes = fx.delete_items(client, table, fixable,
+                                       lambda ids: set(ids) - existing_tasks(settings, ids))
+            for entry in out:
+                if entry["key"] in outcomes and entry["kind"] == "dynamo_orphans":
+                    settle(entry, outcomes[entry["key"]])
     return n, out
+
+
+def existing_tasks(settings: Settings, ids: list[int]) -> set[int]:
+    with pg_connect(settings) as conn:
+        return {r[0] for r in conn.execute("select id from work_tasks where id = any(%s)", (ids,))}
 
 
 def scan_restore_note(settings: Settings) -> dict[str, Any] | None:
@@ -142,7 +162,7 @@ def foreign_keys(conn: psycopg.Connection) -> list[dict[str, Any]]:
     return [{"name": r[0], "table": r[1], "ref": r[2], "cols": r[3], "ref_cols": r[4]} for r in rows]
 
 
-def check_fk(conn: psycopg.Connection, fk: dict[str, Any], fix: bool) -> tuple[int, list[dict[str, Any]]]:
+def check_fk(conn: psycopg.Connection, fk: dict[str, Any], fx: Fixer | None) -> tuple[int, list[dict[str, Any]]]:
     """Rows whose reference points nowhere (possible when the constraint was disabled or deferred)."""
     sql = psycopg.sql
     on = sql.SQL(" and ").join(sql.SQL("r.{} = t.{}").format(ident(a), ident(b))
@@ -153,13 +173,13 @@ def check_fk(conn: psycopg.Connection, fk: dict[str, Any], fix: bool) -> tuple[i
     n = conn.execute(sql.SQL("select count(*) from {}").format(ident(fk["table"]))).fetchone()[0]
     query = sql.SQL("select {}, t.ctid from {} t where {} and not exists (select 1 from {} r where {})")
     rows = conn.execute(query.format(key, ident(fk["table"]), notnull, ident(fk["ref"]), on)).fetchall()
+    still = sql.SQL("{} and not exists (select 1 from {} r where {})").format(notnull, ident(fk["ref"]), on)
     out = []
     for k, ctid in rows:
         entry = issue("error", "referential", fk["table"], k, f"orphan: {', '.join(fk['cols'])} points to no row of "
-                      f"{fk['ref']} ({fk['name']})", fixable=True)
-        if fix:
-            conn.execute(sql.SQL("delete from {} where ctid = %s").format(sql.SQL(fk["table"])), (ctid,))
-            entry["fixed"] = True
+                      f"{fk['ref']} ({fk['name']})", kind="orphans")
+        if fx:
+            settle(entry, fx.delete(conn, "orphans", fk["table"], str(ctid), still, finding_key=k))
         out.append(entry)
     return n, out
 
@@ -193,50 +213,67 @@ def find_cycles(edges: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
     return cycles
 
 
-def check_cycles(conn: psycopg.Connection, fix: bool) -> tuple[int, list[dict[str, Any]]]:
+# the edge (alias t) still closes a cycle: its target still reaches its source
+CYCLE_STILL = psycopg.sql.SQL("""exists (with recursive r(n) as (
+    select %s::bigint union select d.depends_on_todo_id from todo_dependencies d join r on d.todo_id = r.n)
+    select 1 from r where r.n = %s::bigint)""")
+
+
+def check_cycles(conn: psycopg.Connection, fx: Fixer | None) -> tuple[int, list[dict[str, Any]]]:
     edges = [tuple(r) for r in conn.execute("select todo_id, depends_on_todo_id from todo_dependencies")]
     out = []
     for cycle in find_cycles(edges):
         newest = max(cycle)  # the edge added last has the highest todo ids (ids grow with time)
-        entry = issue("error", "referential", "todo_dependencies", f"{newest[0]}->{newest[1]}",
-                      "dependency cycle: " + " -> ".join(str(a) for a, _ in cycle) + f" -> {cycle[0][0]}", fixable=True)
-        if fix:
-            conn.execute("delete from todo_dependencies where todo_id = %s and depends_on_todo_id = %s", newest)
-            entry["fixed"] = True
+        key = f"{newest[0]}->{newest[1]}"
+        entry = issue("error", "referential", "todo_dependencies", key,
+                      "dependency cycle: " + " -> ".join(str(a) for a, _ in cycle) + f" -> {cycle[0][0]}",
+                      kind="cycles")
+        ctid = conn.execute("select ctid::text from todo_dependencies where todo_id = %s and depends_on_todo_id = %s",
+                            newest).fetchone()
+        if fx and ctid:
+            settle(entry, fx.delete(conn, "cycles", "todo_dependencies", ctid[0], CYCLE_STILL,
+                                    (newest[1], newest[0]), finding_key=key))
         out.append(entry)
     return len(edges), out
 
 
 # consistency -------------------------------------------------------------------------------------------------
 
-def check_tasks(conn: psycopg.Connection, lo: int, hi: int, fix: bool) -> tuple[int, list[dict[str, Any]]]:
+def check_tasks(conn: psycopg.Connection, lo: int, hi: int, fx: Fixer | None) -> tuple[int, list[dict[str, Any]]]:
     n = conn.execute("select count(*) from work_tasks where id >= %s and id < %s", (lo, hi)).fetchone()[0]
     out = []
-    for tid, open_count in conn.execute("""
-            select t.id, count(*) from work_tasks t join todo_items i on i.work_task_id = t.id
+    sql = psycopg.sql
+    for tid, open_count, ctid in conn.execute("""
+            select t.id, count(*), t.ctid::text from work_tasks t join todo_items i on i.work_task_id = t.id
             where t.id >= %s and t.id < %s and t.status = 'completed' and i.status <> 'done'
-            group by t.id order by t.id""", (lo, hi)).fetchall():
+            group by t.id, t.ctid order by t.id""", (lo, hi)).fetchall():
         entry = issue("error", "consistency", "work_tasks", tid, f"completed while {open_count} todo(s) are open",
-                      fixable=True)
-        if fix:
-            conn.execute("update work_tasks set status = 'in_progress', completed_at = null, updated_at = now() "
-                         "where id = %s", (tid,))
-            entry["fixed"] = True
+                      kind="task_status")
+        if fx:
+            settle(entry, fx.update(conn, "task_status", "work_tasks", ctid, sql.SQL(
+                "t.status = 'completed' and exists (select 1 from todo_items i where i.work_task_id = t.id "
+                "and i.status <> 'done')"), sql.SQL("status = 'in_progress', completed_at = null, updated_at = now()"),
+                finding_key=str(tid), evidence=sql.SQL(
+                    "select max(greatest(i.created_at, i.updated_at)) from todo_items i where i.work_task_id = t.id "
+                    "and i.status <> 'done'")))
         out.append(entry)
     for tid, in conn.execute("""select id from work_tasks where id >= %s and id < %s and
                                 ((status = 'completed') <> (completed_at is not null) or updated_at < created_at)""",
                              (lo, hi)).fetchall():
         out.append(issue("warning", "consistency", "work_tasks", tid,
                          "completed_at or updated_at disagrees with status or created_at"))
-    for did, failing in conn.execute("""
-            select d.id, count(*) from deliverables d join quality_checks q on q.deliverable_id = d.id
+    for did, failing, ctid in conn.execute("""
+            select d.id, count(*), d.ctid::text from deliverables d join quality_checks q on q.deliverable_id = d.id
             where d.work_task_id >= %s and d.work_task_id < %s and d.status = 'approved' and not q.passed
-            group by d.id order by d.id""", (lo, hi)).fetchall():
+            group by d.id, d.ctid order by d.id""", (lo, hi)).fetchall():
         entry = issue("error", "consistency", "deliverables", did, f"approved with {failing} failing quality check(s)",
-                      fixable=True)
-        if fix:
-            conn.execute("update deliverables set status = 'submitted', updated_at = now() where id = %s", (did,))
-            entry["fixed"] = True
+                      kind="deliverable_status")
+        if fx:
+            settle(entry, fx.update(conn, "deliverable_status", "deliverables", ctid, sql.SQL(
+                "t.status = 'approved' and exists (select 1 from quality_checks q where q.deliverable_id = t.id "
+                "and not q.passed)"), sql.SQL("status = 'submitted', updated_at = now()"), finding_key=str(did),
+                evidence=sql.SQL("select max(q.checked_at) from quality_checks q where q.deliverable_id = t.id "
+                                 "and not q.passed")))
         out.append(entry)
     for keep, dup, title in conn.execute("""
             select min(id), unnest((array_agg(id order by id))[2:]), min(title) from todo_items
@@ -244,10 +281,13 @@ def check_tasks(conn: psycopg.Connection, lo: int, hi: int, fix: bool) -> tuple[
             group by work_task_id, position, title having count(*) > 1""",
                                          (lo, hi)).fetchall():
         entry = issue("warning", "consistency", "todo_items", dup, f"duplicate of todo {keep} ({title!r})",
-                      fixable=True)
-        if fix:
-            conn.execute("delete from todo_items where id = %s", (dup,))
-            entry["fixed"] = True
+                      kind="duplicate_todos")
+        ctid = conn.execute("select ctid::text from todo_items where id = %s", (dup,)).fetchone()
+        if fx and ctid:
+            settle(entry, fx.delete(conn, "duplicate_todos", "todo_items", ctid[0], sql.SQL(
+                "exists (select 1 from todo_items k where k.id = %s and k.id < t.id and k.work_task_id = "
+                "t.work_task_id and k.position is not distinct from t.position and k.title = t.title)"), (keep,),
+                finding_key=str(dup)))
         out.append(entry)
     for did, key in conn.execute("""select id, file_key from deliverables
                                     where work_task_id >= %s and work_task_id < %s and file_key is not null
@@ -258,7 +298,7 @@ def check_tasks(conn: psycopg.Connection, lo: int, hi: int, fix: bool) -> tuple[
 
 # performance ----------------------------------------------------------------------------------------------------
 
-def check_performance(conn: psycopg.Connection, fix: bool) -> tuple[int, list[dict[str, Any]]]:
+def check_performance(conn: psycopg.Connection, fx: Fixer | None) -> tuple[int, list[dict[str, Any]]]:
     out = []
     for fk in foreign_keys(conn):
         indexed = conn.execute("""select exists (select 1 from pg_index i join pg_attribute a on a.attrelid = i.indrelid
@@ -302,40 +342,58 @@ def plan_units(settings: Settings) -> list[dict[str, Any]]:
     return units
 
 
-def run_unit(settings: Settings, unit: dict[str, Any], fix: bool) -> dict[str, Any]:
+def unit_name(unit: dict[str, Any]) -> str:
+    """A unit's name in its quarantine objects' names."""
+    detail = unit.get("name") or unit.get("table") or unit.get("lo") or unit.get("segment")
+    return re.sub(r"[^0-9A-Za-z_-]", "_", f"{unit['check']}-{detail}" if detail is not None else unit["check"])[:80]
+
+
+def run_unit(settings: Settings, unit: dict[str, Any], fx: Fixer | None) -> dict[str, Any]:
     if unit["check"] == "dynamo":
-        n, issues = check_dynamo(settings, unit["segment"], unit["segments"], fix)
-        return {"checked": n, "issues": issues}
+        n, issues = check_dynamo(settings, unit["segment"], unit["segments"], fx)
+        return {"checked": n, "issues": issues, **kept(fx)}
     with pg_connect(settings) as conn:
+        pin_session(conn)  # the rows' text kept in the quarantine: the same on undo's side
         if unit["check"] == "config":
-            n, issues = check_config(conn, fix)
+            n, issues = check_config(conn, fx)
         elif unit["check"] == "cycles":
-            n, issues = check_cycles(conn, fix)
+            n, issues = check_cycles(conn, fx)
         elif unit["check"] == "performance":
-            n, issues = check_performance(conn, fix)
+            n, issues = check_performance(conn, fx)
         elif unit["check"] == "blank":
-            n, issues = check_blank_text(conn, unit["table"], fix)
+            n, issues = check_blank_text(conn, unit["table"], fx)
         elif unit["check"] == "fk":
-            n, issues = check_fk(conn, next(f for f in foreign_keys(conn) if f["name"] == unit["name"]), fix)
+            n, issues = check_fk(conn, next(f for f in foreign_keys(conn) if f["name"] == unit["name"]), fx)
         else:
-            n, issues = check_tasks(conn, unit["lo"], unit["hi"], fix)
-        conn.commit()
-    return {"checked": n, "issues": issues}
+            n, issues = check_tasks(conn, unit["lo"], unit["hi"], fx)
+        if fx:
+            fx.commit(conn)  # the quarantine first, then the commit
+        else:
+            conn.commit()
+    return {"checked": n, "issues": issues, **kept(fx)}
 
 
-def validation_report(job_id: str, fix: bool, results: list[dict[str, Any]]) -> ValidationReport:
+def kept(fx: Fixer | None) -> dict[str, int]:
+    return {"quarantined": sum(len(c["rows"]) for c in fx.changes) if fx else 0}
+
+
+def validation_report(job_id: str, fix: bool, results: list[dict[str, Any]], options: dict[str, Any] | None = None,
+                      settings: Settings | None = None) -> ValidationReport:
     issues = [Issue(**i) for r in results for i in r["issues"]]
     checked = sum(r["checked"] for r in results)
     bad_records = {(i.table, i.key) for i in issues if i.category != "performance"}
     open_errors = [i for i in issues if i.severity == "error" and not i.fixed]
     error = (f"{len(open_errors)} error(s) remain" + ("" if fix else "; --fix repairs the fixable ones")
              if open_errors else None)
+    quarantined = sum(r.get("quarantined", 0) for r in results)
+    where = quarantine.where(settings, options, job_id) if quarantined and settings and options else None
     return ValidationReport(job_id=job_id, state="succeeded", ok=not open_errors, fix=fix, records_checked=checked,
                             records_valid=max(checked - len(bad_records), 0), issues=issues,
                             by_severity=dict(Counter(i.severity for i in issues)),
                             by_category=dict(Counter(i.category for i in issues)),
                             by_table=dict(Counter(i.table for i in issues)), fixed=sum(i.fixed for i in issues),
-                            error=error)
+                            error=error, fix_kinds=list((options or {}).get("fix_kinds") or []) if fix else [],
+                            pending=sum(i.pending for i in issues), quarantine=where, quarantined=quarantined)
 
 
 @app.task(name=TASK_VALIDATE_DATA_START, base=JobTask, bind=True)
@@ -349,16 +407,18 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
 
 @app.task(name=TASK_VALIDATE_DATA_CHECK, base=JobTask, bind=True)
 def check(self: JobTask, job_id: str, unit: dict[str, Any]) -> dict[str, Any]:
-    fix = bool(jobs.options(self.redis, job_id).get("fix"))
-    result = run_unit(self.settings, unit, fix)
+    options = jobs.options(self.redis, job_id)
+    fx = (Fixer(self.settings, self.redis, job_id, options, unit_name(unit))
+          if options.get("fix") and "prefix" in options else None)  # a job queued before quarantines: no fixes
+    result = run_unit(self.settings, unit, fx)
     jobs.add(self.redis, job_id, rows=result["checked"])
     return result
 
 
 @app.task(name=TASK_VALIDATE_DATA_FINALIZE, base=JobTask, bind=True)
 def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
-    fix = bool(jobs.options(self.redis, job_id).get("fix"))
-    report = validation_report(job_id, fix, results)
+    options = jobs.options(self.redis, job_id)
+    report = validation_report(job_id, bool(options.get("fix")), results, options, self.settings)
     jobs.finish(self.redis, job_id, report)
     data = report.model_dump(mode="json")
     last = ("job_id", "finished_at", "ok", "records_checked", "by_severity", "fixed", "error")

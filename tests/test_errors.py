@@ -22,7 +22,7 @@ def test_worktask_errors_keep_their_exit_codes(name: str, base: type, exit_code:
     assert issubclass(cls, base) and cls.exit_code == exit_code
 
 
-@pytest.mark.parametrize("name", ["CorruptChunk", "LockTimeout", "ExportPending"])
+@pytest.mark.parametrize("name", ["CorruptChunk", "LockTimeout", "ExportPending", "FixPending"])
 def test_internal_signals_live_in_the_tree_but_are_no_worktask_errors(name: str) -> None:
     cls = getattr(errors, name)
     assert issubclass(cls, Exception) and not issubclass(cls, errors.WorktaskError)

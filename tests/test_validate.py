@@ -68,7 +68,7 @@ def test_every_planted_defect_is_found_and_fix_repairs_the_fixable(planted: dict
     assert report["by_category"]["referential"] >= 3 and report["records_checked"] > 0
     assert set(report["by_table"]) >= {"todo_items", "todo_dependencies", table, "work_tasks"}
 
-    code, fixed = cli_json("validate", "--fix", timeout=300)
+    code, fixed = cli_json("validate", "--fix", timeout=300, env={"FIX_MIN_AGE_MINUTES": "0"})  # planted just now
     assert code == 1  # the bad enum cannot be fixed: an error remains
     assert {(i["table"], i["key"]) for i in fixed["issues"] if i["fixed"]} >= {
         ("todo_items", str(planted["orphan"])), ("work_tasks", str(planted["done"])),

@@ -70,6 +70,10 @@ class ExportPending(Exception):
     """The DynamoDB export is still running; ask again later."""
 
 
+class FixPending(Exception):
+    """A fix not made now (worker/fixer.py): the row is too young, still referenced, or first seen too recently."""
+
+
 class CheckFailed(WorktaskError):
     """A health check's failure with a hint of its own (what to do), shown beside it."""
 

@@ -11,7 +11,8 @@ Each fix kind, what it changes, and whether it deletes (destructive) or only rew
     dynamo_orphans      DynamoDB TASK# items whose work task does not exist -> deleted (destructive)
 
 FIX_KINDS names the kinds scheduled maintenance may apply unattended (default: the non-destructive ones);
-`worktask validate --fix` applies every kind unless --fix-kinds names some.
+`worktask validate --fix` applies every kind unless --fix-kinds names some. How a fix runs: worker/fixer.py.
+This module stays light: settings import it.
 """
 
 from __future__ import annotations
@@ -40,3 +41,4 @@ def parse_kinds(text: str | None, what: str = "--fix-kinds") -> list[str]:
         raise BadInput(f"{what}: {given} is not a fix kind: give a comma-separated list of {', '.join(KINDS)} "
                        "(or all)")
     return [k for k in KINDS if k in names]
+

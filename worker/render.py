@@ -194,12 +194,22 @@ def render_validate(report: dict[str, Any]) -> None:
         table = Table("severity", "category", "table", "key", "message", "fixed")
         colour = {"error": "red", "warning": "yellow", "info": "blue"}
         for i in report["issues"][:200]:
+            state = ("yes" if i["fixed"] else "pending" if i.get("pending") else
+                     f"fixable ({i['kind']})" if i["fixable"] and i.get("kind") else "fixable" if i["fixable"] else "-")
+            message = i["message"] + (f" [{i['note']}]" if i.get("note") and not i["fixed"] else "")
             table.add_row(f"[{colour[i['severity']]}]{i['severity']}[/]", i["category"], i["table"], escape(i["key"]),
-                          escape(i["message"]), "yes" if i["fixed"] else ("fixable" if i["fixable"] else "-"))
+                          escape(message), state)
         out.print(table)
         if len(report["issues"]) > 200:
             out.print(f"… and {len(report['issues']) - 200} more (--json has them all)")
     out.print(f"by category: {report['by_category']}; by table: {report['by_table']}", markup=False)
+    if report.get("fix"):
+        out.print(f"fix kinds applied: {', '.join(report.get('fix_kinds') or []) or 'none'}; {report['fixed']} fixed, "
+                  f"{report.get('pending', 0)} pending (younger than FIX_MIN_AGE_MINUTES or first seen too recently)",
+                  markup=False)
+    if report.get("quarantine"):
+        out.print(f"kept before the fixes ({report['quarantined']} row(s)/item(s)): {report['quarantine']}; "
+                  f"put back with: worktask validate undo {report['job_id']}", markup=False)
 
 
 def render_testdata(report: dict[str, Any]) -> None:

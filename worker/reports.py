@@ -199,6 +199,9 @@ class Issue(BaseModel):
     message: str
     fixable: bool = False
     fixed: bool = False
+    kind: str | None = None  # the fix kind that repairs it (worker/fixes.py), when fixable
+    pending: bool = False  # fixable, but left alone by this run (too young, first seen too recently): `note` says
+    note: str | None = None  # why a fixable issue was not fixed (pending, not among the run's kinds, changed)
 
 
 class ValidationReport(JobReport):
@@ -211,6 +214,10 @@ class ValidationReport(JobReport):
     by_category: dict[str, int] = Field(default_factory=dict)
     by_table: dict[str, int] = Field(default_factory=dict)
     fixed: int = 0
+    fix_kinds: list[str] = Field(default_factory=list)  # the kinds this run could apply (with fix)
+    pending: int = 0
+    quarantine: str | None = None  # where what the fixes removed or overwrote is kept (worktask validate undo)
+    quarantined: int = 0  # rows and items kept there
 
 
 class PipelineStep(BaseModel):

@@ -1,0 +1,207 @@
+"""Safe fixes (issue 17): every `validate --fix` keeps what it removes or overwrites in a quarantine before it
+commits, never touches a row younger than FIX_MIN_AGE_MINUTES, re-checks destructive fixes, applies only the
+kinds it may, and `validate undo` puts everything back exactly (row hashes) or refuses, naming the rows."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import cli_json, run_cli, run_job
+from worker import commands, quarantine, rowhash
+from worker.backups import store_for
+from worker.connections import aws_client, pg_connect
+from worker.dynamo import to_item
+
+TABLES = ("work_tasks", "todo_items", "todo_dependencies", "deliverables", "quality_checks")
+OLD = "now() - interval '2 hours'"
+
+
+def hashes(settings: Any) -> dict[str, Any]:
+    """Every table's (rows, hash) and the DynamoDB table's: what `byte-identical` means here."""
+    out: dict[str, Any] = {}
+    with pg_connect(settings) as conn:
+        for table in TABLES:
+            cols = [r[0] for r in conn.execute("select attname::text from pg_attribute where attrelid = %s::regclass "
+                                               "and attnum > 0 and not attisdropped order by attnum", (table,))]
+            out[table] = rowhash.postgres_table(conn, table, cols)
+    out["dynamodb"] = rowhash.dynamo_table(aws_client(settings, "dynamodb"), settings.dynamo_table_name)
+    return out
+
+
+def issue_of(report: dict[str, Any], table: str, key: str) -> dict[str, Any]:
+    found = [i for i in report["issues"] if i["table"] == table and i["key"] == key]
+    assert len(found) == 1, (table, key, [(i["table"], i["key"]) for i in report["issues"]])
+    return found[0]
+
+
+@pytest.fixture()
+def planted(migrated: Any) -> Iterator[dict[str, Any]]:
+    """Test data and fixable defects: a duplicate todo that another todo depends on and a deliverable points at
+    (deleting it cascades and sets null), a task completed with open todos, an approved deliverable with a
+    failing check, and a DynamoDB analysis of a work task that does not exist. `age(old)` ages them."""
+    assert run_job(migrated, lambda: commands.testdata(migrated, "generate", 12, 7, True))["ok"]
+    with pg_connect(migrated, autocommit=True) as pg:
+        tasks = [r[0] for r in pg.execute("select id from work_tasks where is_test order by id")]
+        t_dup, t_done, t_appr = tasks[0], tasks[1], tasks[2]
+        dup = pg.execute("""insert into todo_items (work_task_id, title, position, is_test)
+                            select work_task_id, title, position, true from todo_items where work_task_id = %s
+                            order by id limit 1 returning id""", (t_dup,)).fetchone()[0]
+        other = pg.execute("select id from todo_items where work_task_id = %s and id <> %s order by id desc limit 1",
+                           (t_dup, dup)).fetchone()[0]
+        pg.execute("delete from todo_dependencies where todo_id = %s or depends_on_todo_id = %s", (other, other))
+        pg.execute("insert into todo_dependencies values (%s, %s)", (other, dup))
+        deliverable = pg.execute("select id from deliverables where work_task_id = %s order by id limit 1",
+                                 (t_dup,)).fetchone()
+        if deliverable is None:
+            deliverable = pg.execute("""insert into deliverables (work_task_id, artifact_type_id, name, is_test)
+                                        values (%s, (select min(id) from artifact_types), 'planted', true)
+                                        returning id""", (t_dup,)).fetchone()
+        pg.execute("update deliverables set todo_id = %s where id = %s", (dup, deliverable[0]))
+        pg.execute("update work_tasks set status = 'completed', completed_at = greatest(created_at, now()), "
+                   "updated_at = now() where id = %s", (t_done,))  # as the application does: updated_at moves
+        pg.execute("update todo_items set status = 'pending' where work_task_id = %s", (t_done,))
+        appr = pg.execute("select id from deliverables where work_task_id = %s order by id limit 1",
+                          (t_appr,)).fetchone()
+        if appr is None:
+            appr = pg.execute("""insert into deliverables (work_task_id, artifact_type_id, name, is_test)
+                                 values (%s, (select min(id) from artifact_types), 'approved', true)
+                                 returning id""", (t_appr,)).fetchone()
+        pg.execute("update deliverables set status = 'approved', updated_at = now() where id = %s", (appr[0],))
+        pg.execute("""insert into quality_checks (deliverable_id, standard_id, score, passed)
+                      values (%s, (select min(id) from quality_standards), 10, false)""", (appr[0],))
+        missing = pg.execute("select coalesce(max(id), 0) + 1000 from work_tasks").fetchone()[0]
+    dynamo = aws_client(migrated, "dynamodb")
+    item = {"PK": f"TASK#{missing}", "SK": "ANALYSIS", "type": "analysis", "work_task_id": missing,
+            "complexity": 3, "risk": "low", "summary": "an analysis without its task", "estimated_hours": 1.5,
+            "blob": b"\x00\xffbinary", "is_test": True}
+    dynamo.put_item(TableName=migrated.dynamo_table_name, Item=to_item(item))
+
+    def age() -> None:
+        with pg_connect(migrated, autocommit=True) as pg:
+            pg.execute(f"""update work_tasks set created_at = {OLD}, updated_at = {OLD},
+                           completed_at = case when completed_at is not null then {OLD} end where is_test""")
+            for table in ("todo_items", "deliverables"):
+                pg.execute(f"update {table} set created_at = {OLD}, updated_at = {OLD} where is_test")
+            pg.execute(f"update quality_checks set checked_at = {OLD}")
+
+    yield {"dup": dup, "other": other, "deliverable": deliverable[0], "done": t_done, "approved": appr[0],
+           "missing": missing, "item_key": f"TASK#{missing}|ANALYSIS", "age": age}
+    dynamo.delete_item(TableName=migrated.dynamo_table_name, Key=to_item({"PK": f"TASK#{missing}", "SK": "ANALYSIS"}))
+    with pg_connect(migrated, autocommit=True) as pg:
+        pg.execute("delete from work_tasks where id = %s", (missing,))
+    assert run_job(migrated, lambda: commands.testdata(migrated, "cleanup"))["ok"]
+
+
+def test_a_young_duplicate_todo_is_pending_and_left_alone(planted: dict[str, Any], migrated: Any) -> None:
+    before = hashes(migrated)
+    code, report = cli_json("validate", "--fix", timeout=300)  # FIX_MIN_AGE_MINUTES: the default, 60
+    dup = issue_of(report, "todo_items", str(planted["dup"]))
+    assert dup["fixable"] and dup["kind"] == "duplicate_todos"
+    assert dup["pending"] and not dup["fixed"] and "FIX_MIN_AGE_MINUTES" in dup["note"], dup
+    status = issue_of(report, "work_tasks", str(planted["done"]))  # changed by the test a moment ago: pending too
+    assert status["pending"] and not status["fixed"], str(status)
+    assert report["pending"] >= 2 and report["fixed"] == 0 and report["quarantine"] is None, report["issues"]
+    assert hashes(migrated) == before  # nothing changed
+    proc = run_cli("validate", "--fix", timeout=300)
+    assert "pending" in proc.stdout and "fix kinds applied:" in proc.stdout, proc.stdout
+
+
+def test_a_fix_keeps_what_it_removes_and_overwrites_before_it_commits(planted: dict[str, Any], migrated: Any) -> None:
+    planted["age"]()
+    code, report = cli_json("validate", "--fix", timeout=300, env={"FIX_MIN_AGE_MINUTES": "60"})
+    dup = issue_of(report, "todo_items", str(planted["dup"]))
+    assert dup["fixed"], dup
+    assert issue_of(report, "work_tasks", str(planted["done"]))["fixed"]
+    assert issue_of(report, "deliverables", str(planted["approved"]))["fixed"]
+    # the DynamoDB item has no timestamp: the first look only notes it (its work task may be committed later)
+    item = issue_of(report, migrated.dynamo_table_name, planted["item_key"])
+    assert item["pending"] and "first seen" in item["note"], item
+    assert report["quarantine"] and report["job_id"] in report["quarantine"] and report["quarantined"] >= 5
+
+    opts = quarantine.store_settings(migrated)
+    docs = quarantine.read(migrated, store_for(migrated, opts), opts, report["job_id"])
+    changes = [c for d in docs for c in d["changes"]]
+    by = {(c["table"], c["action"]): c for c in changes}
+    todo = by[("todo_items", "delete")]
+    assert [r["key"] for r in todo["rows"]] == [{"id": str(planted["dup"])}]
+    edge = by[("todo_dependencies", "delete")]  # cascaded from the duplicate
+    assert edge["rows"][0]["key"] == {"todo_id": str(planted["other"]), "depends_on_todo_id": str(planted["dup"])}
+    nulled = by[("deliverables", "update")]  # ON DELETE SET NULL: before and after kept
+    row = next(r for r in nulled["rows"] if r["key"] == {"id": str(planted["deliverable"])})
+    assert f",{planted['dup']}," in row["before"] and row["after"] != row["before"]
+    task = by[("work_tasks", "update")]
+    assert "completed" in task["rows"][0]["before"] and "in_progress" in task["rows"][0]["after"]
+    assert all(d["xid"] for d in docs if any(c["store"] == "postgres" for c in d["changes"]))
+    # encrypted and compressed like a backup chunk: the object's bytes do not show the rows
+    raw = Path(migrated.backup_folder, docs[0]["object"]).read_bytes()
+    assert b"todo_items" not in raw and docs[0]["object"].endswith(".json.zst.aes")
+
+
+def test_an_item_whose_work_task_is_committed_after_the_scan_is_not_deleted(planted: dict[str, Any],
+                                                                            migrated: Any) -> None:
+    env = {"FIX_MIN_AGE_MINUTES": "0.05"}  # 3 s between the first look and a fix
+    table, key = migrated.dynamo_table_name, planted["item_key"]
+    code, first = cli_json("validate", "--fix", timeout=300, env=env)
+    assert issue_of(first, table, key)["pending"]  # seen once: not deleted
+    # the application commits the work task a moment after the scan
+    with pg_connect(migrated, autocommit=True) as pg:
+        pg.execute("""insert into work_tasks (id, title, is_test) overriding system value values (%s, 'late', true)""",
+                   (planted["missing"],))
+    time.sleep(4)
+    code, second = cli_json("validate", "--fix", timeout=300, env=env)
+    assert not [i for i in second["issues"] if i["table"] == table and i["key"] == key]
+    got = aws_client(migrated, "dynamodb").get_item(TableName=table, Key=to_item({"PK": f"TASK#{planted['missing']}",
+                                                                                  "SK": "ANALYSIS"}))
+    assert "Item" in got  # still there
+
+
+def test_a_dangling_item_seen_twice_past_the_minimum_age_is_deleted_and_kept(planted: dict[str, Any],
+                                                                           migrated: Any) -> None:
+    env = {"FIX_MIN_AGE_MINUTES": "0.05"}
+    table, key = migrated.dynamo_table_name, planted["item_key"]
+    code, first = cli_json("validate", "--fix", timeout=300, env=env)
+    assert issue_of(first, table, key)["pending"]
+    time.sleep(4)
+    code, second = cli_json("validate", "--fix", timeout=300, env=env)
+    assert issue_of(second, table, key)["fixed"]
+    opts = quarantine.store_settings(migrated)
+    docs = quarantine.read(migrated, store_for(migrated, opts), opts, second["job_id"])
+    kept = [r for d in docs for c in d["changes"] if c["store"] == "dynamodb" for r in c["rows"]]
+    assert [r["before"]["PK"] for r in kept] == [{"S": f"TASK#{planted['missing']}"}]
+    assert kept[0]["before"]["blob"] == {"B": "AP9iaW5hcnk="}  # the whole item, binary included
+
+
+def test_scheduled_maintenance_applies_only_fix_kinds(planted: dict[str, Any], migrated: Any) -> None:
+    planted["age"]()
+    code, report = cli_json("maintenance", "--fix", timeout=300)  # FIX_KINDS: the default, non-destructive
+    step = {s["name"]: s for s in report["steps"]}["validate"]["report"]
+    assert step["fix_kinds"] == ["task_status", "deliverable_status"]
+    assert issue_of(step, "work_tasks", str(planted["done"]))["fixed"]
+    dup = issue_of(step, "todo_items", str(planted["dup"]))
+    assert not dup["fixed"] and "not applied" in dup["note"], dup
+    with pg_connect(migrated) as pg:
+        assert pg.execute("select count(*) from todo_items where id = %s", (planted["dup"],)).fetchone()[0] == 1
+
+
+def test_a_quarantine_that_cannot_be_written_means_no_fix(planted: dict[str, Any], migrated: Any) -> None:
+    planted["age"]()
+    before = hashes(migrated)
+    blocker = Path(migrated.backup_folder, quarantine.root(quarantine.store_settings(migrated)).rstrip("/"))
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    moved = blocker.with_name("quarantine.moved")
+    if blocker.exists():
+        blocker.rename(moved)
+    blocker.write_text("a file where the quarantine folder should be")
+    try:
+        code, report = cli_json("validate", "--fix", timeout=300, env={"FIX_MIN_AGE_MINUTES": "60"})
+    finally:
+        blocker.unlink()
+        if moved.exists():
+            moved.rename(blocker)
+    assert code == 1 and report["state"] == "failed" and "quarantine could not be written" in report["error"], report
+    assert hashes(migrated) == before
