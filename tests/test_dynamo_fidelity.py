@@ -283,7 +283,8 @@ def test_validate_fix_keeps_a_dangling_item_a_scan_window_may_have_caught_early(
         assert restore(migrated, second["backup_id"], [table], exact=False)["ok"]
         stale = 987_654_322  # dangling, but not from the restored backup: --fix deletes it as before
         dynamo.put_item(TableName=table, Item=analysis(stale))
-        report = run_job(migrated, lambda: commands.validate(migrated, True), 300)
+        now = migrated.model_copy(update={"fix_min_age_minutes": 0})  # the stale item was written just now
+        report = run_job(migrated, lambda: commands.validate(now, True), 300)
         by_key = {i["key"]: i for i in report["issues"] if i["table"] == table}
         kept = by_key[f"TASK#{x}|ANALYSIS"]
         assert kept["severity"] == "warning" and not kept["fixable"] and not kept["fixed"], kept

@@ -205,3 +205,13 @@ def test_a_quarantine_that_cannot_be_written_means_no_fix(planted: dict[str, Any
             moved.rename(blocker)
     assert code == 1 and report["state"] == "failed" and "quarantine could not be written" in report["error"], report
     assert hashes(migrated) == before
+
+
+@pytest.mark.parametrize("args, env", [(("--fix-kinds", "orphans,bogus"), {}), ((), {"FIX_KINDS": "deletes"}),
+                                       ((), {"FIX_MIN_AGE_MINUTES": "-1"})])
+def test_an_unknown_fix_kind_or_a_negative_age_is_refused_in_one_line(migrated: Any, args: tuple[str, ...],
+                                                                      env: dict[str, str]) -> None:
+    proc = run_cli("maintenance", "--fix", *args, env=env)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert any(word in lines[0] for word in ("bogus", "deletes", "FIX_MIN_AGE_MINUTES")), lines

@@ -501,13 +501,17 @@ def init(skip_migrations: bool | None, skip_seeding: bool | None, skip_validatio
 
 @click.command()
 @click.option("--fix/--no-fix", default=None, help="validate repairs the fixable issues (default: FIX_ISSUES).")
+@click.option("--fix-kinds", metavar="KIND,...", default=None,
+              help="The fix kinds --fix may apply (default: FIX_KINDS, the non-destructive task_status,"
+                   "deliverable_status; `all` for every kind).")
 @click.option("--retention-days", type=click.IntRange(1, RETENTION_DAYS_MAX), default=None,
               help=f"Days of backups to keep, 1-{RETENTION_DAYS_MAX} (default: RETENTION_DAYS).")
 @dry_run_option
 @output_options()
-def maintenance(fix: bool | None, retention_days: int | None, dry_run: bool | None, as_json: bool, no_wait: bool,
-                timeout: int | None) -> int:
-    """Maintain: backup_cleanup (retention) -> validate (--fix) -> optimize (VACUUM (ANALYZE) of the tables
+def maintenance(fix: bool | None, fix_kinds: str | None, retention_days: int | None, dry_run: bool | None,
+                as_json: bool, no_wait: bool, timeout: int | None) -> int:
+    """Maintain: backup_cleanup (retention) -> validate (--fix: the kinds of FIX_KINDS, each fix kept in a
+    quarantine that `worktask validate undo JOB_ID` puts back) -> optimize (VACUUM (ANALYZE) of the tables
     with many dead tuples or stale statistics, never VACUUM FULL; a table whose lock is not granted within
     2 s is skipped, not waited on) -> backup_validate (the newest complete backup, when it was never
     validated). Exit 1 if a step failed.
@@ -516,12 +520,15 @@ def maintenance(fix: bool | None, retention_days: int | None, dry_run: bool | No
     Examples:
       worktask maintenance
       FIX_ISSUES=true worktask maintenance --json
+      worktask maintenance --fix --fix-kinds task_status,orphans
     """
+    from worker.fixes import parse_kinds
+
     s = settings()
     days, do_fix = flag_or(retention_days, s.retention_days), flag_or(fix, s.fix_issues)
     dry = flag_or(dry_run, s.dry_run)
-    return run_job(lambda: commands.maintenance(s, days, do_fix, dry), "maintenance", as_json, no_wait, timeout,
-                   render_pipeline)
+    return run_job(lambda: commands.maintenance(s, days, do_fix, dry, parse_kinds(fix_kinds) if fix_kinds else None),
+                   "maintenance", as_json, no_wait, timeout, render_pipeline)
 
 
 def _step_detail(p: JobProgress) -> str | None:
