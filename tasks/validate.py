@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from worker import jobs, quarantine
 from worker.app import app
+from worker.backups import store_for
 from worker.connections import aws_client, pg_connect, redis_client
 from worker.constants import (
     DYNAMO_SCAN_RESTORE_KEY,
@@ -386,7 +387,11 @@ def validation_report(job_id: str, fix: bool, results: list[dict[str, Any]], opt
     error = (f"{len(open_errors)} error(s) remain" + ("" if fix else "; --fix repairs the fixable ones")
              if open_errors else None)
     quarantined = sum(r.get("quarantined", 0) for r in results)
-    where = quarantine.where(settings, options, job_id) if quarantined and settings and options else None
+    where = None
+    if fix and settings and options and "prefix" in options:  # listed: a unit redelivered after its commit
+        store = store_for(settings, options)  # returns nothing kept, its first delivery's object is there
+        if any(True for _ in store.list(quarantine.folder(options, job_id))):
+            where = quarantine.where(settings, options, job_id)
     return ValidationReport(job_id=job_id, state="succeeded", ok=not open_errors, fix=fix, records_checked=checked,
                             records_valid=max(checked - len(bad_records), 0), issues=issues,
                             by_severity=dict(Counter(i.severity for i in issues)),

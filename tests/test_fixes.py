@@ -133,7 +133,7 @@ def test_a_fix_keeps_what_it_removes_and_overwrites_before_it_commits(planted: d
     assert edge["rows"][0]["key"] == {"todo_id": str(planted["other"]), "depends_on_todo_id": str(planted["dup"])}
     nulled = by[("deliverables", "update")]  # ON DELETE SET NULL: before and after kept
     row = next(r for r in nulled["rows"] if r["key"] == {"id": str(planted["deliverable"])})
-    assert f",{planted['dup']}," in row["before"] and row["after"] != row["before"]
+    assert f",{planted['dup']}," in row["before"] and row["after"] and row["after"] != row["before"]
     task = by[("work_tasks", "update")]
     assert "completed" in task["rows"][0]["before"] and "in_progress" in task["rows"][0]["after"]
     assert all(d["xid"] for d in docs if any(c["store"] == "postgres" for c in d["changes"]))

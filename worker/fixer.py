@@ -190,8 +190,6 @@ class Fixer:
         for r in rows:
             self.young(table, r["age"])
         deletes, updates = self._cascade(conn, table, [ctid], {(table, ctid)})
-        for u in updates:  # keep the referencing rows' keys: their text after the delete is read by key
-            u["before"] = {r["ctid"]: r for r in u["rows"]}
         conn.execute(sql.SQL("delete from only {} t where t.ctid = %s::tid").format(sql.Identifier(table)), (ctid,))
         out = [self._change(kind, table, "delete", rows)]
         out += [self._change(kind, d["table"], "delete", d["rows"]) for d in deletes]
@@ -213,7 +211,7 @@ class Fixer:
     def _after(self, conn: psycopg.Connection, table: str, rows: list[dict[str, Any]]) -> list[str]:
         """Each row's text now (read by its key: an update moves a row's ctid)."""
         info = self.info(conn, table)
-        match = sql.SQL(" and ").join(sql.SQL("t.{}::text = %s").format(sql.Identifier(c)) for c in info["key"])
+        match = sql.SQL(" and ").join(sql.SQL("t.{} = %s").format(sql.Identifier(c)) for c in info["key"])
         out = []
         for r in rows:
             found = conn.execute(sql.SQL("select t::text from only {} t where {}").format(sql.Identifier(table), match),
