@@ -30,6 +30,7 @@ from worker.constants import (
     TASK_VALIDATE_DATA_START,
 )
 from worker.dynamo import from_item
+from worker.fix_dynamo import delete_items
 from worker.fixer import Fixer, Outcome, pin_session
 from worker.models import model_for
 from worker.reports import Issue, ValidationReport
@@ -109,13 +110,12 @@ def check_dynamo(settings: Settings, segment: int, segments: int, fx: Fixer | No
                                  f"{'.'.join(map(str, first['loc']))}: {first['msg']} (got {first.get('input')!r})"))
                 continue
             if item["PK"].startswith("TASK#"):
-                refs[int(item["PK"][5:])] = (key, raw)
+                refs.setdefault(int(item["PK"][5:]), []).append((key, raw))
     if refs:
         found = existing_tasks(settings, list(refs))
         note = scan_restore_note(settings)
         fixable = []
-        for task_id in sorted(set(refs) - found):
-            key, raw = refs[task_id]
+        for task_id, key, raw in [(t, k, r) for t in sorted(set(refs) - found) for k, r in refs[t]]:
             if note and (key in note["keys"] or (note["truncated"] and task_id > note["max_work_task_id"])):
                 out.append(issue("warning", "referential", table, key, f"references work task {task_id}, which does "
                                  f"not exist; restored from backup {note['backup_id']}, whose DynamoDB part is a scan "
@@ -126,8 +126,7 @@ def check_dynamo(settings: Settings, segment: int, segments: int, fx: Fixer | No
                              "exist", kind="dynamo_orphans"))
             fixable.append((task_id, key, raw))
         if fx and fixable:
-            outcomes = fx.delete_items(client, table, fixable,
-                                       lambda ids: set(ids) - existing_tasks(settings, ids))
+            outcomes = delete_items(fx, client, table, fixable, lambda ids: set(ids) - existing_tasks(settings, ids))
             for entry in out:
                 if entry["key"] in outcomes and entry["kind"] == "dynamo_orphans":
                     settle(entry, outcomes[entry["key"]])
@@ -180,7 +179,9 @@ def check_fk(conn: psycopg.Connection, fk: dict[str, Any], fx: Fixer | None) -> 
         entry = issue("error", "referential", fk["table"], k, f"orphan: {', '.join(fk['cols'])} points to no row of "
                       f"{fk['ref']} ({fk['name']})", kind="orphans")
         if fx:
-            settle(entry, fx.delete(conn, "orphans", fk["table"], str(ctid), still, finding_key=k))
+            key = (dict(zip(("todo_id", "depends_on_todo_id"), k.split("->"), strict=True))
+                   if fk["table"] == "todo_dependencies" else {"id": k})
+            settle(entry, fx.delete(conn, "orphans", fk["table"], str(ctid), key, still, label=k))
         out.append(entry)
     return n, out
 
@@ -232,18 +233,34 @@ def check_cycles(conn: psycopg.Connection, fx: Fixer | None) -> tuple[int, list[
         ctid = conn.execute("select ctid::text from todo_dependencies where todo_id = %s and depends_on_todo_id = %s",
                             newest).fetchone()
         if fx and ctid:
-            settle(entry, fx.delete(conn, "cycles", "todo_dependencies", ctid[0], CYCLE_STILL,
-                                    (newest[1], newest[0]), finding_key=key))
+            settle(entry, fx.delete(conn, "cycles", "todo_dependencies", ctid[0],
+                                    {"todo_id": str(newest[0]), "depends_on_todo_id": str(newest[1])}, CYCLE_STILL,
+                                    (newest[1], newest[0]), label=key))
         out.append(entry)
     return len(edges), out
 
 
 # consistency -------------------------------------------------------------------------------------------------
 
+# Each fix's re-check (the finding still holds for the locked row, alias t), its change, and the rows its
+# finding rests on (their newest timestamp ages it): worker/fixer.py
+SQL = psycopg.sql.SQL
+TASK_STILL = SQL("t.status = 'completed' and exists (select 1 from todo_items i where i.work_task_id = t.id "
+                 "and i.status <> 'done')")
+TASK_FIX = SQL("status = 'in_progress', completed_at = null, updated_at = now()")
+TASK_EVIDENCE = SQL("select max(greatest(i.created_at, i.updated_at)) from todo_items i where i.work_task_id = t.id "
+                    "and i.status <> 'done'")
+DELIVERABLE_STILL = SQL("t.status = 'approved' and exists (select 1 from quality_checks q where q.deliverable_id = "
+                        "t.id and not q.passed)")
+DELIVERABLE_FIX = SQL("status = 'submitted', updated_at = now()")
+DELIVERABLE_EVIDENCE = SQL("select max(q.checked_at) from quality_checks q where q.deliverable_id = t.id and "
+                           "not q.passed")
+DUPLICATE_STILL = SQL("exists (select 1 from todo_items k where k.id = %s and k.id < t.id and k.work_task_id = "
+                      "t.work_task_id and k.position is not distinct from t.position and k.title = t.title)")
+
 def check_tasks(conn: psycopg.Connection, lo: int, hi: int, fx: Fixer | None) -> tuple[int, list[dict[str, Any]]]:
     n = conn.execute("select count(*) from work_tasks where id >= %s and id < %s", (lo, hi)).fetchone()[0]
     out = []
-    sql = psycopg.sql
     for tid, open_count, ctid in conn.execute("""
             select t.id, count(*), t.ctid::text from work_tasks t join todo_items i on i.work_task_id = t.id
             where t.id >= %s and t.id < %s and t.status = 'completed' and i.status <> 'done'
@@ -251,12 +268,8 @@ def check_tasks(conn: psycopg.Connection, lo: int, hi: int, fx: Fixer | None) ->
         entry = issue("error", "consistency", "work_tasks", tid, f"completed while {open_count} todo(s) are open",
                       kind="task_status")
         if fx:
-            settle(entry, fx.update(conn, "task_status", "work_tasks", ctid, sql.SQL(
-                "t.status = 'completed' and exists (select 1 from todo_items i where i.work_task_id = t.id "
-                "and i.status <> 'done')"), sql.SQL("status = 'in_progress', completed_at = null, updated_at = now()"),
-                finding_key=str(tid), evidence=sql.SQL(
-                    "select max(greatest(i.created_at, i.updated_at)) from todo_items i where i.work_task_id = t.id "
-                    "and i.status <> 'done'")))
+            settle(entry, fx.update(conn, "task_status", "work_tasks", ctid, {"id": str(tid)}, TASK_STILL,
+                                    TASK_FIX, label=str(tid), evidence=TASK_EVIDENCE))
         out.append(entry)
     for tid, in conn.execute("""select id from work_tasks where id >= %s and id < %s and
                                 ((status = 'completed') <> (completed_at is not null) or updated_at < created_at)""",
@@ -270,11 +283,8 @@ def check_tasks(conn: psycopg.Connection, lo: int, hi: int, fx: Fixer | None) ->
         entry = issue("error", "consistency", "deliverables", did, f"approved with {failing} failing quality check(s)",
                       kind="deliverable_status")
         if fx:
-            settle(entry, fx.update(conn, "deliverable_status", "deliverables", ctid, sql.SQL(
-                "t.status = 'approved' and exists (select 1 from quality_checks q where q.deliverable_id = t.id "
-                "and not q.passed)"), sql.SQL("status = 'submitted', updated_at = now()"), finding_key=str(did),
-                evidence=sql.SQL("select max(q.checked_at) from quality_checks q where q.deliverable_id = t.id "
-                                 "and not q.passed")))
+            settle(entry, fx.update(conn, "deliverable_status", "deliverables", ctid, {"id": str(did)},
+                                    DELIVERABLE_STILL, DELIVERABLE_FIX, label=str(did), evidence=DELIVERABLE_EVIDENCE))
         out.append(entry)
     for keep, dup, title in conn.execute("""
             select min(id), unnest((array_agg(id order by id))[2:]), min(title) from todo_items
@@ -285,10 +295,8 @@ def check_tasks(conn: psycopg.Connection, lo: int, hi: int, fx: Fixer | None) ->
                       kind="duplicate_todos")
         ctid = conn.execute("select ctid::text from todo_items where id = %s", (dup,)).fetchone()
         if fx and ctid:
-            settle(entry, fx.delete(conn, "duplicate_todos", "todo_items", ctid[0], sql.SQL(
-                "exists (select 1 from todo_items k where k.id = %s and k.id < t.id and k.work_task_id = "
-                "t.work_task_id and k.position is not distinct from t.position and k.title = t.title)"), (keep,),
-                finding_key=str(dup)))
+            settle(entry, fx.delete(conn, "duplicate_todos", "todo_items", ctid[0], {"id": str(dup)},
+                                    DUPLICATE_STILL, (keep,), label=str(dup)))
         out.append(entry)
     for did, key in conn.execute("""select id, file_key from deliverables
                                     where work_task_id >= %s and work_task_id < %s and file_key is not null
@@ -375,7 +383,7 @@ def run_unit(settings: Settings, unit: dict[str, Any], fx: Fixer | None) -> dict
 
 
 def kept(fx: Fixer | None) -> dict[str, int]:
-    return {"quarantined": sum(len(c["rows"]) for c in fx.changes) if fx else 0}
+    return {"quarantined": fx.kept if fx else 0}
 
 
 def validation_report(job_id: str, fix: bool, results: list[dict[str, Any]], options: dict[str, Any] | None = None,

@@ -4,6 +4,7 @@ kinds it may, and `validate undo` puts everything back exactly (row hashes) or r
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,10 +13,14 @@ from typing import Any
 import pytest
 
 from conftest import cli_json, run_cli, run_job
+from tasks.validate import TASK_EVIDENCE, TASK_FIX, TASK_STILL, existing_tasks
 from worker import commands, quarantine, rowhash
 from worker.backups import store_for
-from worker.connections import aws_client, pg_connect
+from worker.connections import aws_client, pg_connect, redis_client
 from worker.dynamo import to_item
+from worker.fix_dynamo import delete_items
+from worker.fix_gate import SEEN_KEY
+from worker.fixer import Fixer
 
 TABLES = ("work_tasks", "todo_items", "todo_dependencies", "deliverables", "quality_checks")
 OLD = "now() - interval '2 hours'"
@@ -37,6 +42,26 @@ def issue_of(report: dict[str, Any], table: str, key: str) -> dict[str, Any]:
     found = [i for i in report["issues"] if i["table"] == table and i["key"] == key]
     assert len(found) == 1, (table, key, [(i["table"], i["key"]) for i in report["issues"]])
     return found[0]
+
+
+def fixer(settings: Any, kinds: list[str], min_age: float = 0) -> Fixer:
+    """A fixing unit as a validation check task makes one (in this process: to step between its moves)."""
+    options = {**quarantine.store_settings(settings), "fix_kinds": kinds, "fix_min_age_minutes": min_age}
+    return Fixer(settings, redis_client(settings), f"20261125T000000Z-validate-{time.time_ns() % 10**9}", options,
+                 "test")
+
+
+def kept_docs(settings: Any, job_id: str) -> list[dict[str, Any]]:
+    opts = quarantine.store_settings(settings)
+    return quarantine.read(settings, store_for(settings, opts), opts, job_id)
+
+
+@pytest.fixture(autouse=True)
+def no_first_looks(settings: Any) -> None:
+    """Each test starts with no finding seen before (the second look's records are per finding, in Redis)."""
+    r = redis_client(settings)
+    for key in r.scan_iter(SEEN_KEY.format(digest="*")):
+        r.delete(key)
 
 
 @pytest.fixture()
@@ -112,19 +137,15 @@ def test_a_young_duplicate_todo_is_pending_and_left_alone(planted: dict[str, Any
 
 
 def test_a_fix_keeps_what_it_removes_and_overwrites_before_it_commits(planted: dict[str, Any], migrated: Any) -> None:
-    planted["age"]()
-    code, report = cli_json("validate", "--fix", timeout=300, env={"FIX_MIN_AGE_MINUTES": "60"})
+    code, report = cli_json("validate", "--fix", timeout=300, env={"FIX_MIN_AGE_MINUTES": "0"})
     dup = issue_of(report, "todo_items", str(planted["dup"]))
     assert dup["fixed"], dup
     assert issue_of(report, "work_tasks", str(planted["done"]))["fixed"]
     assert issue_of(report, "deliverables", str(planted["approved"]))["fixed"]
-    # the DynamoDB item has no timestamp: the first look only notes it (its work task may be committed later)
-    item = issue_of(report, migrated.dynamo_table_name, planted["item_key"])
-    assert item["pending"] and "first seen" in item["note"], item
-    assert report["quarantine"] and report["job_id"] in report["quarantine"] and report["quarantined"] >= 5
+    assert issue_of(report, migrated.dynamo_table_name, planted["item_key"])["fixed"]
+    assert report["quarantine"] and report["job_id"] in report["quarantine"] and report["quarantined"] >= 6
 
-    opts = quarantine.store_settings(migrated)
-    docs = quarantine.read(migrated, store_for(migrated, opts), opts, report["job_id"])
+    docs = kept_docs(migrated, report["job_id"])
     changes = [c for d in docs for c in d["changes"]]
     by = {(c["table"], c["action"]): c for c in changes}
     todo = by[("todo_items", "delete")]
@@ -134,16 +155,24 @@ def test_a_fix_keeps_what_it_removes_and_overwrites_before_it_commits(planted: d
     nulled = by[("deliverables", "update")]  # ON DELETE SET NULL: before and after kept
     row = next(r for r in nulled["rows"] if r["key"] == {"id": str(planted["deliverable"])})
     assert f",{planted['dup']}," in row["before"] and row["after"] and row["after"] != row["before"]
+    with pg_connect(migrated) as pg:  # the kept text is the row: PostgreSQL reads it back as one
+        assert pg.execute("select (%s::deliverables).todo_id, (%s::deliverables).todo_id",
+                          (row["before"], row["after"])).fetchone() == (planted["dup"], None)
     task = by[("work_tasks", "update")]
     assert "completed" in task["rows"][0]["before"] and "in_progress" in task["rows"][0]["after"]
     assert all(d["xid"] for d in docs if any(c["store"] == "postgres" for c in d["changes"]))
-    # encrypted and compressed like a backup chunk: the object's bytes do not show the rows
-    raw = Path(migrated.backup_folder, docs[0]["object"]).read_bytes()
-    assert b"todo_items" not in raw and docs[0]["object"].endswith(".json.zst.aes")
+    item = by[(migrated.dynamo_table_name, "delete")]["rows"][0]["before"]
+    assert item["PK"] == {"S": planted["item_key"].split("|")[0]} and item["blob"] == {"B": "AP9iaW5hcnk="}
+    assert "Item" not in aws_client(migrated, "dynamodb").get_item(
+        TableName=migrated.dynamo_table_name, Key=to_item({"PK": f"TASK#{planted['missing']}", "SK": "ANALYSIS"}))
+    # encrypted like a backup chunk (the header names how its key is wrapped), compressed
+    for doc in docs:
+        header = json.loads(Path(migrated.backup_folder, doc["object"]).read_bytes().split(b"\n", 1)[0])
+        assert header["encryption"]["wrapping"] in ("key", "kms") and header["compressed"], header
 
 
-def test_an_item_whose_work_task_is_committed_after_the_scan_is_not_deleted(planted: dict[str, Any],
-                                                                            migrated: Any) -> None:
+def test_an_item_whose_work_task_is_committed_after_the_first_look_is_not_deleted(planted: dict[str, Any],
+                                                                                  migrated: Any) -> None:
     env = {"FIX_MIN_AGE_MINUTES": "0.05"}  # 3 s between the first look and a fix
     table, key = migrated.dynamo_table_name, planted["item_key"]
     code, first = cli_json("validate", "--fix", timeout=300, env=env)
@@ -160,6 +189,50 @@ def test_an_item_whose_work_task_is_committed_after_the_scan_is_not_deleted(plan
     assert "Item" in got  # still there
 
 
+def test_an_item_whose_work_task_is_committed_just_before_the_delete_is_not_deleted(planted: dict[str, Any],
+                                                                                    migrated: Any) -> None:
+    """The last moment: the scan and the first re-check found no work task; the application commits it right
+    then; the re-check right before the delete sees it. Nothing is deleted and nothing is left in the quarantine."""
+    table, key = migrated.dynamo_table_name, planted["item_key"]
+    raw = to_item({"PK": f"TASK#{planted['missing']}", "SK": "ANALYSIS"})
+    calls = []
+
+    def still_missing(ids: list[int]) -> set[int]:
+        calls.append(list(ids))
+        if len(calls) == 2:  # between the quarantine and the delete, the application commits the work task
+            with pg_connect(migrated, autocommit=True) as pg:
+                pg.execute("insert into work_tasks (id, title, is_test) overriding system value "
+                           "values (%s, 'late', true)", (planted["missing"],))
+        return set(ids) - existing_tasks(migrated, ids)
+
+    fx = fixer(migrated, ["dynamo_orphans"])
+    out = delete_items(fx, aws_client(migrated, "dynamodb"), table, [(planted["missing"], key, raw)], still_missing)
+    assert len(calls) == 2 and out[key].state == "skipped" and "exists now" in out[key].note, out
+    assert "Item" in aws_client(migrated, "dynamodb").get_item(TableName=table, Key=raw)
+    opts = quarantine.store_settings(migrated)
+    assert list(store_for(migrated, opts).list(quarantine.folder(opts, fx.job_id))) == []  # it says what was deleted
+
+
+def test_a_status_set_right_by_the_application_after_the_check_is_not_touched(planted: dict[str, Any],
+                                                                              migrated: Any) -> None:
+    """The re-check inside the fixing transaction: the check saw the task completed with open todos; the
+    application reopens it before the fix locks it; the fix finds its finding gone and changes nothing."""
+    planted["age"]()
+    with pg_connect(migrated) as conn:
+        ctid = conn.execute("select ctid::text from work_tasks where id = %s", (planted["done"],)).fetchone()[0]
+        with pg_connect(migrated, autocommit=True) as app:
+            app.execute("update work_tasks set status = 'in_progress', completed_at = null where id = %s",
+                        (planted["done"],))
+            before = app.execute("select t::text from work_tasks t where id = %s", (planted["done"],)).fetchone()[0]
+        fx = fixer(migrated, ["task_status"])
+        out = fx.update(conn, "task_status", "work_tasks", ctid, {"id": str(planted["done"])}, TASK_STILL, TASK_FIX,
+                        evidence=TASK_EVIDENCE)
+        fx.commit(conn)
+    assert out.state == "skipped" and "changed meanwhile" in out.note, out
+    with pg_connect(migrated) as pg:
+        assert pg.execute("select t::text from work_tasks t where id = %s", (planted["done"],)).fetchone()[0] == before
+
+
 def test_a_dangling_item_seen_twice_past_the_minimum_age_is_deleted_and_kept(planted: dict[str, Any],
                                                                            migrated: Any) -> None:
     env = {"FIX_MIN_AGE_MINUTES": "0.05"}
@@ -169,8 +242,9 @@ def test_a_dangling_item_seen_twice_past_the_minimum_age_is_deleted_and_kept(pla
     time.sleep(4)
     code, second = cli_json("validate", "--fix", timeout=300, env=env)
     assert issue_of(second, table, key)["fixed"]
-    opts = quarantine.store_settings(migrated)
-    docs = quarantine.read(migrated, store_for(migrated, opts), opts, second["job_id"])
+    assert "Item" not in aws_client(migrated, "dynamodb").get_item(
+        TableName=table, Key=to_item({"PK": f"TASK#{planted['missing']}", "SK": "ANALYSIS"}))
+    docs = kept_docs(migrated, second["job_id"])
     kept = [r for d in docs for c in d["changes"] if c["store"] == "dynamodb" for r in c["rows"]]
     assert [r["before"]["PK"] for r in kept] == [{"S": f"TASK#{planted['missing']}"}]
     assert kept[0]["before"]["blob"] == {"B": "AP9iaW5hcnk="}  # the whole item, binary included
@@ -215,3 +289,52 @@ def test_an_unknown_fix_kind_or_a_negative_age_is_refused_in_one_line(migrated: 
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert any(word in lines[0] for word in ("bogus", "deletes", "FIX_MIN_AGE_MINUTES")), lines
+
+
+def test_a_delete_whose_cascade_has_rows_without_timestamps_waits_for_a_second_look(planted: dict[str, Any],
+                                                                                    migrated: Any) -> None:
+    """The duplicate todo is old, but deleting it deletes a dependency edge (no timestamp): the first run only
+    looks; a new edge in its cascade starts the wait again; a run after the wait, nothing changed, fixes it."""
+    planted["age"]()
+    env = {"FIX_MIN_AGE_MINUTES": "0.05"}
+    dup = str(planted["dup"])
+    code, first = cli_json("validate", "--fix", timeout=300, env=env)
+    assert issue_of(first, "todo_items", dup)["pending"] and "first seen" in issue_of(first, "todo_items", dup)["note"]
+    with pg_connect(migrated, autocommit=True) as pg:  # the application adds an edge to the duplicate meanwhile
+        third = pg.execute("select id from todo_items where work_task_id = (select work_task_id from todo_items "
+                           "where id = %s) and id not in (%s, %s) order by id limit 1",
+                           (planted["dup"], planted["dup"], planted["other"])).fetchone()[0]
+        pg.execute("delete from todo_dependencies where todo_id = %s", (third,))
+        pg.execute("insert into todo_dependencies values (%s, %s)", (third, planted["dup"]))
+    time.sleep(4)
+    code, second = cli_json("validate", "--fix", timeout=300, env=env)
+    note = issue_of(second, "todo_items", dup)["note"] or ""
+    assert issue_of(second, "todo_items", dup)["pending"] and "first seen" in note, note  # its cascade changed
+    time.sleep(4)
+    code, third_run = cli_json("validate", "--fix", timeout=300, env=env)
+    assert issue_of(third_run, "todo_items", dup)["fixed"]
+    edges = [c for d in kept_docs(migrated, third_run["job_id"]) for c in d["changes"]
+             if c["table"] == "todo_dependencies"]
+    assert {r["key"]["todo_id"] for c in edges for r in c["rows"]} == {str(planted["other"]), str(third)}
+
+
+def test_orphans_and_cycles_are_fixed_and_kept(planted: dict[str, Any], migrated: Any) -> None:
+    with pg_connect(migrated, autocommit=True) as pg:
+        pg.execute("alter table todo_items disable trigger all")
+        orphan = pg.execute("insert into todo_items (work_task_id, title, is_test, created_at, updated_at) values "
+                            f"(987654321, 'orphan', true, {OLD}, {OLD}) returning id").fetchone()[0]
+        pg.execute("alter table todo_items enable trigger all")
+        a, b = planted["other"], planted["dup"]
+        pg.execute("insert into todo_dependencies values (%s, %s)", (b, a))  # a -> b exists: a cycle
+    try:
+        code, report = cli_json("validate", "--fix", timeout=300, env={"FIX_MIN_AGE_MINUTES": "0"})
+        assert issue_of(report, "todo_items", str(orphan))["fixed"]
+        cycle = [i for i in report["issues"] if i["table"] == "todo_dependencies" and "cycle" in i["message"]]
+        assert len(cycle) == 1 and cycle[0]["fixed"] and cycle[0]["kind"] == "cycles", cycle
+        kept = {(c["kind"], c["table"]) for d in kept_docs(migrated, report["job_id"]) for c in d["changes"]}
+        assert {("orphans", "todo_items"), ("cycles", "todo_dependencies")} <= kept
+        with pg_connect(migrated) as pg:
+            assert pg.execute("select count(*) from todo_items where id = %s", (orphan,)).fetchone()[0] == 0
+    finally:
+        with pg_connect(migrated, autocommit=True) as pg:
+            pg.execute("delete from todo_items where id = %s", (orphan,))
