@@ -1,0 +1,382 @@
+"""`worktask validate undo JOB_ID`: put back what a validation job's fixes deleted or overwrote, from its
+quarantine (worker/quarantine.py), refusing where the live data has moved on since.
+
+It runs in the CLI process (small; its refusals name rows and exit 2), not as a job on the workers:
+
+1. read the job's quarantine; a document whose fixing transaction rolled back (pg_xact_status `aborted`)
+   is skipped, one still running (`in progress`) refuses the whole undo;
+2. walk the documents newest first (undo reverses history: a row changed by two fixes goes back through
+   both) and, in each, its changes in their order (parents before the rows that reference them); each row
+   is compared with the live one (`t::text` under rowhash.SESSION_SETTINGS, looked up by its key columns
+   taken from the stored row): `restore`, `already there` (the live row is the one before the fix, or the
+   one before the job's first fix of that row), or a conflict (the key reused, the row moved on);
+3. PostgreSQL: every change in ONE transaction, each row re-read `for update` just before it is written;
+   any conflict rolls everything back (exit 2). DynamoDB afterwards: a conditional put per item
+   (attribute_not_exists(PK)); one that fails is a conflict after the PostgreSQL commit (exit 1, the report
+   says what was put back and what was not).
+
+While it writes it holds the live database's restore lock (worker/jobs.py, restore_target.LIVE_LOCK) under
+a job record of its own (kind `validate_undo`), so that no restore (and no backup) starts meanwhile, and it
+refuses while one holds it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker import jobs, quarantine
+from worker.backups import store_for
+from worker.errors import BadInput
+from worker.reports import UndoConflict, UndoReport, UndoSkipped, UndoTable, utcnow
+from worker.rowhash import SESSION_SETTINGS, dynamo_item_hash
+from worker.settings import Settings
+
+ABSENT = None  # the state of a row or item that does not exist
+
+# why a row cannot be put back, by the kind of mismatch
+KEY_REUSED = "key reused"
+MOVED_ON = "moved on since the fix"
+GONE = "gone since the fix"
+
+
+def key_text(row: dict[str, Any]) -> str:
+    """A row's key as a report names it: `id=123`, `PK=TASK#1 SK=ANALYSIS`."""
+    parts = []
+    for col, value in row["key"].items():
+        if isinstance(value, dict) and len(value) == 1:  # DynamoDB: {"S": ...}
+            value = next(iter(value.values()))
+        parts.append(f"{col}={value}")
+    return " ".join(parts)
+
+
+class _Postgres:
+    """Reads and writes rows of the live database inside one transaction, row text as the quarantine has it."""
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+        self._columns: dict[str, tuple[list[str], set[str]]] = {}
+
+    def pin(self) -> None:
+        for name, value in SESSION_SETTINGS.items():
+            self.conn.execute("select set_config(%s, %s, false)", (name, value))
+
+    def columns(self, table: str) -> tuple[list[str], set[str]]:
+        """(columns an insert writes: every column but the generated ones, identity always columns)."""
+        if table not in self._columns:
+            rows = self.conn.execute(
+                """select attname, attidentity from pg_attribute
+                   where attrelid = to_regclass(%s) and attnum > 0 and not attisdropped and attgenerated = ''
+                   order by attnum""", (table,)).fetchall()
+            if not rows:
+                raise BadInput(f"the quarantine names table {table}, which does not exist here")
+            self._columns[table] = ([r[0] for r in rows], {r[0] for r in rows if r[1] == "a"})
+        return self._columns[table]
+
+    def live(self, table: str, key_columns: list[str], row_text: str, lock: bool) -> list[str]:
+        """The live rows (t::text) with the stored row's key."""
+        from psycopg import sql
+
+        query = sql.SQL("select t::text from only {tbl} t where ({cols}) = ({vals})").format(
+            tbl=sql.Identifier(table), cols=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c))
+                                                              for c in key_columns),
+            vals=sql.SQL(", ").join(sql.SQL("(%(row)s::{}).{}").format(sql.Identifier(table), sql.Identifier(c))
+                                    for c in key_columns))
+        if lock:
+            query += sql.SQL(" for update")
+        return [r[0] for r in self.conn.execute(query, {"row": row_text}).fetchall()]
+
+    def insert(self, table: str, row_text: str, allow_orphan: bool) -> None:
+        from psycopg import sql
+
+        cols, _ = self.columns(table)
+        query = sql.SQL("insert into {tbl} ({cols}) overriding system value select {vals} "
+                        "from (select %s::{tbl} as r) s").format(
+            tbl=sql.Identifier(table), cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
+            vals=sql.SQL(", ").join(sql.SQL("(s.r).{}").format(sql.Identifier(c)) for c in cols))
+        if allow_orphan:  # the orphans fix deleted rows whose parent is gone: they go back as they were
+            self.conn.execute("select set_config('session_replication_role', 'replica', true)")
+        try:
+            self.conn.execute(query, (row_text,))
+        finally:
+            if allow_orphan:
+                self.conn.execute("select set_config('session_replication_role', 'origin', true)")
+
+    def update(self, table: str, key_columns: list[str], before: str, after: str) -> int:
+        """Set the row with the key back to `before` (every column but the key, generated and identity always)."""
+        from psycopg import sql
+
+        cols, always = self.columns(table)
+        cols = [c for c in cols if c not in key_columns and c not in always]
+        query = sql.SQL("update only {tbl} t set {sets} where ({keys}) = ({vals}) and t::text = %(after)s").format(
+            tbl=sql.Identifier(table),
+            sets=sql.SQL(", ").join(sql.SQL("{} = (%(before)s::{}).{}").format(
+                sql.Identifier(c), sql.Identifier(table), sql.Identifier(c)) for c in cols),
+            keys=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in key_columns),
+            vals=sql.SQL(", ").join(sql.SQL("(%(before)s::{}).{}").format(sql.Identifier(table), sql.Identifier(c))
+                                    for c in key_columns))
+        return self.conn.execute(query, {"before": before, "after": after}).rowcount
+
+
+def xact_statuses(conn: Any, docs: list[dict[str, Any]]) -> dict[str, str | None]:
+    """Each fixing transaction's fate: committed, aborted, in progress, or None (too old to know)."""
+    import psycopg
+
+    statuses: dict[str, str | None] = {}
+    for xid in {d["xid"] for d in docs if d.get("xid")}:
+        try:
+            with conn.transaction():
+                statuses[xid] = conn.execute("select pg_xact_status(%s::xid8)", (str(xid),)).fetchone()[0]
+        except psycopg.Error as err:
+            raise BadInput(f"the quarantine's transaction id {xid!r} is not one of this server "
+                           f"({str(err).strip().splitlines()[0]})") from None
+    return statuses
+
+
+class _Plan:
+    """What undo does row by row, and the tally per table."""
+
+    def __init__(self, report: UndoReport):
+        self.report = report
+        self.tables: dict[tuple[str, str], UndoTable] = {}
+
+    def table(self, store: str, name: str) -> UndoTable:
+        if (store, name) not in self.tables:
+            self.tables[(store, name)] = UndoTable(store=store, table=name)
+            self.report.tables.append(self.tables[(store, name)])
+        return self.tables[(store, name)]
+
+    def conflict(self, store: str, table: str, row: dict[str, Any], why: str) -> None:
+        self.table(store, table).conflicts += 1
+        self.report.conflicts.append(UndoConflict(store=store, table=table, key=key_text(row), why=why))
+
+
+def _originals(docs: list[dict[str, Any]]) -> dict[tuple[str, str, str], Any]:
+    """Per row (store, table, key): its state before the job's first change of it (the oldest document's)."""
+    first: dict[tuple[str, str, str], Any] = {}
+    for doc in docs:  # oldest first
+        for change in doc["changes"]:
+            for row in change["rows"]:
+                first.setdefault((change["store"], change["table"], key_text(row)), row["before"])
+    return first
+
+
+def _classify(live: Any, before: Any, after: Any, original: Any, same: Any) -> str:
+    """restore / already / the conflict's reason, from the live state and the change's."""
+    if same(live, after):
+        return "restore"
+    if same(live, before) or same(live, original):
+        return "already"
+    if after is ABSENT:
+        return KEY_REUSED
+    return GONE if live is ABSENT else MOVED_ON
+
+
+def _same_row(a: Any, b: Any) -> bool:
+    return a == b
+
+
+def _same_item(a: Any, b: Any) -> bool:
+    if a is ABSENT or b is ABSENT:
+        return a is b
+    return dynamo_item_hash(a) == dynamo_item_hash(b)
+
+
+def plan_postgres(pg: _Postgres, plan: _Plan, docs: list[dict[str, Any]], apply: bool) -> None:
+    """Walk the PostgreSQL rows newest document first; with apply, write each row back as it goes (inside the
+    caller's transaction) until the first conflict, then only classify the rest (the caller rolls back)."""
+    import psycopg
+
+    originals = _originals(docs)
+    simulated: dict[tuple[str, str], Any] = {}  # a dry run's rows as they would be after the earlier steps
+    for doc in reversed(docs):
+        for change in doc["changes"]:
+            if change["store"] != "postgres":
+                continue
+            table, keys, action = change["table"], change["key_columns"], change["action"]
+            tally = plan.table("postgres", table)
+            for row in change["rows"]:
+                name = key_text(row)
+                after = row.get("after") if action == "update" else ABSENT
+                if (table, name) in simulated:
+                    live = simulated[(table, name)]
+                else:
+                    rows = pg.live(table, keys, row["before"], lock=apply)
+                    if len(rows) > 1:
+                        plan.conflict("postgres", table, row, f"{len(rows)} live rows have that key")
+                        continue
+                    live = rows[0] if rows else ABSENT
+                outcome = _classify(live, row["before"], after, originals[("postgres", table, name)], _same_row)
+                if outcome == "already":
+                    tally.already += 1
+                    continue
+                if outcome != "restore":
+                    plan.conflict("postgres", table, row, outcome)
+                    continue
+                if apply and not plan.report.conflicts:
+                    try:
+                        with pg.conn.transaction():  # a savepoint: the conflict is reported, the rest classified
+                            if action == "delete":
+                                pg.insert(table, row["before"], allow_orphan=change.get("kind") == "orphans")
+                            elif pg.update(table, keys, row["before"], row["after"]) != 1:
+                                raise _Moved
+                    except psycopg.errors.UniqueViolation:
+                        plan.conflict("postgres", table, row, KEY_REUSED)
+                        continue
+                    except psycopg.errors.ForeignKeyViolation:
+                        plan.conflict("postgres", table, row, "a row it references is gone")
+                        continue
+                    except psycopg.errors.InsufficientPrivilege:
+                        plan.conflict("postgres", table, row, "its parent row is gone: putting an orphan back "
+                                      "needs session_replication_role (a superuser or SET privilege)")
+                        continue
+                    except _Moved:
+                        plan.conflict("postgres", table, row, MOVED_ON)
+                        continue
+                simulated[(table, name)] = row["before"]
+                tally.restored += 1
+
+
+class _Moved(Exception):
+    """The row changed between its read and its update (it cannot, under `for update`; a guard)."""
+
+
+def dynamo_steps(client: Any, plan: _Plan, docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """Classify the DynamoDB items newest document first; the (table, row) pairs to put back."""
+    from worker.dynamo import from_export, to_export
+
+    originals = _originals(docs)
+    simulated: dict[tuple[str, str], Any] = {}
+    steps = []
+    for doc in reversed(docs):
+        for change in doc["changes"]:
+            if change["store"] != "dynamodb":
+                continue
+            table = change["table"]
+            tally = plan.table("dynamodb", table)
+            for row in change["rows"]:
+                name = key_text(row)
+                if (table, name) in simulated:
+                    live = simulated[(table, name)]
+                else:
+                    item = client.get_item(TableName=table, Key=from_export(row["key"]), ConsistentRead=True)
+                    live = to_export(item["Item"]) if "Item" in item else ABSENT
+                outcome = _classify(live, row["before"], ABSENT, originals[("dynamodb", table, name)], _same_item)
+                if outcome == "already":
+                    tally.already += 1
+                elif outcome == "restore":
+                    simulated[(table, name)] = row["before"]
+                    steps.append((table, row))
+                else:
+                    plan.conflict("dynamodb", table, row, outcome)
+    return steps
+
+
+def put_items(client: Any, plan: _Plan, steps: list[tuple[str, dict[str, Any]]]) -> None:
+    from botocore.exceptions import ClientError
+
+    from worker.dynamo import from_export
+
+    for table, row in steps:
+        try:
+            client.put_item(TableName=table, Item=from_export(row["before"]),
+                            ConditionExpression="attribute_not_exists(PK)")
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            plan.conflict("dynamodb", table, row, "an item with that key was written meanwhile: not put back")
+            continue
+        plan.table("dynamodb", table).restored += 1
+
+
+def refusal(report: UndoReport) -> str:
+    """The one line of a refused undo."""
+    named = ", ".join(f"{c.table} {c.key} ({c.why})" for c in report.conflicts[:3])
+    more = ", ..." if len(report.conflicts) > 3 else ""
+    return (f"undo refused: {len(report.conflicts)} row(s) changed since the fix, e.g. {named}{more}: "
+            "nothing was put back")
+
+
+def _lock(settings: Settings, job_id: str) -> tuple[Any, str]:
+    """Hold the live database's restore lock under a job record of undo's own; BadInput while a restore runs."""
+    from worker.connections import check_redis
+    from worker.restore_target import LIVE_LOCK
+
+    r = check_redis(settings)
+    undo_id = jobs.create(r, "validate_undo", {"job_id": job_id}, job_id=jobs.new_job_id("undo"), state="running",
+                          started_at=utcnow().isoformat())
+    holder = jobs.lock(r, LIVE_LOCK, undo_id)
+    if holder:
+        jobs.fail(r, undo_id, f"a restore of the live database is running (job {holder})")
+        raise BadInput(f"a restore of the live database is running (job {holder}): nothing was put back; undo "
+                       f"after it (worktask jobs show {holder})")
+    return r, undo_id
+
+
+def _postgres_and_plan(settings: Settings, conn: Any, plan: _Plan, docs: list[dict[str, Any]], dry_run: bool,
+                       ) -> list[tuple[str, dict[str, Any]]]:
+    """Classify every row (and, unless a dry run, write the PostgreSQL ones back) in one transaction, kept only
+    when nothing conflicts; the DynamoDB items to put back."""
+    import psycopg
+
+    from worker.connections import shared_aws_client
+
+    pg = _Postgres(conn)
+    pg.pin()
+    conn.commit()
+    with conn.transaction():
+        plan_postgres(pg, plan, docs, apply=not dry_run)
+        steps = dynamo_steps(shared_aws_client(settings, "dynamodb"), plan, docs)
+        if plan.report.conflicts or dry_run:
+            raise psycopg.Rollback()  # nothing written stays
+    return steps
+
+
+def undo(settings: Settings, job_id: str, dry_run: bool = False) -> tuple[dict[str, Any], int]:
+    """Undo the job's fixes; (the report as JSON data, exit code): 0 done (or a dry run), 2 refused (nothing
+    changed), 1 PostgreSQL put back but some DynamoDB item not. BadInput before anything is changed for a
+    malformed id, no quarantine, a fix still running or a restore running."""
+    from worker.connections import pg_connect, shared_aws_client
+    from worker.restore_target import LIVE_LOCK
+
+    jobs.check_id(job_id)
+    options = quarantine.store_settings(settings)
+    docs = quarantine.read(settings, store_for(settings, options), options, job_id)
+    report = UndoReport(job_id=job_id, state="succeeded", ok=True, dry_run=dry_run, started_at=utcnow(),
+                        objects=[d["object"] for d in docs])
+    plan = _Plan(report)
+    with pg_connect(settings) as conn:
+        statuses = xact_statuses(conn, docs)
+        conn.rollback()
+        running = [d["object"] for d in docs if d.get("xid") and statuses[d["xid"]] == "in progress"]
+        if running:
+            raise BadInput(f"the fix is still running (its transaction is in progress): {running[0]}; undo once "
+                           "the validation job has ended: nothing was put back")
+        live_docs = []
+        for d in docs:
+            if d.get("xid") and statuses[d["xid"]] == "aborted":
+                report.skipped.append(UndoSkipped(object=d["object"], why="not applied: its transaction rolled back"))
+            else:
+                live_docs.append(d)
+        lock = None if dry_run else _lock(settings, job_id)
+        report.undo_id = lock[1] if lock else None
+        try:
+            steps = _postgres_and_plan(settings, conn, plan, live_docs, dry_run)
+            code = 0
+            if report.conflicts:
+                report.state, report.ok, report.error, code = "failed", False, refusal(report), 2
+            elif not dry_run:
+                put_items(shared_aws_client(settings, "dynamodb"), plan, steps)
+                if report.conflicts:  # a conditional put failed, after PostgreSQL committed
+                    report.state, report.ok, code = "failed", False, 1
+                    report.error = ("the PostgreSQL rows were put back, but not every DynamoDB item: " + "; ".join(
+                        f"{c.table} {c.key} ({c.why})" for c in report.conflicts[:3]))
+        except BaseException as err:
+            if lock:
+                jobs.fail(lock[0], lock[1], str(err) or type(err).__name__)
+                jobs.unlock(lock[0], LIVE_LOCK, lock[1])
+            raise
+    report.finished_at = utcnow()
+    if lock:
+        jobs.finish(lock[0], lock[1], report.model_copy(update={"job_id": lock[1]}))
+        jobs.unlock(lock[0], LIVE_LOCK, lock[1])
+    return report.model_dump(mode="json"), code
