@@ -266,6 +266,7 @@ def dynamo_steps(client: Any, plan: _Plan, docs: list[dict[str, Any]]) -> list[t
                 elif outcome == "restore":
                     simulated[(table, name)] = row["before"]
                     steps.append((table, row))
+                    tally.restored += 1  # a dry run's `would restore`; put_items takes back what it could not put
                 else:
                     plan.conflict("dynamodb", table, row, outcome)
     return steps
@@ -283,9 +284,8 @@ def put_items(client: Any, plan: _Plan, steps: list[tuple[str, dict[str, Any]]])
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
+            plan.table("dynamodb", table).restored -= 1
             plan.conflict("dynamodb", table, row, "an item with that key was written meanwhile: not put back")
-            continue
-        plan.table("dynamodb", table).restored += 1
 
 
 def refusal(report: UndoReport) -> str:
