@@ -15,8 +15,9 @@ import pytest
 
 from conftest import cli_json, run_cli, run_job
 from worker import commands, jobs, quarantine, rowhash
-from worker.connections import aws_client, pg_connect
+from worker.connections import aws_client, check_redis, pg_connect
 from worker.dynamo import to_export
+from worker.restore_target import LIVE_LOCK
 
 TABLES = ("work_tasks", "todo_items", "todo_dependencies", "deliverables")
 
@@ -51,7 +52,8 @@ def change(kind: str, table: str, action: str, found: list[dict[str, Any]], keys
             "rows": found}
 
 
-def fix_delete_todo(settings: Any, job_id: str, todo: int, commit: bool = True, hold: bool = False) -> Any:
+def fix_delete_todo(settings: Any, job_id: str, todo: int, commit: bool = True, hold: bool = False,
+                    kind: str = "duplicate_todos") -> Any:
     """What duplicate_todos does to a todo: deleted with its dependency edges (cascade), its deliverables' todo_id
     set null (cascade), all quarantined before the commit. With hold, the open connection (not committed)."""
     conn = pg_connect(settings)
@@ -64,11 +66,11 @@ def fix_delete_todo(settings: Any, job_id: str, todo: int, commit: bool = True, 
     conn.execute("delete from todo_items where id = %s", (todo,))
     for d in delivs:
         d["after"] = conn.execute("select t::text from deliverables t where id = %s", (d["key"]["id"],)).fetchone()[0]
-    changes = [change("duplicate_todos", "todo_items", "delete", todo_rows)]
+    changes = [change(kind, "todo_items", "delete", todo_rows)]
     if edges:
-        changes.append(change("duplicate_todos", "todo_dependencies", "delete", edges, edge_keys))
+        changes.append(change(kind, "todo_dependencies", "delete", edges, edge_keys))
     if delivs:
-        changes.append(change("duplicate_todos", "deliverables", "update", delivs))
+        changes.append(change(kind, "deliverables", "update", delivs))
     quarantine.write(settings, quarantine.store_settings(settings), job_id, f"todos-{todo}", changes, xid)
     if hold:
         return conn
@@ -208,3 +210,42 @@ def test_undo_of_a_malformed_or_unknown_job_says_so_in_one_line(migrated: Any) -
         proc = run_cli("validate", "undo", job_id)
         assert proc.returncode == 2 and said in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
         assert not proc.stdout
+
+
+def test_undo_puts_an_orphan_back_as_it_was(migrated: Any, data: dict[str, Any]) -> None:
+    with pg_connect(migrated, autocommit=True) as pg:  # a row whose parent is gone, as a bulk load leaves one
+        pg.execute("alter table todo_items disable trigger all")
+        orphan = pg.execute("insert into todo_items (work_task_id, title, is_test) values (987654321, 'orphan', true) "
+                            "returning id").fetchone()[0]
+        pg.execute("alter table todo_items enable trigger all")
+    before = hashes(migrated)
+    job_id = jobs.new_job_id("validate")
+    fix_delete_todo(migrated, job_id, orphan, kind="orphans")
+    code, report = undo(job_id)
+    assert code == 0 and tally(report, "todo_items") == (1, 0, 0), report
+    assert hashes(migrated) == before
+    with pg_connect(migrated, autocommit=True) as pg:
+        pg.execute("delete from todo_items where id = %s", (orphan,))
+
+
+def test_undo_does_not_run_during_a_restore_and_lets_go_of_the_lock(migrated: Any, data: dict[str, Any]) -> None:
+    r = check_redis(migrated)
+    restore_id = jobs.create(r, "restore", {}, state="running")  # a restore of the live database, running
+    assert jobs.lock(r, LIVE_LOCK, restore_id) is None
+    job_id = jobs.new_job_id("validate")
+    fix_reopen_task(migrated, job_id, data["tasks"][1])
+    fixed = hashes(migrated)
+    try:
+        proc = run_cli("validate", "undo", job_id)
+        assert proc.returncode == 2 and f"a restore of the live database is running (job {restore_id})" in proc.stderr
+        assert hashes(migrated) == fixed
+        code, plan = undo(job_id, "--dry-run")  # a dry run changes nothing: it does not need the lock
+        assert code == 0 and tally(plan, "work_tasks") == (1, 0, 0)
+    finally:
+        jobs.fail(r, restore_id, "the test's stand-in restore ended")
+        jobs.unlock(r, LIVE_LOCK, restore_id)
+    code, report = undo(job_id)
+    assert code == 0 and tally(report, "work_tasks") == (1, 0, 0)
+    held = jobs.read(r, report["undo_id"])  # undo's own record, ended; the lock let go
+    assert held is not None and held.kind == "validate_undo" and held.state == "succeeded"
+    assert r.get(jobs.LOCK_KEY.format(resource=LIVE_LOCK)) is None

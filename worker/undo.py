@@ -26,7 +26,7 @@ from typing import Any
 
 from worker import jobs, quarantine
 from worker.backups import store_for
-from worker.errors import BadInput
+from worker.errors import BadInput, ServiceUnavailable
 from worker.reports import UndoConflict, UndoReport, UndoSkipped, UndoTable, utcnow
 from worker.rowhash import SESSION_SETTINGS, dynamo_item_hash
 from worker.settings import Settings
@@ -240,6 +240,21 @@ class _Moved(Exception):
     """The row changed between its read and its update (it cannot, under `for update`; a guard)."""
 
 
+def _get_item(client: Any, table: str, key: dict[str, Any]) -> dict[str, Any]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return client.get_item(TableName=table, Key=key, ConsistentRead=True)
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "?")
+        if code == "ResourceNotFoundException":
+            raise BadInput(f"the quarantine names DynamoDB table {table}, which does not exist here: nothing was "
+                           "put back") from None
+        raise ServiceUnavailable(f"DynamoDB refused GetItem on {table} ({code}): nothing was put back") from None
+    except BotoCoreError as err:
+        raise ServiceUnavailable(f"cannot reach DynamoDB: {err}; nothing was put back") from None
+
+
 def dynamo_steps(client: Any, plan: _Plan, docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """Classify the DynamoDB items newest document first; the (table, row) pairs to put back."""
     from worker.dynamo import from_export, to_export
@@ -258,7 +273,7 @@ def dynamo_steps(client: Any, plan: _Plan, docs: list[dict[str, Any]]) -> list[t
                 if (table, name) in simulated:
                     live = simulated[(table, name)]
                 else:
-                    item = client.get_item(TableName=table, Key=from_export(row["key"]), ConsistentRead=True)
+                    item = _get_item(client, table, from_export(row["key"]))
                     live = to_export(item["Item"]) if "Item" in item else ABSENT
                 outcome = _classify(live, row["before"], ABSENT, originals[("dynamodb", table, name)], _same_item)
                 if outcome == "already":
@@ -273,7 +288,8 @@ def dynamo_steps(client: Any, plan: _Plan, docs: list[dict[str, Any]]) -> list[t
 
 
 def put_items(client: Any, plan: _Plan, steps: list[tuple[str, dict[str, Any]]]) -> None:
-    from botocore.exceptions import ClientError
+    """Put the items back (after PostgreSQL committed); one that fails is a conflict, the others still go."""
+    from botocore.exceptions import BotoCoreError, ClientError
 
     from worker.dynamo import from_export
 
@@ -281,11 +297,12 @@ def put_items(client: Any, plan: _Plan, steps: list[tuple[str, dict[str, Any]]])
         try:
             client.put_item(TableName=table, Item=from_export(row["before"]),
                             ConditionExpression="attribute_not_exists(PK)")
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise
+        except (ClientError, BotoCoreError) as err:
+            code = err.response.get("Error", {}).get("Code", "?") if isinstance(err, ClientError) else str(err)
+            why = "an item with that key was written meanwhile" if code == "ConditionalCheckFailedException" else \
+                f"DynamoDB failed: {code}"
             plan.table("dynamodb", table).restored -= 1
-            plan.conflict("dynamodb", table, row, "an item with that key was written meanwhile: not put back")
+            plan.conflict("dynamodb", table, row, f"{why}: not put back")
 
 
 def refusal(report: UndoReport) -> str:
