@@ -173,6 +173,7 @@ def test_undo_refuses_where_the_data_moved_on(migrated: Any, data: dict[str, Any
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("undo refused: 1 row(s) changed")
     assert f"todo_items id={todo} (key reused)" in proc.stderr and "nothing was put back" in proc.stderr
+    assert "would restore" in proc.stdout and "changed since the fix" in proc.stdout  # the report names it too
     assert hashes(migrated) == fixed  # the task's update was not put back either
 
     with pg_connect(migrated, autocommit=True) as pg:  # the key free again; the reopened task moves on

@@ -322,7 +322,8 @@ def render_rekey(report: dict[str, Any]) -> None:
 
 def render_undo(report: dict[str, Any]) -> None:
     """`validate undo`: per table what was (a dry run: would be) put back, then the rows that refused it."""
-    verb = "would restore" if report["dry_run"] else "restored"
+    refused = (report.get("error") or "").startswith("undo refused")
+    verb = "would restore" if report["dry_run"] or refused else "restored"
     title = f"undo of {report['job_id']}" + (" (dry run: nothing changed)" if report["dry_run"] else "")
     table = Table("store", "table", verb, "already there", "conflicts", title=title)
     for t in report["tables"]:

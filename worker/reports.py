@@ -260,7 +260,7 @@ class OptimizeReport(JobReport):
 class UndoTable(BaseModel):
     store: Literal["postgres", "dynamodb"]
     table: str
-    restored: int = 0  # put back (a dry run: would be)
+    restored: int = 0  # put back (a dry run, or an undo refused: would be; nothing was)
     already: int = 0  # the live row is the one before the fix: nothing to do
     conflicts: int = 0  # changed since the fix: not put back
 

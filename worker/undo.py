@@ -93,13 +93,13 @@ class _Postgres:
                         "from (select %s::{tbl} as r) s").format(
             tbl=sql.Identifier(table), cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
             vals=sql.SQL(", ").join(sql.SQL("(s.r).{}").format(sql.Identifier(c)) for c in cols))
-        if allow_orphan:  # the orphans fix deleted rows whose parent is gone: they go back as they were
+        # the orphans fix deleted rows whose parent is gone: they go back as they were, without the foreign key's
+        # check for that one insert (a failure rolls the caller's savepoint back, and the setting with it)
+        if allow_orphan:
             self.conn.execute("select set_config('session_replication_role', 'replica', true)")
-        try:
-            self.conn.execute(query, (row_text,))
-        finally:
-            if allow_orphan:
-                self.conn.execute("select set_config('session_replication_role', 'origin', true)")
+        self.conn.execute(query, (row_text,))
+        if allow_orphan:
+            self.conn.execute("select set_config('session_replication_role', 'origin', true)")
 
     def update(self, table: str, key_columns: list[str], before: str, after: str) -> int:
         """Set the row with the key back to `before` (every column but the key, generated and identity always)."""
@@ -352,6 +352,8 @@ def undo(settings: Settings, job_id: str, dry_run: bool = False) -> tuple[dict[s
     """Undo the job's fixes; (the report as JSON data, exit code): 0 done (or a dry run), 2 refused (nothing
     changed), 1 PostgreSQL put back but some DynamoDB item not. BadInput before anything is changed for a
     malformed id, no quarantine, a fix still running or a restore running."""
+    import psycopg
+
     from worker.connections import pg_connect, shared_aws_client
     from worker.restore_target import LIVE_LOCK
 
@@ -377,7 +379,11 @@ def undo(settings: Settings, job_id: str, dry_run: bool = False) -> tuple[dict[s
         lock = None if dry_run else _lock(settings, job_id)
         report.undo_id = lock[1] if lock else None
         try:
-            steps = _postgres_and_plan(settings, conn, plan, live_docs, dry_run)
+            try:
+                steps = _postgres_and_plan(settings, conn, plan, live_docs, dry_run)
+            except (psycopg.errors.DataError, psycopg.errors.ProgrammingError) as err:  # rolled back: nothing changed
+                raise BadInput(f"the quarantine of job {job_id} names a row this database cannot read back "
+                               f"({str(err).strip().splitlines()[0]}): nothing was put back") from None
             code = 0
             if report.conflicts:
                 report.state, report.ok, report.error, code = "failed", False, refusal(report), 2
