@@ -323,10 +323,23 @@ def _lock(settings: Settings, job_id: str) -> tuple[Any, str]:
                           started_at=utcnow().isoformat())
     holder = jobs.lock(r, LIVE_LOCK, undo_id)
     if holder:
-        jobs.fail(r, undo_id, f"a restore of the live database is running (job {holder})")
-        raise BadInput(f"a restore of the live database is running (job {holder}): nothing was put back; undo "
-                       f"after it (worktask jobs show {holder})")
+        what = "another undo" if jobs.job_kind(r, holder) == "validate_undo" else "a restore of the live database"
+        jobs.fail(r, undo_id, f"{what} is running (job {holder})")
+        raise BadInput(f"{what} is running (job {holder}): nothing was put back; undo after it "
+                       f"(worktask jobs show {holder})")
     return r, undo_id
+
+
+def check_shape(docs: list[dict[str, Any]]) -> None:
+    """Every change is one undo knows how to reverse (BadInput naming the object otherwise: nothing changed)."""
+    known = {("postgres", "delete"), ("postgres", "update"), ("dynamodb", "delete")}
+    for doc in docs:
+        for change in doc.get("changes") or []:
+            if (change.get("store"), change.get("action")) not in known or not isinstance(change.get("rows"), list) \
+                    or (change["store"] == "postgres" and not change.get("key_columns")):
+                raise BadInput(f"quarantine object {doc['object']}: a change undo cannot reverse "
+                               f"(store {change.get('store')!r}, action {change.get('action')!r}): nothing was put "
+                               "back")
 
 
 def _postgres_and_plan(settings: Settings, conn: Any, plan: _Plan, docs: list[dict[str, Any]], dry_run: bool,
@@ -360,6 +373,7 @@ def undo(settings: Settings, job_id: str, dry_run: bool = False) -> tuple[dict[s
     jobs.check_id(job_id)
     options = quarantine.store_settings(settings)
     docs = quarantine.read(settings, store_for(settings, options), options, job_id)
+    check_shape(docs)
     report = UndoReport(job_id=job_id, state="succeeded", ok=True, dry_run=dry_run, started_at=utcnow(),
                         objects=[d["object"] for d in docs])
     plan = _Plan(report)
@@ -384,6 +398,9 @@ def undo(settings: Settings, job_id: str, dry_run: bool = False) -> tuple[dict[s
             except (psycopg.errors.DataError, psycopg.errors.ProgrammingError) as err:  # rolled back: nothing changed
                 raise BadInput(f"the quarantine of job {job_id} names a row this database cannot read back "
                                f"({str(err).strip().splitlines()[0]}): nothing was put back") from None
+            except psycopg.OperationalError as err:
+                raise ServiceUnavailable(f"PostgreSQL failed during the undo ({str(err).strip().splitlines()[-1]}): "
+                                         "its transaction did not commit, nothing was put back") from None
             code = 0
             if report.conflicts:
                 report.state, report.ok, report.error, code = "failed", False, refusal(report), 2
