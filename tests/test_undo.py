@@ -79,17 +79,33 @@ def fix_delete_todo(settings: Any, job_id: str, todo: int, commit: bool = True, 
     return None
 
 
-def fix_reopen_task(settings: Any, job_id: str, task: int) -> None:
-    """What task_status does: the task back to in_progress (update), quarantined before the commit."""
+def fix_update(settings: Any, job_id: str, kind: str, table: str, row_id: int, assignments: str) -> None:
+    """What task_status / deliverable_status do: one row's values rewritten, quarantined before the commit."""
     with pg_connect(settings) as conn:
         pin(conn)
         xid = conn.execute("select pg_current_xact_id()::text").fetchone()[0]
-        found = rows(conn, "work_tasks", "id = %s", (task,))
-        conn.execute("update work_tasks set status = 'in_progress', completed_at = null, updated_at = now() "
-                     "where id = %s", (task,))
-        found[0]["after"] = conn.execute("select t::text from work_tasks t where id = %s", (task,)).fetchone()[0]
-        quarantine.write(settings, quarantine.store_settings(settings), job_id, f"tasks-{task}",
-                         [change("task_status", "work_tasks", "update", found)], xid)
+        found = rows(conn, table, "id = %s", (row_id,))
+        conn.execute(f"update {table} set {assignments} where id = %s", (row_id,))
+        found[0]["after"] = conn.execute(f"select t::text from {table} t where id = %s", (row_id,)).fetchone()[0]
+        quarantine.write(settings, quarantine.store_settings(settings), job_id, f"{kind}-{row_id}",
+                         [change(kind, table, "update", found)], xid)
+
+
+def fix_reopen_task(settings: Any, job_id: str, task: int) -> None:
+    fix_update(settings, job_id, "task_status", "work_tasks", task,
+               "status = 'in_progress', completed_at = null, updated_at = now()")
+
+
+def fix_delete_edge(settings: Any, job_id: str, edge: tuple[int, int]) -> None:
+    """What cycles does: one dependency edge deleted, quarantined before the commit."""
+    keys = ("todo_id", "depends_on_todo_id")
+    with pg_connect(settings) as conn:
+        pin(conn)
+        xid = conn.execute("select pg_current_xact_id()::text").fetchone()[0]
+        found = rows(conn, "todo_dependencies", "todo_id = %s and depends_on_todo_id = %s", edge, keys)
+        conn.execute("delete from todo_dependencies where todo_id = %s and depends_on_todo_id = %s", edge)
+        quarantine.write(settings, quarantine.store_settings(settings), job_id, f"cycles-{edge[0]}",
+                         [change("cycles", "todo_dependencies", "delete", found, keys)], xid)
 
 
 def fix_delete_item(settings: Any, job_id: str, task: int) -> None:
@@ -158,6 +174,28 @@ def test_undo_puts_back_every_table_byte_for_byte(migrated: Any, data: dict[str,
     assert hashes(migrated) == before
     proc = run_cli("validate", "undo", job_id)  # the human output: a table per store and table
     assert proc.returncode == 0 and "already there" in proc.stdout and "todo_items" in proc.stdout
+
+
+def test_undo_of_rows_two_fixes_changed_goes_back_before_the_first(migrated: Any, data: dict[str, Any]) -> None:
+    """A deliverable sent back to review, then its todo_id set null by its todo's deletion; an edge deleted by
+    one fix, then its todo by a later one: each goes back to what it was before the job, parents first."""
+    todo = data["todo"]
+    with pg_connect(migrated, autocommit=True) as pg:
+        deliverable = pg.execute("select id from deliverables where todo_id = %s", (todo,)).fetchone()[0]
+        edge = tuple(pg.execute("select todo_id, depends_on_todo_id from todo_dependencies where todo_id = %s "
+                                "order by 2 limit 1", (todo,)).fetchone())
+    before = hashes(migrated)
+    job_id = jobs.new_job_id("validate")
+    fix_update(migrated, job_id, "deliverable_status", "deliverables", deliverable,
+               "status = 'submitted', updated_at = now()")
+    fix_delete_edge(migrated, job_id, edge)
+    fix_delete_todo(migrated, job_id, todo)  # the edge's todo, after the edge; the deliverable's todo_id -> null
+    code, report = undo(job_id)
+    assert code == 0 and report["ok"], report
+    assert tally(report, "deliverables") == (1, 0, 0) and tally(report, "todo_items") == (1, 0, 0)
+    assert hashes(migrated) == before
+    code, again = undo(job_id)
+    assert code == 0 and all(t["restored"] == 0 and t["conflicts"] == 0 for t in again["tables"]), again
 
 
 def test_undo_refuses_where_the_data_moved_on(migrated: Any, data: dict[str, Any]) -> None:

@@ -5,13 +5,13 @@ It runs in the CLI process (small; its refusals name rows and exit 2), not as a 
 
 1. read the job's quarantine; a document whose fixing transaction rolled back (pg_xact_status `aborted`)
    is skipped, one still running (`in progress`) refuses the whole undo;
-2. walk the documents newest first (undo reverses history: a row changed by two fixes goes back through
-   both) and, in each, its changes in their order (parents before the rows that reference them); each row
-   is compared with the live one (`t::text` under rowhash.SESSION_SETTINGS, looked up by its key columns
-   taken from the stored row): `restore`, `already there` (the live row is the one before the fix, or the
-   one before the job's first fix of that row), or a conflict (the key reused, the row moved on);
-3. PostgreSQL: every change in ONE transaction, each row re-read `for update` just before it is written;
-   any conflict rolls everything back (exit 2). DynamoDB afterwards: a conditional put per item
+2. take each row and item once, as the job's fixes left it (after the last fix that touched it) and as it was
+   before the first, and compare it with the live one (`t::text` under rowhash.SESSION_SETTINGS, looked up
+   by its key columns taken from the stored row): `restore` (live as the fixes left it), `already there`
+   (live as before them), or a conflict (the key reused, the row moved on or gone);
+3. PostgreSQL: every change in ONE transaction, each row read `for update` before anything is written, the
+   deleted rows first (parents before the rows that reference them), then the updated ones; any conflict
+   rolls everything back (exit 2). DynamoDB afterwards: a conditional put per item
    (attribute_not_exists(PK)); one that fails is a conflict after the PostgreSQL commit (exit 1, the report
    says what was put back and what was not).
 
@@ -22,6 +22,8 @@ refuses while one holds it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from worker import jobs, quarantine
@@ -54,31 +56,34 @@ class _Postgres:
 
     def __init__(self, conn: Any):
         self.conn = conn
-        self._columns: dict[str, tuple[list[str], set[str]]] = {}
+        self._columns: dict[str, tuple[list[str], set[str], set[str]]] = {}
 
     def pin(self) -> None:
         for name, value in SESSION_SETTINGS.items():
             self.conn.execute("select set_config(%s, %s, false)", (name, value))
 
-    def columns(self, table: str) -> tuple[list[str], set[str]]:
-        """(columns an insert writes: every column but the generated ones, identity always columns)."""
+    def columns(self, table: str) -> tuple[list[str], set[str], set[str]]:
+        """(the columns an insert writes: all but the generated ones; identity always columns; nullable ones)."""
         if table not in self._columns:
             rows = self.conn.execute(
-                """select attname, attidentity from pg_attribute
+                """select attname::text, attidentity, not attnotnull from pg_attribute
                    where attrelid = to_regclass(%s) and attnum > 0 and not attisdropped and attgenerated = ''
                    order by attnum""", (table,)).fetchall()
             if not rows:
-                raise BadInput(f"the quarantine names table {table}, which does not exist here")
-            self._columns[table] = ([r[0] for r in rows], {r[0] for r in rows if r[1] == "a"})
+                raise BadInput(f"the quarantine names table {table}, which does not exist here: nothing was put back")
+            self._columns[table] = ([r[0] for r in rows], {r[0] for r in rows if r[1] == "a"},
+                                    {r[0] for r in rows if r[2]})
         return self._columns[table]
 
     def live(self, table: str, key_columns: list[str], row_text: str, lock: bool) -> list[str]:
         """The live rows (t::text) with the stored row's key."""
         from psycopg import sql
 
-        query = sql.SQL("select t::text from only {tbl} t where ({cols}) = ({vals})").format(
-            tbl=sql.Identifier(table), cols=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c))
-                                                              for c in key_columns),
+        # a key of every column (a table without a primary key) may hold nulls: they match as equal
+        nullable = bool(set(key_columns) & self.columns(table)[2])
+        query = sql.SQL("select t::text from only {tbl} t where ({cols}) {op} ({vals})").format(
+            tbl=sql.Identifier(table), op=sql.SQL("is not distinct from" if nullable else "="),
+            cols=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in key_columns),
             vals=sql.SQL(", ").join(sql.SQL("(%(row)s::{}).{}").format(sql.Identifier(table), sql.Identifier(c))
                                     for c in key_columns))
         if lock:
@@ -88,7 +93,7 @@ class _Postgres:
     def insert(self, table: str, row_text: str, allow_orphan: bool) -> None:
         from psycopg import sql
 
-        cols, _ = self.columns(table)
+        cols = self.columns(table)[0]
         query = sql.SQL("insert into {tbl} ({cols}) overriding system value select {vals} "
                         "from (select %s::{tbl} as r) s").format(
             tbl=sql.Identifier(table), cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
@@ -105,7 +110,7 @@ class _Postgres:
         """Set the row with the key back to `before` (every column but the key, generated and identity always)."""
         from psycopg import sql
 
-        cols, always = self.columns(table)
+        cols, always, _ = self.columns(table)
         cols = [c for c in cols if c not in key_columns and c not in always]
         query = sql.SQL("update only {tbl} t set {sets} where ({keys}) = ({vals}) and t::text = %(after)s").format(
             tbl=sql.Identifier(table),
@@ -150,23 +155,48 @@ class _Plan:
         self.report.conflicts.append(UndoConflict(store=store, table=table, key=key_text(row), why=why))
 
 
-def _originals(docs: list[dict[str, Any]]) -> dict[tuple[str, str, str], Any]:
-    """Per row (store, table, key): its state before the job's first change of it (the oldest document's)."""
-    first: dict[tuple[str, str, str], Any] = {}
-    for doc in docs:  # oldest first
+@dataclass
+class Entry:
+    """One row or item as the job's fixes left it: its state before the first fix that touched it (`original`)
+    and after the last (`final`, ABSENT when that one deleted it). A row changed by two fixes of the job (a
+    deliverable's status, then its todo_id set null by a cascade) goes back to before the first in one step."""
+
+    store: str
+    table: str
+    name: str  # key_text
+    row: dict[str, Any]  # the first change's row (its key)
+    key_columns: list[str]
+    original: Any
+    final: Any
+    orphan: bool = False  # deleted by the orphans fix: its parent was already gone
+
+
+def entries(docs: list[dict[str, Any]]) -> list[Entry]:
+    """Every row and item the documents name, once, in the order of their first change (oldest document first,
+    then change order: parents before the rows that reference them)."""
+    seen: dict[tuple[str, str, str], Entry] = {}
+    for doc in docs:
         for change in doc["changes"]:
+            store, table, delete = change["store"], change["table"], change["action"] == "delete"
             for row in change["rows"]:
-                first.setdefault((change["store"], change["table"], key_text(row)), row["before"])
-    return first
+                name = key_text(row)
+                after = ABSENT if delete else row.get("after", ABSENT)
+                entry = seen.get((store, table, name))
+                if entry is None:
+                    entry = seen[(store, table, name)] = Entry(store, table, name, row, change.get("key_columns") or [],
+                                                               row["before"], after)
+                entry.final = after
+                entry.orphan = entry.orphan or (delete and change.get("kind") == "orphans")
+    return list(seen.values())
 
 
-def _classify(live: Any, before: Any, after: Any, original: Any, same: Any) -> str:
-    """restore / already / the conflict's reason, from the live state and the change's."""
-    if same(live, after):
+def classify(entry: Entry, live: Any, same: Callable[[Any, Any], bool]) -> str:
+    """`restore` (live as the fixes left it), `already` (live as before them), or why it conflicts."""
+    if same(live, entry.final):
         return "restore"
-    if same(live, before) or same(live, original):
+    if same(live, entry.original):
         return "already"
-    if after is ABSENT:
+    if entry.final is ABSENT:
         return KEY_REUSED
     return GONE if live is ABSENT else MOVED_ON
 
@@ -182,62 +212,66 @@ def _same_item(a: Any, b: Any) -> bool:
 
 
 def plan_postgres(pg: _Postgres, plan: _Plan, docs: list[dict[str, Any]], apply: bool) -> None:
-    """Walk the PostgreSQL rows newest document first; with apply, write each row back as it goes (inside the
-    caller's transaction) until the first conflict, then only classify the rest (the caller rolls back)."""
+    """Classify every PostgreSQL row against the live one (read `for update` when applying); with apply, write
+    each back inside the caller's transaction: the updates after every insert, and an insert that needs a row
+    not yet put back (a foreign key) tried again after the others. The caller rolls back on any conflict."""
+    todo: list[Entry] = []
+    for entry in entries(docs):
+        if entry.store != "postgres":
+            continue
+        tally = plan.table("postgres", entry.table)
+        found = pg.live(entry.table, entry.key_columns, entry.original, lock=apply)
+        if len(found) > 1:
+            plan.conflict("postgres", entry.table, entry.row, f"{len(found)} live rows have that key")
+            continue
+        outcome = classify(entry, found[0] if found else ABSENT, _same_row)
+        if outcome == "already":
+            tally.already += 1
+        elif outcome == "restore":
+            tally.restored += 1  # a dry run's or a refused undo's `would restore`
+            todo.append(entry)
+        else:
+            plan.conflict("postgres", entry.table, entry.row, outcome)
+    if not apply or plan.report.conflicts:
+        return
+    inserts = [e for e in todo if e.final is ABSENT]
+    while inserts:  # parents first: an insert whose parent is not back yet waits for the next round
+        waiting = [e for e in inserts if not _write(pg, plan, e, last_round=False)]
+        if len(waiting) == len(inserts):
+            for e in waiting:
+                _write(pg, plan, e, last_round=True)
+            break
+        inserts = waiting
+    for entry in todo:
+        if entry.final is not ABSENT:
+            _write(pg, plan, entry, last_round=True)
+
+
+def _write(pg: _Postgres, plan: _Plan, entry: Entry, last_round: bool) -> bool:
+    """Put one row back in a savepoint; False when its foreign key's row is not there (yet), unless last_round
+    (then that is a conflict)."""
     import psycopg
 
-    originals = _originals(docs)
-    simulated: dict[tuple[str, str], Any] = {}  # a dry run's rows as they would be after the earlier steps
-    for doc in reversed(docs):
-        for change in doc["changes"]:
-            if change["store"] != "postgres":
-                continue
-            table, keys, action = change["table"], change["key_columns"], change["action"]
-            tally = plan.table("postgres", table)
-            for row in change["rows"]:
-                name = key_text(row)
-                after = row.get("after") if action == "update" else ABSENT
-                if (table, name) in simulated:
-                    live = simulated[(table, name)]
-                else:
-                    rows = pg.live(table, keys, row["before"], lock=apply)
-                    if len(rows) > 1:
-                        plan.conflict("postgres", table, row, f"{len(rows)} live rows have that key")
-                        continue
-                    live = rows[0] if rows else ABSENT
-                outcome = _classify(live, row["before"], after, originals[("postgres", table, name)], _same_row)
-                if outcome == "already":
-                    tally.already += 1
-                    continue
-                if outcome != "restore":
-                    plan.conflict("postgres", table, row, outcome)
-                    continue
-                if apply and not plan.report.conflicts:
-                    try:
-                        with pg.conn.transaction():  # a savepoint: the conflict is reported, the rest classified
-                            if action == "delete":
-                                pg.insert(table, row["before"], allow_orphan=change.get("kind") == "orphans")
-                            elif pg.update(table, keys, row["before"], row["after"]) != 1:
-                                raise _Moved
-                    except psycopg.errors.UniqueViolation:
-                        plan.conflict("postgres", table, row, KEY_REUSED)
-                        continue
-                    except psycopg.errors.ForeignKeyViolation:
-                        plan.conflict("postgres", table, row, "a row it references is gone")
-                        continue
-                    except psycopg.errors.InsufficientPrivilege:
-                        plan.conflict("postgres", table, row, "its parent row is gone: putting an orphan back "
-                                      "needs session_replication_role (a superuser or SET privilege)")
-                        continue
-                    except _Moved:
-                        plan.conflict("postgres", table, row, MOVED_ON)
-                        continue
-                simulated[(table, name)] = row["before"]
-                tally.restored += 1
-
-
-class _Moved(Exception):
-    """The row changed between its read and its update (it cannot, under `for update`; a guard)."""
+    why = None
+    try:
+        with pg.conn.transaction():
+            if entry.final is ABSENT:
+                pg.insert(entry.table, entry.original, allow_orphan=entry.orphan)
+            elif pg.update(entry.table, entry.key_columns, entry.original, entry.final) != 1:
+                why = MOVED_ON  # cannot happen under `for update`: a guard
+    except psycopg.errors.UniqueViolation:
+        why = KEY_REUSED
+    except psycopg.errors.ForeignKeyViolation:
+        if not last_round:
+            return False
+        why = "a row it references is gone"
+    except psycopg.errors.InsufficientPrivilege:
+        why = ("its parent row is gone: putting an orphan back needs session_replication_role (a superuser or "
+               "the SET privilege on it)")
+    if why:
+        plan.table("postgres", entry.table).restored -= 1
+        plan.conflict("postgres", entry.table, entry.row, why)
+    return True
 
 
 def _get_item(client: Any, table: str, key: dict[str, Any]) -> dict[str, Any]:
@@ -255,47 +289,37 @@ def _get_item(client: Any, table: str, key: dict[str, Any]) -> dict[str, Any]:
         raise ServiceUnavailable(f"cannot reach DynamoDB: {err}; nothing was put back") from None
 
 
-def dynamo_steps(client: Any, plan: _Plan, docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """Classify the DynamoDB items newest document first; the (table, row) pairs to put back."""
+def dynamo_steps(client: Any, plan: _Plan, docs: list[dict[str, Any]]) -> list[Entry]:
+    """Classify the DynamoDB items against the live ones (consistent reads); the items to put back."""
     from worker.dynamo import from_export, to_export
 
-    originals = _originals(docs)
-    simulated: dict[tuple[str, str], Any] = {}
     steps = []
-    for doc in reversed(docs):
-        for change in doc["changes"]:
-            if change["store"] != "dynamodb":
-                continue
-            table = change["table"]
-            tally = plan.table("dynamodb", table)
-            for row in change["rows"]:
-                name = key_text(row)
-                if (table, name) in simulated:
-                    live = simulated[(table, name)]
-                else:
-                    item = _get_item(client, table, from_export(row["key"]))
-                    live = to_export(item["Item"]) if "Item" in item else ABSENT
-                outcome = _classify(live, row["before"], ABSENT, originals[("dynamodb", table, name)], _same_item)
-                if outcome == "already":
-                    tally.already += 1
-                elif outcome == "restore":
-                    simulated[(table, name)] = row["before"]
-                    steps.append((table, row))
-                    tally.restored += 1  # a dry run's `would restore`; put_items takes back what it could not put
-                else:
-                    plan.conflict("dynamodb", table, row, outcome)
+    for entry in entries(docs):
+        if entry.store != "dynamodb":
+            continue
+        tally = plan.table("dynamodb", entry.table)
+        item = _get_item(client, entry.table, from_export(entry.row["key"]))
+        outcome = classify(entry, to_export(item["Item"]) if "Item" in item else ABSENT, _same_item)
+        if outcome == "already":
+            tally.already += 1
+        elif outcome == "restore":
+            steps.append(entry)
+            tally.restored += 1  # a dry run's `would restore`; put_items takes back what it could not put
+        else:
+            plan.conflict("dynamodb", entry.table, entry.row, outcome)
     return steps
 
 
-def put_items(client: Any, plan: _Plan, steps: list[tuple[str, dict[str, Any]]]) -> None:
+def put_items(client: Any, plan: _Plan, steps: list[Entry]) -> None:
     """Put the items back (after PostgreSQL committed); one that fails is a conflict, the others still go."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     from worker.dynamo import from_export
 
-    for table, row in steps:
+    for entry in steps:
+        table, row = entry.table, entry.row
         try:
-            client.put_item(TableName=table, Item=from_export(row["before"]),
+            client.put_item(TableName=table, Item=from_export(entry.original),
                             ConditionExpression="attribute_not_exists(PK)")
         except (ClientError, BotoCoreError) as err:
             code = err.response.get("Error", {}).get("Code", "?") if isinstance(err, ClientError) else str(err)
@@ -343,7 +367,7 @@ def check_shape(docs: list[dict[str, Any]]) -> None:
 
 
 def _postgres_and_plan(settings: Settings, conn: Any, plan: _Plan, docs: list[dict[str, Any]], dry_run: bool,
-                       ) -> list[tuple[str, dict[str, Any]]]:
+                       ) -> list[Entry]:
     """Classify every row (and, unless a dry run, write the PostgreSQL ones back) in one transaction, kept only
     when nothing conflicts; the DynamoDB items to put back."""
     import psycopg
