@@ -288,3 +288,11 @@ def test_undo_does_not_run_during_a_restore_and_lets_go_of_the_lock(migrated: An
     held = jobs.read(r, report["undo_id"])  # undo's own record, ended; the lock let go
     assert held is not None and held.kind == "validate_undo" and held.state == "succeeded"
     assert r.get(jobs.LOCK_KEY.format(resource=LIVE_LOCK)) is None
+
+
+def test_validate_still_takes_its_options_beside_undo(migrated: Any) -> None:
+    proc = run_cli("validate", "--fix", "--fix-kinds", "orphans,bogus")  # refused before a job is submitted
+    assert proc.returncode == 2 and "'bogus' is not a fix kind" in proc.stderr, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
+    code, report = cli_json("validate", "--no-fix", timeout=300)
+    assert report["kind"] == "validate" and not report["fix"]
