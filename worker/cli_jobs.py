@@ -31,6 +31,7 @@ from worker.render import (
     render_restore,
     render_seed,
     render_testdata,
+    render_undo,
     render_validate,
 )
 
@@ -407,10 +408,14 @@ def restore(backup_id: str, tables: str | None, exact: bool, allow_schema_mismat
                    render_restore)
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--fix/--no-fix", default=None, help="Repair the fixable issues (default: FIX_ISSUES).")
+@click.option("--fix-kinds", default=None, metavar="K,K|all",
+              help="With --fix, only these fix kinds (comma-separated, or all); default: every kind.")
 @output_options()
-def validate(fix: bool | None, as_json: bool, no_wait: bool, timeout: int | None) -> int:
+@click.pass_context
+def validate(ctx: click.Context, fix: bool | None, fix_kinds: str | None, as_json: bool, no_wait: bool,
+             timeout: int | None) -> int:
     """Validate the data: schema, referential (incl. DynamoDB -> PostgreSQL), consistency and performance
     checks, one task per table, key, range or scan segment. Exit 1 while errors remain.
 
@@ -418,10 +423,48 @@ def validate(fix: bool | None, as_json: bool, no_wait: bool, timeout: int | None
     Examples:
       worktask validate
       worktask validate --fix --json
+      worktask validate --fix --fix-kinds task_status,orphans
+      worktask validate undo 20261124T101500Z-validate-1a2b3c --dry-run
     """
+    if ctx.invoked_subcommand:
+        return 0
+    from worker.fixes import parse_kinds
+
     s = settings()
     do_fix = flag_or(fix, s.fix_issues)
-    return run_job(lambda: commands.validate(s, do_fix), "validate", as_json, no_wait, timeout, render_validate)
+    kinds = None if fix_kinds is None else parse_kinds(fix_kinds)
+    return run_job(lambda: commands.validate(s, do_fix, kinds), "validate", as_json, no_wait, timeout,
+                   render_validate)
+
+
+@validate.command("undo")
+@click.argument("job_id")
+@dry_run_option
+@output_options(wait=False)
+def validate_undo(job_id: str, dry_run: bool | None, as_json: bool) -> int:
+    """Put back what validation job JOB_ID's fixes deleted or overwrote, from its quarantine: the PostgreSQL
+    rows in one transaction, then the DynamoDB items. A row whose live data moved on since the fix (its key
+    reused by another row, an updated row changed again) refuses the whole undo: exit 2, the rows named,
+    nothing put back. A row already as it was before the fix is left alone (`already there`): a second undo
+    changes nothing. It runs here, in the CLI process, and not while a restore of the live database runs.
+    Exit 1 when a DynamoDB item could not be put back after the PostgreSQL rows were.
+
+    \b
+    Examples:
+      worktask validate undo 20261124T101500Z-validate-1a2b3c --dry-run
+      worktask validate undo 20261124T101500Z-validate-1a2b3c --json
+    """
+    from worker import undo
+
+    s = settings()
+    report, code = undo.undo(s, job_id, flag_or(dry_run, s.dry_run))
+    if as_json:
+        emit_json(report)
+    else:
+        render_undo(report)
+    if code:
+        err.print(escape(report["error"]), soft_wrap=True)
+    return code
 
 
 @click.group()

@@ -318,3 +318,23 @@ def render_rekey(report: dict[str, Any]) -> None:
     counts = {o: sum(1 for b in report["backups"] if b["outcome"] == o) for o in ("rekeyed", "already", "failed")}
     out.print(f"{len(report['backups'])} backup(s) under the {escape(report['new_key'])}: "
               f"{counts['rekeyed']} rekeyed, {counts['already']} already, {counts['failed']} failed")
+
+
+def render_undo(report: dict[str, Any]) -> None:
+    """`validate undo`: per table what was (a dry run: would be) put back, then the rows that refused it."""
+    refused = (report.get("error") or "").startswith("undo refused")
+    verb = "would restore" if report["dry_run"] or refused else "restored"
+    title = f"undo of {report['job_id']}" + (" (dry run: nothing changed)" if report["dry_run"] else "")
+    table = Table("store", "table", verb, "already there", "conflicts", title=title)
+    for t in report["tables"]:
+        table.add_row(t["store"], escape(t["table"]), str(t["restored"]), str(t["already"]),
+                      f"[red]{t['conflicts']}[/]" if t["conflicts"] else "0")
+    out.print(table)
+    for s in report["skipped"]:
+        out.print(f"skipped {escape(s['object'])}: {escape(s['why'])}")
+    if report["conflicts"]:
+        rows = Table("store", "table", "key", "why", title="changed since the fix")
+        for c in report["conflicts"][:200]:
+            rows.add_row(c["store"], escape(c["table"]), escape(c["key"]), escape(c["why"]))
+        out.print(rows)
+    out.print(f"quarantine objects read: {len(report['objects'])}", markup=False)

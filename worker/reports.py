@@ -255,3 +255,34 @@ class OptimizeReport(JobReport):
     lock_timeout: float
     tables: list[OptimizeTable] = Field(default_factory=list)
     checked: int = 0  # user tables looked at
+
+
+class UndoTable(BaseModel):
+    store: Literal["postgres", "dynamodb"]
+    table: str
+    restored: int = 0  # put back (a dry run, or an undo refused: would be; nothing was)
+    already: int = 0  # the live row is the one before the fix: nothing to do
+    conflicts: int = 0  # changed since the fix: not put back
+
+
+class UndoConflict(BaseModel):
+    store: Literal["postgres", "dynamodb"]
+    table: str
+    key: str  # `id=123`, `todo_id=1 depends_on_todo_id=2`, `PK=TASK#1 SK=ANALYSIS`
+    why: str  # key reused, moved on since the fix, gone since the fix, ...
+
+
+class UndoSkipped(BaseModel):
+    object: str  # the quarantine object
+    why: str
+
+
+class UndoReport(JobReport):
+    """`worktask validate undo JOB_ID`: job_id is the validation job whose fixes are undone."""
+
+    kind: str = "validate_undo"
+    undo_id: str | None = None  # the undo's own job record (it holds the live restore lock); none for a dry run
+    objects: list[str] = Field(default_factory=list)  # the quarantine objects read
+    tables: list[UndoTable] = Field(default_factory=list)
+    conflicts: list[UndoConflict] = Field(default_factory=list)
+    skipped: list[UndoSkipped] = Field(default_factory=list)  # documents whose fixing transaction rolled back
