@@ -338,3 +338,44 @@ def test_orphans_and_cycles_are_fixed_and_kept(planted: dict[str, Any], migrated
     finally:
         with pg_connect(migrated, autocommit=True) as pg:
             pg.execute("delete from todo_items where id = %s", (orphan,))
+
+
+def test_a_fix_then_its_undo_leaves_every_table_and_dynamodb_byte_identical(planted: dict[str, Any],
+                                                                           migrated: Any) -> None:
+    """Every kind in one run — a duplicate todo (with the edge and the deliverable it takes along), a task and a
+    deliverable status, the dangling item — and the deliverable whose todo is the duplicate is also approved with a
+    failing check: one row two fixes change. Undo puts everything back; a second undo finds it all there."""
+    with pg_connect(migrated, autocommit=True) as pg:
+        pg.execute("update deliverables set status = 'approved' where id = %s", (planted["deliverable"],))
+        pg.execute("""insert into quality_checks (deliverable_id, standard_id, score, passed)
+                      values (%s, (select min(id) from quality_standards), 5, false)""", (planted["deliverable"],))
+    before = hashes(migrated)
+    code, report = cli_json("validate", "--fix", timeout=300, env={"FIX_MIN_AGE_MINUTES": "0"})
+    assert issue_of(report, "deliverables", str(planted["deliverable"]))["fixed"]
+    assert issue_of(report, "todo_items", str(planted["dup"]))["fixed"]
+    assert issue_of(report, migrated.dynamo_table_name, planted["item_key"])["fixed"]
+    fixed = hashes(migrated)
+    assert {t for t in before if before[t] != fixed[t]} >= {"work_tasks", "todo_items", "todo_dependencies",
+                                                            "deliverables", "dynamodb"}
+    code, dry = cli_json("validate", "undo", report["job_id"], "--dry-run")
+    assert code == 0 and hashes(migrated) == fixed, dry
+    code, undone = cli_json("validate", "undo", report["job_id"])
+    assert code == 0, undone
+    assert hashes(migrated) == before
+    code, again = cli_json("validate", "undo", report["job_id"])
+    assert code == 0 and hashes(migrated) == before, again
+
+
+def test_undo_refuses_naming_the_row_when_a_deleted_rows_key_was_reused(planted: dict[str, Any],
+                                                                        migrated: Any) -> None:
+    code, report = cli_json("validate", "--fix", timeout=300, env={"FIX_MIN_AGE_MINUTES": "0"})
+    assert issue_of(report, "todo_items", str(planted["dup"]))["fixed"]
+    with pg_connect(migrated, autocommit=True) as pg:  # the application's new todo gets the deleted one's id
+        pg.execute("""insert into todo_items (id, work_task_id, title, is_test) overriding system value
+                      values (%s, %s, 'a new todo, same id', true)""", (planted["dup"], planted["done"]))
+    now = hashes(migrated)
+    proc = run_cli("validate", "undo", report["job_id"])
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "todo_items" in lines[0] and str(planted["dup"]) in lines[0] and "reused" in lines[0], lines
+    assert hashes(migrated) == now  # nothing was put back

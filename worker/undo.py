@@ -39,6 +39,7 @@ ABSENT = None  # the state of a row or item that does not exist
 KEY_REUSED = "key reused"
 MOVED_ON = "moved on since the fix"
 GONE = "gone since the fix"
+LOCK_TTL_S = 1800  # the live restore lock an undo holds lapses after this even if the undo was killed outright
 
 
 def key_text(row: dict[str, Any]) -> str:
@@ -61,6 +62,8 @@ class _Postgres:
     def pin(self) -> None:
         for name, value in SESSION_SETTINGS.items():
             self.conn.execute("select set_config(%s, %s, false)", (name, value))
+        # bounded below the lock's own lapse (LOCK_TTL_S): an undo that cannot finish gives up, rolled back
+        self.conn.execute("select set_config('statement_timeout', %s, false)", (f"{LOCK_TTL_S // 2}s",))
 
     def columns(self, table: str) -> tuple[list[str], set[str], set[str]]:
         """(the columns an insert writes: all but the generated ones; identity always columns; nullable ones)."""
@@ -351,6 +354,9 @@ def _lock(settings: Settings, job_id: str) -> tuple[Any, str]:
         jobs.fail(r, undo_id, f"{what} is running (job {holder})")
         raise BadInput(f"{what} is running (job {holder}): nothing was put back; undo after it "
                        f"(worktask jobs show {holder})")
+    # an undo killed outright (its record left `running`) must not hold restores back for the job TTL: the lock
+    # lapses on its own after LOCK_TTL_S (the undo's PostgreSQL transaction is bounded below it)
+    r.expire(jobs.LOCK_KEY.format(resource=LIVE_LOCK), LOCK_TTL_S)
     return r, undo_id
 
 
