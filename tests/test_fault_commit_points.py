@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from conftest import cli_json, own_worker
+from conftest import cli_json, own_worker, run_job
 from test_backup import backup, data, manifest_of  # noqa: F401 - `data` is a fixture
 from test_fault_store import stack_env
 from test_fault_workers import counts, nothing_left, running
@@ -37,9 +37,9 @@ WAIT = 300  # bound of every job wait (the machine is shared and loaded)
 
 
 class HoldingProxy:
-    """A TCP proxy in front of `upstream` that passes every byte until a client's request matches `pattern`:
-    that request is never forwarded and its connection gets no answer (held until its client goes away).
-    Once: everything after it passes again. `peer` is the held client's address."""
+    """A TCP proxy in front of `upstream` that passes every byte, but a client's request that matches `pattern`
+    until `release()`: that request is never forwarded and its connection gets no answer (held until its client
+    goes away). `peer` is the address of the first client held."""
 
     def __init__(self, upstream: tuple[str, int], pattern: bytes):
         self.upstream, self.pattern = upstream, re.compile(pattern, re.IGNORECASE)
@@ -71,11 +71,15 @@ class HoldingProxy:
             threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
 
+    def release(self) -> None:
+        self._armed = False
+
     def _take(self, client: socket.socket) -> bool:
         with self._lock:
             if not self._armed:
                 return False
-            self._armed, self.peer = False, client.getpeername()
+            if self.peer is None:
+                self.peer = client.getpeername()
         self.held.set()
         return True
 
@@ -156,54 +160,56 @@ def made_files(settings: Any) -> int:
     return sum(1 for _ in backups.store_for(settings, backups.store_options(settings)).list("test-data/"))
 
 
-@pytest.mark.parametrize("window", ["before-its-items", "before-its-marker"])
-def test_a_testdata_chunk_killed_after_its_commit_makes_each_row_item_and_file_once(data: Any,  # noqa: F811
-                                                                                   window: str) -> None:
-    """The chunk commits its rows, then writes the DynamoDB items and the files, then marks itself done in
-    Redis. Its process is killed right after the commit (its first BatchWriteItem held), or right before the
-    marker (the marker's SET held); the redelivered chunk finds its rows committed and makes none again, and
-    the items and files are all there once."""
+def test_a_testdata_chunk_killed_after_its_commit_makes_each_row_item_and_file_once(data: Any) -> None:  # noqa: F811
+    """The chunk commits its rows, then writes their DynamoDB items and files, then marks itself done in
+    Redis. Its process is killed right after the commit (its first BatchWriteItem held); the redelivered chunk
+    finds the rows committed, makes none again and writes the items and files; it is killed too, right before
+    its marker (the SET held); the third delivery does the same and marks. Each row, item and file once."""
     from worker.app import app
 
     env = stack_env(data)
-    if window == "before-its-items":
-        upstream, pattern = host_port(env["AWS_ENDPOINT_URL"]), rb"x-amz-target: *dynamodb_\d+\.batchwriteitem"
-    else:
-        upstream, pattern = host_port(data.result_backend), marker_set(r"generated:\d+")
     r = redis_client(data)
     before = (counts(data), made_items(data), made_files(data))
+    items = HoldingProxy(host_port(env["AWS_ENDPOINT_URL"]), rb"x-amz-target: *dynamodb_\d+\.batchwriteitem")
+    marker = HoldingProxy(host_port(data.result_backend), marker_set(r"generated:\d+"))
     try:
-        with HoldingProxy(upstream, pattern) as proxy:
-            if window == "before-its-items":
-                env["AWS_ENDPOINT_URL"] = through(env["AWS_ENDPOINT_URL"], proxy.port)
-            else:
-                env["CELERY_RESULT_BACKEND"] = through(data.result_backend, proxy.port)
+        with items, marker:
+            env["AWS_ENDPOINT_URL"] = through(env["AWS_ENDPOINT_URL"], items.port)
+            env["CELERY_RESULT_BACKEND"] = through(data.result_backend, marker.port)
             with own_worker(data, "commitpoint", env):
                 job_id = commands.testdata(data, "generate", 60, None)
-                pid = held_process(proxy, "the chunk's write after its commit")
-                victim = running(app, "worktask.testdata.generate_chunk",
-                                 time.monotonic() + 30, host="commitpoint-", accept=lambda t: t["worker_pid"] == pid)
+                pid = held_process(items, "the chunk's first DynamoDB write after its commit")
+                victim = running(app, "worktask.testdata.generate_chunk", time.monotonic() + 30, host="commitpoint-",
+                                 accept=lambda t: t["worker_pid"] == pid)
                 committed = counts(data)
                 assert committed["work_tasks"] - before[0]["work_tasks"] == 60, "the chunk had not committed"
+                assert made_items(data) == before[1]
                 os.kill(pid, signal.SIGKILL)
+                items.release()
+                pid = held_process(marker, "the redelivered chunk's marker")
+                running(app, "worktask.testdata.generate_chunk", time.monotonic() + 30, host="commitpoint-",
+                        accept=lambda t: t["worker_pid"] == pid and t["id"] == victim["id"])
+                assert counts(data) == committed and made_items(data) - before[1] == 60  # items, no rows again
+                os.kill(pid, signal.SIGKILL)
+                marker.release()
                 report = jobs.wait(r, job_id, timeout=WAIT)
         assert report["ok"] and report["tasks"] == 60, report
-        assert jobs.deliveries(r, job_id)[victim["id"]] >= 2
+        assert jobs.deliveries(r, job_id)[victim["id"]] >= 3
         after = counts(data)
         assert {t: after[t] - before[0][t] for t in after} == {
             "work_tasks": report["tasks"], "todo_items": report["todos"], "deliverables": report["deliverables"],
             "quality_checks": report["quality_checks"]}
-        assert committed == after  # the redelivery added nothing
+        assert after == committed  # the redeliveries added no row
         assert made_items(data) - before[1] == report["analysis_items"] == report["tasks"]
         assert made_files(data) - before[2] == report["files"] == report["deliverables"]
     finally:
-        code, cleaned = cli_json("testdata", "cleanup", timeout=WAIT)
-        assert code == 0 and cleaned["ok"], cleaned
+        cleaned = run_job(data, lambda: commands.testdata(data, "cleanup"), WAIT)
+        assert cleaned["ok"], cleaned
     assert (counts(data), made_items(data), made_files(data)) == before
     code, again = cli_json("testdata", "generate", "10", "--no-files", timeout=WAIT)  # the next run
     assert code == 0 and again["tasks"] == 10, again
-    code, cleaned = cli_json("testdata", "cleanup", timeout=WAIT)
-    assert code == 0 and counts(data) == before[0]
+    assert run_job(data, lambda: commands.testdata(data, "cleanup"), WAIT)["ok"]
+    assert counts(data) == before[0]
 
 
 # restore finalize ---------------------------------------------------------------------------------------------
@@ -234,6 +240,7 @@ def test_a_restore_whose_finalize_is_killed_after_the_swap_committed_succeeds_ex
             assert {k: v for k, v in hashes(dressed).items() if k != "dynamodb"} == \
                 {k: v for k, v in before.items() if k != "dynamodb"}
             os.kill(pid, signal.SIGKILL)
+            proxy.release()
             report = jobs.wait(r, job_id, timeout=WAIT)
     assert report["state"] == "succeeded" and report["ok"] and report["skipped"] == [], report.get("error")
     assert jobs.deliveries(r, job_id)[victim["id"]] >= 2
