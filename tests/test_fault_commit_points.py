@@ -24,10 +24,11 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from conftest import cli_json, own_worker, run_job
-from test_backup import backup, data, manifest_of  # noqa: F401 - `data` is a fixture
+from test_backup import backup, manifest_of
 from test_fault_store import stack_env
 from test_fault_workers import counts, nothing_left, running
 from test_restore import dressed, hashes, scramble  # noqa: F401 - `dressed` is a fixture
+from test_testdata import clean  # noqa: F401 - a fixture: no test data before
 from worker import backups, commands, jobs
 from worker.connections import aws_client, redis_client
 
@@ -160,56 +161,56 @@ def made_files(settings: Any) -> int:
     return sum(1 for _ in backups.store_for(settings, backups.store_options(settings)).list("test-data/"))
 
 
-def test_a_testdata_chunk_killed_after_its_commit_makes_each_row_item_and_file_once(data: Any) -> None:  # noqa: F811
+def test_a_testdata_chunk_killed_after_its_commit_makes_each_row_item_and_file_once(clean: Any) -> None:  # noqa: F811
     """The chunk commits its rows, then writes their DynamoDB items and files, then marks itself done in
     Redis. Its process is killed right after the commit (its first BatchWriteItem held); the redelivered chunk
     finds the rows committed, makes none again and writes the items and files; it is killed too, right before
     its marker (the SET held); the third delivery does the same and marks. Each row, item and file once."""
     from worker.app import app
 
-    env = stack_env(data)
-    r = redis_client(data)
-    before = (counts(data), made_items(data), made_files(data))
+    env = stack_env(clean)
+    r = redis_client(clean)
+    before = (counts(clean), made_items(clean), made_files(clean))
     items = HoldingProxy(host_port(env["AWS_ENDPOINT_URL"]), rb"x-amz-target: *dynamodb_\d+\.batchwriteitem")
-    marker = HoldingProxy(host_port(data.result_backend), marker_set(r"generated:\d+"))
+    marker = HoldingProxy(host_port(clean.result_backend), marker_set(r"generated:\d+"))
     try:
         with items, marker:
             env["AWS_ENDPOINT_URL"] = through(env["AWS_ENDPOINT_URL"], items.port)
-            env["CELERY_RESULT_BACKEND"] = through(data.result_backend, marker.port)
-            with own_worker(data, "commitpoint", env):
-                job_id = commands.testdata(data, "generate", 60, None)
+            env["CELERY_RESULT_BACKEND"] = through(clean.result_backend, marker.port)
+            with own_worker(clean, "commitpoint", env):
+                job_id = commands.testdata(clean, "generate", 60, None)
                 pid = held_process(items, "the chunk's first DynamoDB write after its commit")
                 victim = running(app, "worktask.testdata.generate_chunk", time.monotonic() + 30, host="commitpoint-",
                                  accept=lambda t: t["worker_pid"] == pid)
-                committed = counts(data)
+                committed = counts(clean)
                 assert committed["work_tasks"] - before[0]["work_tasks"] == 60, "the chunk had not committed"
-                assert made_items(data) == before[1]
+                assert made_items(clean) == before[1]
                 os.kill(pid, signal.SIGKILL)
                 items.release()
                 pid = held_process(marker, "the redelivered chunk's marker")
                 running(app, "worktask.testdata.generate_chunk", time.monotonic() + 30, host="commitpoint-",
                         accept=lambda t: t["worker_pid"] == pid and t["id"] == victim["id"])
-                assert counts(data) == committed and made_items(data) - before[1] == 60  # items, no rows again
+                assert counts(clean) == committed and made_items(clean) - before[1] == 60  # items, no rows again
                 os.kill(pid, signal.SIGKILL)
                 marker.release()
                 report = jobs.wait(r, job_id, timeout=WAIT)
         assert report["ok"] and report["tasks"] == 60, report
         assert jobs.deliveries(r, job_id)[victim["id"]] >= 3
-        after = counts(data)
+        after = counts(clean)
         assert {t: after[t] - before[0][t] for t in after} == {
             "work_tasks": report["tasks"], "todo_items": report["todos"], "deliverables": report["deliverables"],
             "quality_checks": report["quality_checks"]}
         assert after == committed  # the redeliveries added no row
-        assert made_items(data) - before[1] == report["analysis_items"] == report["tasks"]
-        assert made_files(data) - before[2] == report["files"] == report["deliverables"]
+        assert made_items(clean) - before[1] == report["analysis_items"] == report["tasks"]
+        assert made_files(clean) - before[2] == report["files"] == report["deliverables"]
     finally:
-        cleaned = run_job(data, lambda: commands.testdata(data, "cleanup"), WAIT)
+        cleaned = run_job(clean, lambda: commands.testdata(clean, "cleanup"), WAIT)
         assert cleaned["ok"], cleaned
-    assert (counts(data), made_items(data), made_files(data)) == before
+    assert (counts(clean), made_items(clean), made_files(clean)) == before
     code, again = cli_json("testdata", "generate", "10", "--no-files", timeout=WAIT)  # the next run
     assert code == 0 and again["tasks"] == 10, again
-    assert run_job(data, lambda: commands.testdata(data, "cleanup"), WAIT)["ok"]
-    assert counts(data) == before[0]
+    assert run_job(clean, lambda: commands.testdata(clean, "cleanup"), WAIT)["ok"]
+    assert counts(clean) == before[0]
 
 
 # restore finalize ---------------------------------------------------------------------------------------------
