@@ -3,10 +3,10 @@ it told Redis so (the work's marker), the narrowest window of a task. Its redeli
 committed work: a test-data chunk makes its rows once, a restore's finalize that swapped reports succeeded.
 
 The window is held still from the outside: the test's own worker talks to a service through a proxy that
-passes everything until the request the window ends with (the marker's SET in Redis, or the chunk's first
-DynamoDB write that follows its commit) and never forwards that one. The process that sent it waits for an
-answer; the test finds it by the proxy's connection (/proc/net/tcp -> its socket -> the process), checks that
-the work committed, kills the process (SIGKILL) and lets the redelivery through.
+passes everything but the request the window ends with (the marker's SET in Redis, or the chunk's first
+DynamoDB write after its commit), which it never forwards. The process that sent it waits for an answer;
+the test finds it by the proxy's connection (/proc/net/tcp -> its socket -> the process), checks that the
+work committed, lets later requests through and kills the process (SIGKILL).
 """
 
 from __future__ import annotations
@@ -185,14 +185,14 @@ def test_a_testdata_chunk_killed_after_its_commit_makes_each_row_item_and_file_o
                 committed = counts(clean)
                 assert committed["work_tasks"] - before[0]["work_tasks"] == 60, "the chunk had not committed"
                 assert made_items(clean) == before[1]
+                items.release()  # what it held stays held; a redelivery's writes pass
                 os.kill(pid, signal.SIGKILL)
-                items.release()
                 pid = held_process(marker, "the redelivered chunk's marker")
                 running(app, "worktask.testdata.generate_chunk", time.monotonic() + 30, host="commitpoint-",
                         accept=lambda t: t["worker_pid"] == pid and t["id"] == victim["id"])
                 assert counts(clean) == committed and made_items(clean) - before[1] == 60  # items, no rows again
-                os.kill(pid, signal.SIGKILL)
                 marker.release()
+                os.kill(pid, signal.SIGKILL)
                 report = jobs.wait(r, job_id, timeout=WAIT)
         assert report["ok"] and report["tasks"] == 60, report
         assert jobs.deliveries(r, job_id)[victim["id"]] >= 3
@@ -240,8 +240,8 @@ def test_a_restore_whose_finalize_is_killed_after_the_swap_committed_succeeds_ex
             # deleted after the marker)
             assert {k: v for k, v in hashes(dressed).items() if k != "dynamodb"} == \
                 {k: v for k, v in before.items() if k != "dynamodb"}
+            proxy.release()  # what it held stays held; the redelivery's marker passes
             os.kill(pid, signal.SIGKILL)
-            proxy.release()
             report = jobs.wait(r, job_id, timeout=WAIT)
     assert report["state"] == "succeeded" and report["ok"] and report["skipped"] == [], report.get("error")
     assert jobs.deliveries(r, job_id)[victim["id"]] >= 2
