@@ -455,13 +455,16 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
     if pg_ok and not dry and not jobs.marked(self.redis, job_id, "swapped"):
         with pg_connect(s) as conn:
             conn.execute("select set_config('lock_timeout', %s, true)", (swap.LOCK_TIMEOUT,))
-            cats = [swap.catalog(conn, name) for name in pg_ok]
-            if beside:  # the one table, renamed to the new name (JobFailed if it exists by now); the live one untouched
-                swap_beside.beside(conn, cats[0], beside, plan.tag)
-            else:
-                swap.swap(conn, cats, plan.tag)
+            # the swap's row in the ledger commits with it: a finalize delivered again after its process died
+            # between this commit and the marker below finds it, and the swap done
+            if swap.claim_swap(conn, plan.tag):
+                cats = [swap.catalog(conn, name) for name in pg_ok]
+                if beside:  # the one table, renamed to the new name (JobFailed if it exists by now); live one untouched
+                    swap_beside.beside(conn, cats[0], beside, plan.tag)
+                else:
+                    swap.swap(conn, cats, plan.tag)
             conn.commit()
-        jobs.mark(self.redis, job_id, "swapped")  # a redelivered finalize does not swap twice
+        jobs.mark(self.redis, job_id, "swapped")  # a redelivered finalize does not look again
     for t in ok:  # --exact deletes only after the swap (the upserts of the load are already in DynamoDB)
         if t["store"] == "dynamodb" and opts.get("exact"):
             extra = extra_items(s, plan, t, s.dynamo_table_name)  # the table restored into

@@ -4,6 +4,8 @@ Each chunk makes CHUNK work tasks from its own random generator (seed, chunk num
 and count give the same data. Rows are bulk-loaded with COPY (ids reserved from the tables' own
 sequences), DynamoDB analysis items with BatchWriteItem, deliverable files under `test-data/`.
 Test data is marked (is_test, an is_test attribute, the test-data/ prefix): cleanup removes exactly it.
+A chunk makes its rows once, however often it is delivered: its process may die after the rows' commit
+and before the Redis marker that says the chunk is done (`generate_chunk`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ COLUMNS = {"work_tasks": ("id", "title", "description", "priority", "status", "w
                             "is_test", "created_at", "updated_at"),
            "quality_checks": ("id", "deliverable_id", "standard_id", "score", "passed", "details", "checked_at")}
 DYNAMO_THREADS = 4  # BatchWriteItem calls in flight per chunk
+CHUNK_LOCK_TIMEOUT = "60s"  # the wait of a chunk delivered again for its earlier delivery's transaction
 
 
 def _text(value: str) -> str:
@@ -147,21 +150,59 @@ def make_chunk(rng: random.Random, n: int, standards: dict[int, tuple[str, int]]
     return {"tasks": tasks}
 
 
-def generate_chunk(settings: Settings, options: dict[str, Any], chunk: int, count: int) -> dict[str, int]:
+def _runs(ids: list[int]) -> list[list[int]]:
+    """Ascending ids as [first, last] runs (a sequence's reservation: one run unless another session drew
+    between): what a chunk notes of the ids it reserved, small whatever the count."""
+    runs: list[list[int]] = []
+    for i in ids:
+        if runs and runs[-1][1] + 1 == i:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return runs
+
+
+def _ids(runs: list[list[int]]) -> list[int]:
+    return [i for first, last in runs for i in range(first, last + 1)]
+
+
+def _lock_chunk(cur: Any, job_id: str, chunk: int) -> None:
+    """The chunk's advisory lock, held by its transaction: a second delivery waits here until the first one's
+    transaction has ended (committed or rolled back), at most CHUNK_LOCK_TIMEOUT (then it is retried)."""
+    before = cur.execute("select current_setting('lock_timeout')").fetchone()[0]
+    cur.execute("select set_config('lock_timeout', %s, true)", (CHUNK_LOCK_TIMEOUT,))
+    cur.execute("select pg_advisory_xact_lock(hashtext('worktask:testdata'), hashtext(%s))", (f"{job_id}:{chunk}",))
+    cur.execute("select set_config('lock_timeout', %s, true)", (before,))
+
+
+def generate_chunk(settings: Settings, r: Any, job_id: str, options: dict[str, Any], chunk: int,
+                   count: int) -> dict[str, int]:
+    """Make the chunk's rows (one transaction), then its DynamoDB items and files (upserts), once whatever the
+    deliveries: before committing, the chunk notes the ids it reserved in Redis (`made:<chunk>`); a delivery
+    that finds the note and those rows in PostgreSQL (its process died after the commit, before the marker)
+    makes no row again, only the items and files of those rows, which it draws again from the same seed."""
     rng = random.Random(f"{options['seed']}:{chunk}")
     now = datetime(2026, 1, 1, tzinfo=UTC) if options.get("seed_given") else datetime.now(UTC)
     no_files, no_dynamodb = bool(options.get("no_files")), bool(options.get("no_dynamodb"))
     with pg_connect(settings) as conn, conn.cursor() as cur:
+        _lock_chunk(cur, job_id, chunk)
+        earlier = jobs.value(r, job_id, f"made:{chunk}")
+        if earlier and not cur.execute("select exists (select from work_tasks where id = any(%s))",
+                                       (_ids(earlier["work_tasks"]),)).fetchone()[0]:
+            earlier = None  # noted, then rolled back (its process died before the commit): made again below
         standards = {i: (k, t) for i, k, t in cur.execute("select id, key, threshold from quality_standards")}
         types = [(i, k, (ext or [".txt"])[0], std) for i, k, ext, std in
                  cur.execute("select id, key, extensions, standard_id from artifact_types order by key").fetchall()]
-        workgroups = [r[0] for r in cur.execute("select id from workgroup_skills order by key")]
+        workgroups = [row[0] for row in cur.execute("select id from workgroup_skills order by key")]
         if not (standards and types and workgroups):
             raise JobFailed("no seeded configuration: run worktask seed first")
         data = make_chunk(rng, count, standards, types, workgroups, now)["tasks"]
         n_deliverables = sum(len(t["deliverables"]) for t in data)
-        ids = _reserve(cur, {"work_tasks": len(data), "todo_items": sum(len(t["todos"]) for t in data),
-                             "deliverables": n_deliverables, "quality_checks": n_deliverables})
+        if earlier:  # the rows are in: the same ids again, for the items and files
+            ids = {table: _ids(runs) for table, runs in earlier.items()}
+        else:
+            ids = _reserve(cur, {"work_tasks": len(data), "todo_items": sum(len(t["todos"]) for t in data),
+                                 "deliverables": n_deliverables, "quality_checks": n_deliverables})
         todo_ids, deliv_ids, check_ids = (iter(ids[t]) for t in ("todo_items", "deliverables", "quality_checks"))
         details = {std_id: _text(json.dumps({"standard": key, "reviewer": "test-data"}))
                    for std_id, (key, _) in standards.items()}
@@ -200,9 +241,12 @@ def generate_chunk(settings: Settings, options: dict[str, Any], chunk: int, coun
             hours = round(rng.uniform(2, 80), 1)
             if not no_dynamodb:
                 items.append(_analysis_item(tid, t, complexity, risk, hours))
-        for table, lines in zip(COLUMNS, (tasks, todos, deps, delivs, checks)):
-            _copy(cur, table, lines)
-        conn.commit()
+        if not earlier:
+            for table, lines in zip(COLUMNS, (tasks, todos, deps, delivs, checks)):
+                _copy(cur, table, lines)
+            # noted before the commit: once committed, the rows are found by these ids
+            jobs.put_value(r, job_id, f"made:{chunk}", {table: _runs(v) for table, v in ids.items()})
+            conn.commit()
     write_items(settings, items)
     if files:
         store = backups.store_for(settings, options)
@@ -286,7 +330,7 @@ def generate(self: JobTask, job_id: str, chunk: int, count: int) -> dict[str, in
     done = jobs.marked(self.redis, job_id, f"generated:{chunk}")
     if done:  # a redelivered chunk that committed already
         return done
-    out = generate_chunk(self.settings, jobs.options(self.redis, job_id), chunk, count)
+    out = generate_chunk(self.settings, self.redis, job_id, jobs.options(self.redis, job_id), chunk, count)
     jobs.mark(self.redis, job_id, f"generated:{chunk}", out)
     jobs.add(self.redis, job_id, rows=out["tasks"] + out["todos"] + out["deliverables"] + out["quality_checks"])
     return out

@@ -39,6 +39,7 @@ from worker.swap_replacement import (  # noqa: F401
     LOCK_TIMEOUT,
     MARKER,
     build,
+    claim_swap,
     create_ledger,
     create_replacement,
     drop_replacements,

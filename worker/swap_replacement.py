@@ -51,7 +51,8 @@ def marker(tag: str, table: str) -> str:
 
 def ledger(tag: str) -> str:
     """The restore's ledger: one row per chunk whose load committed, written in the load's own transaction,
-    so a chunk delivered twice is loaded once. Marked as a replacement of no table (dropped with them)."""
+    so a chunk delivered twice is loaded once, and the swap's row (`claim_swap`). Marked as a replacement of no
+    table (dropped with them, when the job ends)."""
     return f"worktask_restore_loads_{_clip(tag, 16)}"
 
 
@@ -63,6 +64,17 @@ def create_ledger(conn: psycopg.Connection, tag: str) -> str:
                              "primary key (tbl, n))").format(name))
         conn.execute(sql.SQL("comment on table {} is {}").format(name, sql.Literal(marker(tag, ""))))
     return ledger(tag)
+
+
+def claim_swap(conn: psycopg.Connection, tag: str) -> bool:
+    """The swap's own row in the restore's ledger (table '', chunk -1), written first in the swap's transaction
+    and so committed with it: True when this transaction is to swap; False when a swap of this restore has
+    committed already (a finalize delivered again after its process died between that commit and the Redis
+    marker: the live tables hold the restored rows, there is nothing to swap). A finalize delivered twice at
+    once waits here for the other one's transaction, as a chunk's second load does (bounded by the caller's
+    lock_timeout)."""
+    return conn.execute(sql.SQL("insert into {} (tbl, n, rows) values ('', -1, 0) on conflict do nothing "
+                                "returning true").format(sql.Identifier(ledger(tag)))).fetchone() is not None
 
 
 def qi(conn: psycopg.Connection, name: str) -> str:
