@@ -379,3 +379,8 @@ def test_undo_refuses_naming_the_row_when_a_deleted_rows_key_was_reused(planted:
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "todo_items" in lines[0] and str(planted["dup"]) in lines[0] and "reused" in lines[0], lines
     assert hashes(migrated) == now  # nothing was put back
+
+
+def test_fix_kinds_without_fix_is_refused_rather_than_ignored(migrated: Any) -> None:
+    proc = run_cli("validate", "--fix-kinds", "orphans")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "--fix" in proc.stderr, proc.stderr

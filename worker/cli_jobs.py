@@ -419,6 +419,10 @@ def validate(ctx: click.Context, fix: bool | None, fix_kinds: str | None, as_jso
     """Validate the data: schema, referential (incl. DynamoDB -> PostgreSQL), consistency and performance
     checks, one task per table, key, range or scan segment. Exit 1 while errors remain.
 
+    With --fix, each fix first keeps what it deletes or overwrites in a quarantine in the backup store (the
+    report says where; `validate undo JOB_ID` puts it back), re-checks its finding on the locked row, and
+    leaves rows changed less than FIX_MIN_AGE_MINUTES ago `pending` (README: Safe fixes).
+
     \b
     Examples:
       worktask validate
@@ -432,6 +436,10 @@ def validate(ctx: click.Context, fix: bool | None, fix_kinds: str | None, as_jso
 
     s = settings()
     do_fix = flag_or(fix, s.fix_issues)
+    if fix_kinds is not None and not do_fix:
+        from worker.errors import BadInput
+
+        raise BadInput("--fix-kinds chooses what --fix repairs: add --fix (or set FIX_ISSUES=true)")
     kinds = None if fix_kinds is None else parse_kinds(fix_kinds)
     return run_job(lambda: commands.validate(s, do_fix, kinds), "validate", as_json, no_wait, timeout,
                    render_validate)

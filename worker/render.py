@@ -338,3 +338,7 @@ def render_undo(report: dict[str, Any]) -> None:
             rows.add_row(c["store"], escape(c["table"]), escape(c["key"]), escape(c["why"]))
         out.print(rows)
     out.print(f"quarantine objects read: {len(report['objects'])}", markup=False)
+
+
+
+RENDERERS["validate_undo"] = render_undo  # `worktask jobs show` of an undo
