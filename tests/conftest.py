@@ -125,6 +125,22 @@ def run_job(settings: Any, submit: Any, timeout: float = 120) -> dict[str, Any]:
     return commands.wait(settings, submit(), timeout)
 
 
+def data_hashes(settings: Any, tables: tuple[str, ...]) -> dict[str, Any]:
+    """(rows, hash) of each table (every column, worker/rowhash.py) and of the DynamoDB table: equal hashes are
+    byte-identical data."""
+    from worker import rowhash
+    from worker.connections import aws_client, pg_connect
+
+    out: dict[str, Any] = {}
+    with pg_connect(settings, autocommit=True) as conn:
+        for table in tables:
+            cols = [r[0] for r in conn.execute("select attname::text from pg_attribute where attrelid = %s::regclass "
+                                               "and attnum > 0 and not attisdropped order by attnum", (table,))]
+            out[table] = rowhash.postgres_table(conn, table, cols)
+    out["dynamodb"] = rowhash.dynamo_table(aws_client(settings, "dynamodb"), settings.dynamo_table_name)
+    return out
+
+
 @pytest.fixture(scope="session")
 def migrated(settings: Any) -> Any:
     """The session database at the migration head (the DynamoDB table too), seeded."""

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from conftest import cli_json, run_cli, run_job
+from conftest import cli_json, data_hashes, run_cli, run_job
 from tasks.validate import TASK_EVIDENCE, TASK_FIX, TASK_STILL, existing_tasks
-from worker import commands, quarantine, rowhash
+from worker import commands, quarantine
 from worker.backups import store_for
 from worker.connections import aws_client, pg_connect, redis_client
 from worker.dynamo import to_item
@@ -27,15 +27,7 @@ OLD = "now() - interval '2 hours'"
 
 
 def hashes(settings: Any) -> dict[str, Any]:
-    """Every table's (rows, hash) and the DynamoDB table's: what `byte-identical` means here."""
-    out: dict[str, Any] = {}
-    with pg_connect(settings) as conn:
-        for table in TABLES:
-            cols = [r[0] for r in conn.execute("select attname::text from pg_attribute where attrelid = %s::regclass "
-                                               "and attnum > 0 and not attisdropped order by attnum", (table,))]
-            out[table] = rowhash.postgres_table(conn, table, cols)
-    out["dynamodb"] = rowhash.dynamo_table(aws_client(settings, "dynamodb"), settings.dynamo_table_name)
-    return out
+    return data_hashes(settings, TABLES)
 
 
 def issue_of(report: dict[str, Any], table: str, key: str) -> dict[str, Any]:
@@ -64,6 +56,14 @@ def no_first_looks(settings: Any) -> None:
         r.delete(key)
 
 
+def a_deliverable(pg: Any, task: int) -> int:
+    """The task's first deliverable (one is made when the generator gave it none)."""
+    found = pg.execute("select id from deliverables where work_task_id = %s order by id limit 1", (task,)).fetchone()
+    return found[0] if found else pg.execute(
+        """insert into deliverables (work_task_id, artifact_type_id, name, is_test)
+           values (%s, (select min(id) from artifact_types), 'planted', true) returning id""", (task,)).fetchone()[0]
+
+
 @pytest.fixture()
 def planted(migrated: Any) -> Iterator[dict[str, Any]]:
     """Test data and fixable defects: a duplicate todo that another todo depends on and a deliverable points at
@@ -80,25 +80,15 @@ def planted(migrated: Any) -> Iterator[dict[str, Any]]:
                            (t_dup, dup)).fetchone()[0]
         pg.execute("delete from todo_dependencies where todo_id = %s or depends_on_todo_id = %s", (other, other))
         pg.execute("insert into todo_dependencies values (%s, %s)", (other, dup))
-        deliverable = pg.execute("select id from deliverables where work_task_id = %s order by id limit 1",
-                                 (t_dup,)).fetchone()
-        if deliverable is None:
-            deliverable = pg.execute("""insert into deliverables (work_task_id, artifact_type_id, name, is_test)
-                                        values (%s, (select min(id) from artifact_types), 'planted', true)
-                                        returning id""", (t_dup,)).fetchone()
-        pg.execute("update deliverables set todo_id = %s where id = %s", (dup, deliverable[0]))
+        deliverable = a_deliverable(pg, t_dup)
+        pg.execute("update deliverables set todo_id = %s where id = %s", (dup, deliverable))
         pg.execute("update work_tasks set status = 'completed', completed_at = greatest(created_at, now()), "
                    "updated_at = now() where id = %s", (t_done,))  # as the application does: updated_at moves
         pg.execute("update todo_items set status = 'pending' where work_task_id = %s", (t_done,))
-        appr = pg.execute("select id from deliverables where work_task_id = %s order by id limit 1",
-                          (t_appr,)).fetchone()
-        if appr is None:
-            appr = pg.execute("""insert into deliverables (work_task_id, artifact_type_id, name, is_test)
-                                 values (%s, (select min(id) from artifact_types), 'approved', true)
-                                 returning id""", (t_appr,)).fetchone()
-        pg.execute("update deliverables set status = 'approved', updated_at = now() where id = %s", (appr[0],))
+        appr = a_deliverable(pg, t_appr)
+        pg.execute("update deliverables set status = 'approved', updated_at = now() where id = %s", (appr,))
         pg.execute("""insert into quality_checks (deliverable_id, standard_id, score, passed)
-                      values (%s, (select min(id) from quality_standards), 10, false)""", (appr[0],))
+                      values (%s, (select min(id) from quality_standards), 10, false)""", (appr,))
         missing = pg.execute("select coalesce(max(id), 0) + 1000 from work_tasks").fetchone()[0]
     dynamo = aws_client(migrated, "dynamodb")
     item = {"PK": f"TASK#{missing}", "SK": "ANALYSIS", "type": "analysis", "work_task_id": missing,
@@ -114,7 +104,7 @@ def planted(migrated: Any) -> Iterator[dict[str, Any]]:
                 pg.execute(f"update {table} set created_at = {OLD}, updated_at = {OLD} where is_test")
             pg.execute(f"update quality_checks set checked_at = {OLD}")
 
-    yield {"dup": dup, "other": other, "deliverable": deliverable[0], "done": t_done, "approved": appr[0],
+    yield {"dup": dup, "other": other, "deliverable": deliverable, "done": t_done, "approved": appr,
            "missing": missing, "item_key": f"TASK#{missing}|ANALYSIS", "age": age}
     dynamo.delete_item(TableName=migrated.dynamo_table_name, Key=to_item({"PK": f"TASK#{missing}", "SK": "ANALYSIS"}))
     with pg_connect(migrated, autocommit=True) as pg:

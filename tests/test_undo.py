@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import cli_json, run_cli, run_job
+from conftest import cli_json, data_hashes, run_cli, run_job
 from worker import commands, jobs, quarantine, rowhash
 from worker.connections import aws_client, check_redis, pg_connect
 from worker.dynamo import to_export
@@ -22,16 +22,8 @@ from worker.restore_target import LIVE_LOCK
 TABLES = ("work_tasks", "todo_items", "todo_dependencies", "deliverables")
 
 
-def hashes(settings: Any) -> dict[str, tuple[int, str]]:
-    """(rows, hash) of every table a fix here touches, and of the DynamoDB table."""
-    with pg_connect(settings, autocommit=True) as conn:
-        out = {}
-        for table in TABLES:
-            cols = [r[0] for r in conn.execute("select column_name from information_schema.columns "
-                                               "where table_name = %s order by ordinal_position", (table,))]
-            out[table] = rowhash.postgres_table(conn, table, cols)
-    out["dynamodb"] = rowhash.dynamo_table(aws_client(settings, "dynamodb"), settings.dynamo_table_name)
-    return out
+def hashes(settings: Any) -> dict[str, Any]:
+    return data_hashes(settings, TABLES)
 
 
 def pin(conn: Any) -> None:
