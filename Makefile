@@ -17,7 +17,7 @@ install: $(BIN)/.installed
 # The linter first (fail fast, seconds), then the suite.
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=30
 
 # Starts the stack (embedded services where the configured ones do not answer), runs `worktask init --test-data 200`
 # (migrate, seed, test data, validate, backup), validates the backup (health calls a backup never validated a problem),

@@ -22,6 +22,8 @@ from worker.fix_dynamo import delete_items
 from worker.fix_gate import SEEN_KEY
 from worker.fixer import Fixer
 
+pytestmark = pytest.mark.slow  # run once (local services): the fixes do not depend on the services' path
+
 TABLES = ("work_tasks", "todo_items", "todo_dependencies", "deliverables", "quality_checks")
 OLD = "now() - interval '2 hours'"
 

@@ -19,6 +19,8 @@ from worker.connections import aws_client, check_redis, pg_connect
 from worker.dynamo import to_export
 from worker.restore_target import LIVE_LOCK
 
+pytestmark = pytest.mark.slow  # run once (local services): the fixes do not depend on the services' path
+
 TABLES = ("work_tasks", "todo_items", "todo_dependencies", "deliverables")
 
 
