@@ -16,6 +16,7 @@ import pytest
 
 from conftest import cli_json, run_cli
 from tasks.health import run_check
+from tasks.verify import cleanup_quarantines
 from worker import backups, jobs, quarantine, retention
 from worker.connections import redis_client
 from worker.errors import ServiceUnavailable
@@ -58,7 +59,7 @@ def test_the_age_of_the_newest_object_decides_and_a_running_validation_keeps_its
     assert decisions[0]["last_write"] == (NOW - timedelta(days=2)).isoformat()
 
 
-def test_a_quarantine_that_cannot_be_deleted_is_reported_and_the_others_go(tmp_path: Path) -> None:
+def test_a_quarantine_that_cannot_be_deleted_or_listed_is_reported_and_the_others_go(tmp_path: Path) -> None:
     class Stuck(LocalStore):
         def delete(self, keys: list[str]) -> None:
             if any("/stuck/" in k for k in keys):
@@ -73,6 +74,13 @@ def test_a_quarantine_that_cannot_be_deleted_is_reported_and_the_others_go(tmp_p
     assert errors == ["stuck: the store refused the delete"]
     assert decisions[0]["error"] == "the store refused the delete" and "error" not in decisions[1]
     assert {q["job_id"] for q in quarantine.list_quarantines(store, options)} == {"stuck", "kept"}
+
+    class Unlistable(LocalStore):
+        def list(self, prefix: str = "") -> Any:
+            raise ServiceUnavailable("S3 refused s3://b/p/quarantine/ (AccessDenied)")
+
+    held, errors = cleanup_quarantines(Unlistable(tmp_path), options, 30, False, lambda _j: False)
+    assert (held, errors) == ([], ["listing the quarantines: S3 refused s3://b/p/quarantine/ (AccessDenied)"])
 
 
 @pytest.fixture(scope="module")
