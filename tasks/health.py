@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -14,7 +14,7 @@ import redis
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker import backups, jobs, migrator, workers
+from worker import backups, jobs, migrator, quarantine, workers
 from worker.app import app
 from worker.connections import pg_connect, redis_client, shared_aws_client
 from worker.constants import (
@@ -45,7 +45,7 @@ HINTS = {
     "workers": "start workers: worktask stack up or celery -A worker worker -Q control,bulk",
     "migrations": "run worktask migrate (drift: a migration file changed after it was applied; restore it)",
     "validation": "run worktask validate and read its issues (worktask validate --fix fixes the fixable ones)",
-    "backups": "run worktask backup",
+    "backups": "run worktask backup",  # a quarantine past retention: worktask backup cleanup (the check's hint)
     "queues": "check that Redis answers (worktask health --json shows the error)",
 }
 
@@ -143,20 +143,50 @@ def _drill(newest: dict[str, Any], complete: list[dict[str, Any]], now: datetime
             None if v["ok"] or drilled is not newest else drilled["backup_id"])
 
 
+# The nightly clean-up runs once a day: a quarantine past RETENTION_DAYS by more than that was missed by it.
+CLEANUP_GRACE = timedelta(days=1)
+
+
+def _quarantines(settings: Settings, store: Any, options: dict[str, Any],
+                 now: datetime) -> tuple[str | None, tuple[str, str] | None]:
+    """The quarantines of fixes kept (worker/quarantine.py), from one listing of their folder (no read): (the
+    detail's words or None when there is none, a problem when one outlived RETENTION_DAYS and a day)."""
+    kept = quarantine.list_quarantines(store, options)
+    if not kept:
+        return None, None
+    newest = kept[0]
+    ago = _age((now - newest["last_write"]).total_seconds())
+    words = (f"{len(kept)} quarantine{'s' if len(kept) > 1 else ''} of fixes kept, newest {newest['job_id']} "
+             f"({ago} old): worktask validate undo {newest['job_id']} puts its rows back")
+    days = settings.retention_days
+    overdue = [q["job_id"] for q in kept if now - q["last_write"] > timedelta(days=days) + CLEANUP_GRACE]
+    if not overdue:
+        return words, None
+    words += (f"; {len(overdue)} older than RETENTION_DAYS ({days} days) and not cleaned up: "
+              + ", ".join(overdue[-3:]))
+    return words, (f"{len(overdue)} quarantine(s) past retention",
+                   "worktask backup cleanup deletes the quarantines older than RETENTION_DAYS (beat runs it "
+                   "nightly: check that beat runs, or run it from cron)")
+
+
 def check_backups(settings: Settings, now: datetime | None = None) -> str:
     """The newest complete backup: its age against BACKUP_MAX_AGE_HOURS, its last validation (never validated,
     or failed, is a problem), the last restore drill (a failed one is a problem, none is not); and any failed
-    backup since it. Bounded by the store's own timeouts: one listing, then one read per manifest and marker."""
+    backup since it; and the quarantines of fixes kept (one past RETENTION_DAYS and a day is a problem). Bounded
+    by the store's own timeouts: one listing, then one read per manifest and marker; one listing of the
+    quarantines."""
     now = now or datetime.now(UTC)
     options = backups.store_options(settings)
     store = backups.store_for(settings, options)
     listed = backups.list_backups(store, options, settings)
     complete = [b for b in listed if b["state"] == "complete"]
     where = store.url(options["prefix"] + "/")
+    held, held_problem = _quarantines(settings, store, options, now)
     if not complete:
         failed = sum(b["state"] == "failed" for b in listed)
-        raise CheckFailed(f"no complete backup in {where}" + (f" ({failed} failed)" if failed else ""),
-                          "run worktask backup")
+        raise CheckFailed(f"no complete backup in {where}" + (f" ({failed} failed)" if failed else "")
+                          + (f"; {held}" if held else ""),
+                          "run worktask backup" + (f"; {held_problem[1]}" if held_problem else ""))
     newest = complete[0]
     age_h = (now - datetime.fromisoformat(newest["created_at"])).total_seconds() / 3600
     limit = settings.backup_max_age_hours
@@ -191,6 +221,10 @@ def check_backups(settings: Settings, now: datetime | None = None) -> str:
                          f"worktask jobs show {failed[0]} gives the error; then worktask backup"))
     if running:  # a backup still running looks the same: reported, not failed
         parts.append(f"{len(running)} incomplete since (running, or abandoned): {', '.join(running[:3])}")
+    if held:
+        parts.append(held)
+    if held_problem:
+        problems.append(held_problem)
     detail = "; ".join(parts)
     if problems:
         raise CheckFailed(f"{', '.join(p for p, _ in problems).upper()}: {detail}",

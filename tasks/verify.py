@@ -1,11 +1,14 @@
 """`worktask backup validate` (one task per chunk: checksum, decryption, decompression, row count) and
-`worktask backup cleanup` (retention), the latter also run by beat."""
+`worktask backup cleanup` (retention of backups and of the quarantines of fixes), the latter also run by beat."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from worker import backups, jobs, markers, retention
+from botocore.exceptions import BotoCoreError, ClientError
+
+from worker import backups, jobs, markers, quarantine, retention
 from worker.app import app
 from worker.chunkcheck import check_chunk
 from worker.constants import (
@@ -14,16 +17,19 @@ from worker.constants import (
     TASK_BACKUP_VALIDATE_START,
     TASK_CLEANUP_START,
 )
+from worker.errors import WorktaskError
 from worker.plans import BackupValidatePlan
 from worker.reports import BadChunk, CleanupReport, ValidateBackupReport, utcnow
 from worker.settings import Settings
 from worker.taskbase import JobTask, fan_out
 
 
-def cleanup(settings: Settings, r: Any, options: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every backup with its decision (worker/retention.py), the ones decided `delete` deleted, and the
-    unfinished uploads of backups whose job is not running (a worker killed, or the store lost, mid-object)
-    aborted; a dry run deletes and aborts nothing, and lists the same."""
+def cleanup(settings: Settings, r: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """Every backup with its decision (worker/retention.py), the ones decided `delete` deleted, the unfinished
+    uploads of backups whose job is not running (a worker killed, or the store lost, mid-object) aborted; then
+    every quarantine of fixes with its decision, the old ones deleted (a failure is reported in
+    `quarantine_errors`, never undoes or stops the backups' part). A dry run deletes and aborts nothing, and
+    lists the same. {decisions, uploads, quarantines, quarantine_errors}."""
     store = backups.store_for(settings, options)
     listed = backups.list_backups(store, options, settings)
     decisions = retention.decide(listed, retention.Policy.from_options(options))
@@ -32,9 +38,26 @@ def cleanup(settings: Settings, r: Any, options: dict[str, Any]) -> tuple[list[d
         for d in decisions:
             if d["action"] == "delete":
                 retention.delete_backup(store, options, d["backup_id"])
-    uploads = retention.abort_open_uploads(store, options, dry_run=dry,
-                                           busy=lambda backup_id: jobs.state(r, backup_id) in ("queued", "running"))
-    return decisions, uploads
+
+    def busy(job_id: str) -> bool:
+        return jobs.state(r, job_id) in ("queued", "running")
+
+    uploads = retention.abort_open_uploads(store, options, dry_run=dry, busy=busy)
+    held, errors = cleanup_quarantines(store, options, options["retention_days"], dry, busy)
+    return {"decisions": decisions, "uploads": uploads, "quarantines": held, "quarantine_errors": errors}
+
+
+def cleanup_quarantines(store: Any, options: dict[str, Any], retention_days: int, dry: bool,
+                        busy: Callable[[str], bool]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The quarantines' part of the clean-up: (decisions, errors); a store that cannot be listed is an error
+    here, not a failed clean-up (the backups' part is done)."""
+    try:
+        listed = quarantine.list_quarantines(store, options)
+    except (WorktaskError, ClientError, BotoCoreError, OSError) as err:
+        lines = str(err).strip().splitlines()
+        return [], [f"listing the quarantines: {lines[0] if lines else type(err).__name__}"]
+    held = retention.decide_quarantines(listed, retention_days, busy=busy)
+    return held, [] if dry else retention.delete_quarantines(store, options, held)
 
 
 @app.task(name=TASK_BACKUP_VALIDATE_START, base=JobTask, bind=True)
@@ -115,13 +138,18 @@ def cleanup_start(self: JobTask, job_id: str | None, options: dict[str, Any]) ->
         self.apply_async(kwargs={"job_id": job_id, "options": options})  # the job's own start: failures fail it
         return {"job_id": job_id, "scheduled": True}
     jobs.start(self.redis, job_id, 1)
-    decisions, uploads = cleanup(self.settings, self.redis, options)
+    done = cleanup(self.settings, self.redis, options)
+    decisions, errors = done["decisions"], done["quarantine_errors"]
     deleted = [{**{k: d[k] for k in ("backup_id", "state", "created_at", "bytes_stored")},
                 "reason": "; ".join(d["reasons"])} for d in decisions if d["action"] == "delete"]
     jobs.add(self.redis, job_id, rows=len(deleted))
     policy = retention.Policy.from_options(options)
-    report = CleanupReport(job_id=job_id, state="succeeded", ok=True, retention_days=policy.retention_days,
+    error = None
+    if errors:
+        error = f"{len(errors)} quarantine error(s) (the backups' part is not affected): " + "; ".join(errors[:3])
+    report = CleanupReport(job_id=job_id, state="succeeded", ok=not errors, retention_days=policy.retention_days,
                            policy=policy.as_dict(), dry_run=bool(options.get("dry_run")), deleted=deleted,
-                           kept=len(decisions) - len(deleted), decisions=decisions, aborted_uploads=uploads)
+                           kept=len(decisions) - len(deleted), decisions=decisions, aborted_uploads=done["uploads"],
+                           quarantines=done["quarantines"], error=error)
     jobs.finish(self.redis, job_id, report)
     return {"job_id": job_id, "deleted": len(deleted)}

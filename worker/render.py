@@ -168,11 +168,35 @@ def render_cleanup(report: dict[str, Any]) -> None:
         for b in report["deleted"]:
             out.print(f"  {b['backup_id']}  {b['state']}  {human_bytes(b['bytes_stored'])}  {b['reason']}",
                       markup=False)
+    _render_cleanup_quarantines(report)
     if report.get("aborted_uploads"):
         out.print(f"{'would abort' if report['dry_run'] else 'aborted'} {len(report['aborted_uploads'])} unfinished "
                   "upload(s) of backups whose job is not running:", markup=False)
         for key in report["aborted_uploads"]:
             out.print(f"  {key}", markup=False)
+
+
+def _render_cleanup_quarantines(report: dict[str, Any]) -> None:
+    """The quarantines of fixes under the same age rule: a line per quarantine, and the ones not deleted."""
+    held = report.get("quarantines") or []
+    if not held:
+        return
+    gone = [q for q in held if q["action"] == "delete" and not q.get("error")]
+    verb = "would delete" if report["dry_run"] else "deleted"
+    out.print(f"{verb} {len(gone)} quarantine(s) of fixes, kept {sum(q['action'] == 'keep' for q in held)} "
+              f"(older than {report['retention_days']} days go; worktask validate undo JOB_ID puts one back)",
+              markup=False)
+    table = Table("quarantine (validation job)", "objects", "size", "last write (UTC)", "action", "reason")
+    for q in held:
+        if q.get("error"):
+            action = "[red]NOT deleted[/]"
+        elif q["action"] == "delete":
+            action = "[red]would delete[/]" if report["dry_run"] else "[red]deleted[/]"
+        else:
+            action = "[green]keep[/]"
+        table.add_row(escape(q["job_id"]), str(q["objects"]), human_bytes(q["bytes"]),
+                      q["last_write"][:19].replace("T", " "), action, escape(q.get("error") or q["reason"]))
+    out.print(table)
 
 
 def render_restore(report: dict[str, Any]) -> None:

@@ -160,6 +160,9 @@ class CleanupReport(JobReport):
     # every backup: {backup_id, created_at, state, bytes_stored, action: keep|delete, reasons: [...]}, newest first
     decisions: list[dict[str, Any]] = Field(default_factory=list)
     aborted_uploads: list[str] = Field(default_factory=list)  # keys of unfinished uploads (a dry run: would abort)
+    # every quarantine of fixes (worker/quarantine.py), newest first: {job_id, objects, bytes, last_write,
+    # action: keep|delete, reason, error (only when deleting it failed)}
+    quarantines: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class RestoreTable(BaseModel):

@@ -9,6 +9,11 @@ and, whatever the policy: the newest complete backup, the newest complete backup
 (validated.json ok) and the newest whose last restore drill passed (verified.json ok). Every other complete
 backup is deleted, with its reason. Failed and incomplete backups are leftovers: deleted once untouched for a
 day (a younger one may be a backup still running).
+
+Quarantines (worker/quarantine.py: what `worktask validate --fix` removed or overwrote, under
+BACKUP_PREFIX/quarantine/<validation job id>/) follow the age rule alone: one is deleted once its newest object
+is older than RETENTION_DAYS, kept while younger or while its validation job is still running (no keep-* rule,
+nothing always kept). Deleting one that fails is reported and does not stop the others.
 """
 
 from __future__ import annotations
@@ -18,7 +23,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
+from worker import quarantine
 from worker.backups import ID_RE, check_backup_id, prefix
+from worker.errors import WorktaskError
 from worker.store import ObjectStore
 
 LEFTOVER_AGE = timedelta(days=1)
@@ -168,3 +177,44 @@ def delete_backup(store: ObjectStore, options: dict[str, Any], backup_id: str) -
     store.delete(manifest)
     store.delete([k for k in keys if k not in manifest])
     return len(keys)
+
+
+def _days(age: timedelta) -> str:
+    return f"{age.total_seconds() / 86_400:.1f} days"
+
+
+def decide_quarantines(quarantines: list[dict[str, Any]], retention_days: int, now: datetime | None = None,
+                       busy: Callable[[str], bool] = lambda _id: False) -> list[dict[str, Any]]:
+    """Every quarantine of a listing (worker.quarantine.list_quarantines rows) with its decision, newest first:
+    {job_id, objects, bytes, last_write (ISO 8601), action: keep|delete, reason}. Its age is its newest
+    object's: a quarantine is deleted once that is older than retention_days, unless its validation job is
+    still running (`busy`: it may write another object)."""
+    now = now or datetime.now(UTC)
+    out = []
+    for q in sorted(quarantines, key=lambda q: q["last_write"], reverse=True):
+        age = now - q["last_write"]
+        if age <= timedelta(days=retention_days):
+            action, reason = "keep", f"last written {_days(age)} ago, younger than {retention_days} days"
+        elif busy(q["job_id"]):
+            action, reason = "keep", "its validation job is still running"
+        else:
+            action, reason = "delete", f"last written {_days(age)} ago, older than {retention_days} days"
+        out.append({"job_id": q["job_id"], "objects": q["objects"], "bytes": q["bytes"],
+                    "last_write": q["last_write"].isoformat(), "action": action, "reason": reason})
+    return out
+
+
+def delete_quarantines(store: ObjectStore, options: dict[str, Any], decisions: list[dict[str, Any]]) -> list[str]:
+    """Delete each quarantine decided `delete`; one that fails keeps going with the others and gets an
+    `error` (one line) in its decision. The errors, `<job id>: <error>`."""
+    errors = []
+    for d in decisions:
+        if d["action"] != "delete":
+            continue
+        try:
+            quarantine.delete(store, options, d["job_id"])
+        except (WorktaskError, ClientError, BotoCoreError, OSError) as err:
+            lines = str(err).strip().splitlines()
+            d["error"] = lines[0] if lines else type(err).__name__
+            errors.append(f"{d['job_id']}: {d['error']}")
+    return errors
