@@ -116,3 +116,18 @@ def test_local_store_syncs_the_file_before_its_rename_and_the_folders_after(tmp_
     synced_after = {path for kind, path in events[at + 1:] if kind == "fsync"}
     assert str(target.parent) in synced_after, events  # the new name
     assert str(root) in synced_after, events  # `backups/`, created by this write, is itself a name in the root
+
+
+def test_an_s3_delete_that_refuses_some_keys_fails_naming_one(settings: Any, bucket: str) -> None:
+    """A quiet DeleteObjects answers 200 and lists the keys it did not delete: that is a failure, not a success.
+    (moto does not refuse single keys of a batch; botocore's Stubber stands in for S3's answer.)"""
+    from botocore.stub import Stubber
+
+    from worker.errors import ServiceUnavailable
+
+    s3 = S3Store(settings, bucket)
+    with Stubber(s3.client) as stub:
+        stub.add_response("delete_objects", {"Errors": [{"Key": "backups/x/manifest.json", "Code": "AccessDenied",
+                                                         "Message": "Access Denied"}]})
+        with pytest.raises(ServiceUnavailable, match="did not delete 1 object.*manifest.json.*AccessDenied"):
+            s3.delete(["backups/x/manifest.json", "backups/x/a"])

@@ -348,8 +348,10 @@ def backup_cleanup(retention_days: int | None, keep_last: int | None, keep_daily
     --keep-* rule keeps it (UTC days, ISO weeks, months, as restic's forget --keep-*); the newest complete
     backup, the newest that passed validation and the newest that passed a restore drill are always kept.
     Every other complete backup is deleted, and failed or abandoned leftovers untouched for a day; unfinished
-    uploads (S3 multipart) of backups whose job is not running are aborted. --dry-run lists every backup with
-    keep/delete and its reasons, and changes nothing. Beat runs it nightly with the settings.
+    uploads (S3 multipart) of backups whose job is not running are aborted. Quarantines of fixes
+    (BACKUP_PREFIX/quarantine/<validation job id>, what `validate undo` puts back) older than the retention
+    days are deleted too. --dry-run lists every backup and quarantine with keep/delete and its reasons, and
+    changes nothing. Beat runs it nightly with the settings.
 
     \b
     Examples:

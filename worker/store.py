@@ -296,7 +296,16 @@ class S3Store(ObjectStore):
     def delete(self, keys: list[str]) -> None:
         for i in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[i:i + 1000]]
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            try:
+                out = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            except (ClientError, BotoCoreError) as err:
+                raise self._error(err) from None
+            refused = out.get("Errors") or []  # a quiet multi-delete answers 200 and lists the keys it refused
+            if refused:
+                first = refused[0]
+                raise ServiceUnavailable(f"S3 did not delete {len(refused)} object(s) of {self.url()}, e.g. "
+                                         f"{first.get('Key')} ({first.get('Code')}: {first.get('Message')}): check "
+                                         "the credentials and the bucket policy (s3:DeleteObject)")
 
     def open_uploads(self, prefix: str = "") -> list[OpenUpload]:
         pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
