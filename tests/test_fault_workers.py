@@ -478,7 +478,11 @@ def held_load(settings: Any, watch: psycopg.Connection, job_id: str, loss: Loss,
     victim = running(app, "worktask.restore.load_chunk", deadline, loss.host,
                      accept=lambda t: (t["kwargs"]["table"], t["kwargs"]["chunk"]) == (LOADED, chunk["n"]))
     fifo.hold(deadline)
-    backend = copy_backend(watch, swap.replacement(LOADED, job_id.rsplit("-", 1)[-1]), victim["worker_pid"], deadline)
+    tag = job_id.rsplit("-", 1)[-1]
+    backend = copy_backend(watch, swap.replacement(LOADED, tag), victim["worker_pid"], deadline)
+    assert watch.execute("""select 1 from pg_locks where pid = %s and relation = to_regclass(%s)
+                            and mode = 'RowExclusiveLock' and granted""", (backend, swap.ledger(tag))).fetchone(), \
+        "the held load has not written its ledger row"  # in its own transaction, before its COPY
     yield {**victim, "backend": backend}
     fifo.let_go()
     backend_gone(watch, backend, time.monotonic() + 30)
