@@ -482,7 +482,7 @@ def held_load(settings: Any, watch: psycopg.Connection, job_id: str, loss: Loss,
     backend = copy_backend(watch, swap.replacement(LOADED, tag), victim["worker_pid"], deadline)
     assert watch.execute("""select 1 from pg_locks where pid = %s and relation = to_regclass(%s)
                             and mode = 'RowExclusiveLock' and granted""", (backend, swap.ledger(tag))).fetchone(), \
-        "the held load has not written its ledger row"  # in its own transaction, before its COPY
+        "the held load's transaction holds no ledger row"  # written in it, before its COPY
     yield {**victim, "backend": backend}
     fifo.let_go()
     backend_gone(watch, backend, time.monotonic() + 30)
