@@ -270,6 +270,10 @@ def test_killing_a_worker_process_mid_backup_still_completes_and_validates(data:
     manifest = manifest_of(data, job_id)
     assert len(decode(data, manifest, "todo_items")) == \
         next(t for t in manifest["tables"] if t["name"] == "todo_items")["rows"]
+    from test_fault_workers import nothing_left  # it imports this module
+
+    nothing_left(data, job_id)  # no snapshot lease, lock or replacement left
+    assert backup(data)["ok"]  # the next run succeeds
 
 
 def test_list_states_and_cleanup_by_retention(data: Any, tmp_path: Path) -> None:

@@ -5,12 +5,15 @@ Each job ends exactly (row hashes, counts, the store's objects) or fails cleanly
 leaves nothing behind: no replacement table, no snapshot lease, no restore lock; the next run succeeds.
 
 Phases too short to catch by chance are held still from the test: it holds a PostgreSQL lock the phase needs
-(it waits, pg_stat_activity shows it), or puts a FIFO where the phase reads a chunk (it blocks opening it),
-then kills the worker process the phase runs in and lets go.
+(it waits, pg_stat_activity shows it), or puts a FIFO where the phase reads a chunk (it blocks reading it until
+the test writes), then kills the worker process the phase runs in (or the whole worker: `Loss`) and lets go.
+Every phase of a job is lost both ways: its pool process (the worker requeues the task at once), and its whole
+worker (main process and pool; its deliveries come back after the visibility timeout):
+test_losing_a_whole_worker_mid_job_still_ends_each_kind_exactly_and_the_next_run_succeeds runs the pool
+process tests' own scenarios with a whole worker lost.
 
 Already covered elsewhere (not redone here): tests/test_backup.py::
-test_killing_a_worker_process_mid_backup_still_completes_and_validates, tests/test_restore.py::
-test_killing_a_worker_process_during_the_load_still_restores_exactly, tests/test_job_life.py (hard time limit).
+test_killing_a_worker_process_mid_backup_still_completes_and_validates, tests/test_job_life.py (hard time limit).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +41,6 @@ from worker.connections import pg_connect, redis_client
 pytestmark = [pytest.mark.fault]
 
 WAIT = 300  # bound of every job wait (the machine is shared and loaded)
-
 
 # helpers -----------------------------------------------------------------------------------------------------
 
@@ -171,21 +174,153 @@ def unacked(settings: Any, task_id: str | None = None) -> list[tuple[str, dict[s
 def past_visibility_timeout(settings: Any, tags: list[str]) -> int:
     """Make these deliveries as old as the epoch in kombu's unacked index, then run kombu's own visibility
     check (QoS.restore_visible, what every worker runs every few seconds) with the configured
-    VISIBILITY_TIMEOUT: the messages go back to their queue, as after that many seconds. Returns how many."""
+    VISIBILITY_TIMEOUT: the messages go back to their queue, as after that many seconds. Returns how many.
+    (A message put back keeps its delivery tag: once a worker takes it again it is in the unacked index again,
+    under the time of that delivery; only the aged entry says that it still waits.)"""
     from worker.app import app
 
     r = redis_client(settings)
     for tag in tags:
         r.zadd("unacked_index", {tag: 0})
+    waiting = lambda tag: r.zscore("unacked_index", tag) == 0  # noqa: E731
     deadline = time.monotonic() + 30
     with app.connection_for_write() as conn:
         qos = conn.default_channel.qos
         assert qos.visibility_timeout == settings.visibility_timeout
-        while any(r.hexists("unacked", tag) for tag in tags) and time.monotonic() < deadline:
+        while any(waiting(tag) for tag in tags) and time.monotonic() < deadline:
             qos._vrestore_count = 0  # its first call restores (then one call in ten)
             qos.restore_visible(num=1000)  # nothing when a worker's sweep holds kombu's mutex: again
             time.sleep(0.2)
-    return sum(1 for tag in tags if not r.hexists("unacked", tag))
+    return sum(1 for tag in tags if not waiting(tag))
+
+
+@contextmanager
+def no_consumers() -> Iterator[None]:
+    """The session's workers consume nothing meanwhile: a task requeued now waits in its queue."""
+    from worker import workers
+    from worker.app import app
+
+    session = len(workers.live_workers(app))
+    for queue in ("control", "bulk"):
+        app.control.cancel_consumer(queue, reply=True, timeout=5, limit=session)
+    try:
+        yield
+    finally:
+        for queue in ("control", "bulk"):
+            app.control.add_consumer(queue, reply=True, timeout=5, limit=session)
+
+
+class Loss:
+    """How the worker running a held phase is lost, and how its task comes back.
+
+    A pool process (whole=False): SIGKILL of the process running the task. Its worker requeues the task at
+    once (task_reject_on_worker_lost); the session's workers consume nothing from the kill to `redeliver()`,
+    so that the test can look at what the kill left before the task runs again.
+    A whole worker (whole=True): the job runs on a worker of the test's own (`own_worker`: the session's
+    workers do not consume meanwhile); its main process and pool are SIGKILLed, so nothing acknowledges or
+    requeues its tasks. `redeliver()` lets the session's workers consume again and ages the lost worker's
+    deliveries past the visibility timeout in kombu's index (as above), so that kombu puts them back."""
+
+    def __init__(self, settings: Any, whole: bool, name: str) -> None:
+        self.settings, self.whole, self.name = settings, whole, name
+        self.stack = ExitStack()
+        self.tags: list[str] = []
+
+    def __enter__(self) -> Loss:
+        if self.whole:
+            self.proc = self.stack.enter_context(own_worker(self.settings, self.name))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stack.close()
+
+    @property
+    def host(self) -> str | None:
+        """The start of the name of the worker the job's tasks run on (None: any of the session's)."""
+        return f"{self.name}-" if self.whole else None
+
+    def kill(self, victim: dict[str, Any]) -> None:
+        if not self.whole:
+            self.stack.enter_context(no_consumers())
+            os.kill(victim["worker_pid"], signal.SIGKILL)
+            return
+        assert victim["hostname"].startswith(self.host), victim["hostname"]
+        kill_whole_worker(self.proc)
+        lost = unacked(self.settings)
+        assert any(m["headers"].get("id") == victim["id"] for _, m in lost), \
+            "the lost worker's task is not waiting for its visibility timeout"
+        self.tags = [tag for tag, _ in lost]
+
+    def redeliver(self) -> None:
+        self.stack.close()  # the session's workers consume again (the lost worker is stopped: found killed)
+        if self.whole:
+            assert past_visibility_timeout(self.settings, self.tags) == len(self.tags)
+
+
+class ChunkFifo:
+    """A stored chunk swapped for a FIFO (the chunk kept aside, outside the backup's folder: validate names any
+    object the manifest does not list). What reads it blocks opening it until the test opens it to write, then
+    reading it (1 MiB reads) until the test has written all of it and closed it."""
+
+    def __init__(self, settings: Any, key: str, aside: Path) -> None:
+        self.path = Path(backups.store_options(settings)["backup_dir"], key)
+        self.aside = aside / "held-chunk"
+        self.fd: int | None = None
+
+    def __enter__(self) -> ChunkFifo:
+        self.path.rename(self.aside)
+        self.raw = self.aside.read_bytes()
+        os.mkfifo(self.path)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.let_go()
+        self.path.unlink(missing_ok=True)
+        self.aside.rename(self.path)
+
+    def _writer(self, deadline: float) -> int:
+        """The FIFO's write end, once a reader has it open."""
+        while True:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as err:
+                assert err.errno == errno.ENXIO and time.monotonic() < deadline, f"nothing opened {self.path} to read"
+                time.sleep(0.05)
+                continue
+            os.set_blocking(fd, True)
+            return fd
+
+    def hold(self, deadline: float) -> None:
+        """Once the reader has it open: its first bytes (within the pipe's buffer), the write end kept open, so
+        that the reader waits, mid-chunk, for the rest."""
+        self.fd = self._writer(deadline)
+        os.write(self.fd, self.raw[:min(len(self.raw) // 2, 4096)])
+
+    def let_go(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def feed(self, deadline: float) -> None:
+        """The whole chunk, to the next reader."""
+        fd = self._writer(deadline)
+        with os.fdopen(fd, "wb") as f:
+            f.write(self.raw)
+
+
+def copy_backend(conn: psycopg.Connection, table: str, pid: int, deadline: float) -> int:
+    """The PostgreSQL backend through which process `pid` runs a COPY into `table`."""
+    while time.monotonic() < deadline:
+        for (backend,) in conn.execute("""select pid from pg_stat_activity where datname = current_database()
+                                          and state = 'active' and query ilike 'copy %%'
+                                          and position(%s in query) > 0""", (table,)).fetchall():
+            try:
+                if process_of_backend(conn, backend) == pid:
+                    return backend
+            except (AssertionError, TypeError):  # it ended meanwhile
+                continue
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} was not seen copying into {table}")
 
 
 # backup ------------------------------------------------------------------------------------------------------
@@ -238,7 +373,9 @@ def test_a_chunk_that_kills_its_worker_at_every_delivery_fails_the_backup_naming
                      accept=lambda t: t["kwargs"]["table"] in ("todo_items", "work_tasks"))
     killed: list[int] = []  # a worker reports its killed process's task for a moment after: each pid once
     deadline = time.monotonic() + 180
-    while jobs.state(r, job_id) == "running" and time.monotonic() < deadline:
+    # the delivery after the last allowed one fails the job before it runs the chunk: it is not killed (it
+    # could be, caught running for that moment); were it to run the chunk instead, the backup would complete
+    while len(killed) < data.max_chunk_attempts and jobs.state(r, job_id) == "running" and time.monotonic() < deadline:
         try:
             again = running(app, "worktask.backup.dump_chunk", min(deadline, time.monotonic() + 5),
                             accept=lambda t: t["id"] == victim["id"] and t["worker_pid"] not in killed)
@@ -280,103 +417,179 @@ def test_losing_a_whole_worker_mid_backup_still_completes_and_validates(data: An
     checked = validate(data, job_id)
     assert checked["ok"] and checked["bad_chunks"] == [], checked
     nothing_left(data, job_id)
+    done = backup(data)  # the next run succeeds
+    assert done["ok"], done
 
 
 # backup validate ---------------------------------------------------------------------------------------------
 
-def test_killing_a_worker_process_during_backup_validate_still_checks_every_chunk(data: Any,  # noqa: F811
-                                                                                 tmp_path: Path) -> None:
+def backup_validate_with_a_kill(settings: Any, tmp_path: Path, whole: bool) -> None:
+    """One chunk's check is held reading the chunk (a FIFO the test has written the first bytes of); the worker
+    running it is lost; the check is delivered again and counts every chunk once."""
     from worker.app import app
 
-    done = backup(data)
+    done = backup(settings)
     assert done["ok"], done
-    manifest = manifest_of(data, done["backup_id"])
-    t = next(t for t in manifest["tables"] if t["name"] == "todo_items")
-    key = t["chunks"][1]["key"]
-    path = Path(backups.store_options(data)["backup_dir"], key)
-    held = tmp_path / "held"  # outside the backup's folder: validate names any object the manifest does not list
-    path.rename(held)
-    os.mkfifo(path)  # the chunk's check blocks opening it until the test writes
-    try:
-        job_id = commands.backup_validate(data, done["backup_id"])
-        victim = running(app, "worktask.backup_validate.check_chunk", time.monotonic() + 60,
+    manifest = manifest_of(settings, done["backup_id"])
+    key = next(t for t in manifest["tables"] if t["name"] == "todo_items")["chunks"][1]["key"]
+    with ChunkFifo(settings, key, tmp_path) as fifo, Loss(settings, whole, "lostcheck") as loss:
+        job_id = commands.backup_validate(settings, done["backup_id"])
+        deadline = time.monotonic() + 120
+        victim = running(app, "worktask.backup_validate.check_chunk", deadline, loss.host,
                          accept=lambda t: t["kwargs"]["path"] == key)
-        os.kill(victim["worker_pid"], signal.SIGKILL)
+        fifo.hold(deadline)
+        loss.kill(victim)
+        fifo.let_go()
+        loss.redeliver()
         # the check delivered again, in another process (the killed one may still count as the FIFO's reader
         # for a moment: what the test wrote then would be lost with it)
-        running(app, "worktask.backup_validate.check_chunk", time.monotonic() + 120,
+        running(app, "worktask.backup_validate.check_chunk", deadline,
                 accept=lambda t: t["id"] == victim["id"] and t["worker_pid"] != victim["worker_pid"])
-        deadline = time.monotonic() + 120
-        while True:  # the redelivered check opens the FIFO again: feed it the chunk
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-                break
-            except OSError as err:
-                assert err.errno == errno.ENXIO and time.monotonic() < deadline, "the check was not delivered again"
-                time.sleep(0.05)
-        os.set_blocking(fd, True)
-        with os.fdopen(fd, "wb") as f:
-            f.write(held.read_bytes())
-        report = jobs.wait(redis_client(data), job_id, timeout=WAIT)
-    finally:
-        path.unlink(missing_ok=True)
-        held.rename(path)
+        fifo.feed(deadline)
+        report = jobs.wait(redis_client(settings), job_id, timeout=WAIT)
     assert report["ok"] and report["bad_chunks"] == [], report
     assert report["chunks_checked"] == done["totals"]["chunks"]
-    assert jobs.deliveries(redis_client(data), job_id)[victim["id"]] >= 2
-    code, again = cli_json("backup", "validate", done["backup_id"])
+    assert jobs.deliveries(redis_client(settings), job_id)[victim["id"]] >= 2
+    nothing_left(settings, job_id)
+    code, again = cli_json("backup", "validate", done["backup_id"])  # the next run
     assert code == 0 and again["ok"] and again["chunks_checked"] == done["totals"]["chunks"], again
+
+
+def test_killing_a_worker_process_during_backup_validate_still_checks_every_chunk(data: Any,  # noqa: F811
+                                                                                 tmp_path: Path) -> None:
+    backup_validate_with_a_kill(data, tmp_path, whole=False)
 
 
 # restore -----------------------------------------------------------------------------------------------------
 
-def restore_with_a_kill(settings: Any, task: str, hold: Callable[[psycopg.Connection, str], None], like: str) -> None:
-    """Restore everything after scrambling, holding a lock the phase `task` waits for; kill its worker process
-    once it waits; let go; the restore completes exactly and leaves nothing."""
+LOADED = "todo_items"  # the table whose phase is held (its chunk 1 for the load)
+
+
+@contextmanager
+def held_load(settings: Any, watch: psycopg.Connection, job_id: str, loss: Loss, fifo: ChunkFifo | None,
+              chunk: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The load of the FIFO's chunk, held mid-COPY: its worker process has opened the chunk and read its first
+    bytes; its transaction is open, its ledger row written, its COPY into the replacement under way (the
+    session of that very process, in pg_stat_activity)."""
+    from worker.app import app
+
+    assert fifo
+    deadline = time.monotonic() + 120
+    victim = running(app, "worktask.restore.load_chunk", deadline, loss.host,
+                     accept=lambda t: (t["kwargs"]["table"], t["kwargs"]["chunk"]) == (LOADED, chunk["n"]))
+    fifo.hold(deadline)
+    tag = job_id.rsplit("-", 1)[-1]
+    backend = copy_backend(watch, swap.replacement(LOADED, tag), victim["worker_pid"], deadline)
+    assert watch.execute("""select 1 from pg_locks where pid = %s and relation = to_regclass(%s)
+                            and mode = 'RowExclusiveLock' and granted""", (backend, swap.ledger(tag))).fetchone(), \
+        "the held load's transaction holds no ledger row"  # written in it, before its COPY
+    yield {**victim, "backend": backend}
+    fifo.let_go()
+    backend_gone(watch, backend, time.monotonic() + 30)
+
+
+@contextmanager
+def held_build(settings: Any, watch: psycopg.Connection, job_id: str, loss: Loss, fifo: ChunkFifo | None,
+               chunk: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The build of a table, waiting for a lock the test holds on its replacement."""
+    from worker.app import app
+
+    name = swap.replacement(LOADED, job_id.rsplit("-", 1)[-1])
+    with pg_connect(settings) as holder:
+        deadline = time.monotonic() + 60
+        while not holder.execute("select to_regclass(%s)", (name,)).fetchone()[0]:
+            assert time.monotonic() < deadline, f"{name} was never created"
+            holder.rollback()
+            time.sleep(0.05)
+        # ROW EXCLUSIVE: the loads (inserts) go on, the build's SHARE lock waits
+        holder.execute(psycopg.sql.SQL("lock table {} in row exclusive mode").format(psycopg.sql.Identifier(name)))
+        victim = waiting_task(app, watch, "worktask.restore.build_table", "lock table %share mode%",
+                              time.monotonic() + 120)
+        yield victim
+        holder.rollback()  # let go: the killed one's session ends, the redelivered one goes on
+    backend_gone(watch, victim["backend"], time.monotonic() + 30)
+
+
+@contextmanager
+def held_swap(settings: Any, watch: psycopg.Connection, job_id: str, loss: Loss, fifo: ChunkFifo | None,
+              chunk: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The swap, mid-transaction, waiting for the test's ACCESS SHARE on services (only its renames wait)."""
+    from worker.app import app
+
+    with pg_connect(settings) as holder:
+        holder.execute("select count(*) from services")
+        victim = waiting_task(app, watch, "worktask.restore.finalize", "%", time.monotonic() + 120)
+        yield victim
+        holder.rollback()
+    backend_gone(watch, victim["backend"], time.monotonic() + 30)
+
+
+HELD = {"load": held_load, "build": held_build, "swap": held_swap}
+
+
+def pg_only(h: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in h.items() if k != "dynamodb"}
+
+
+def restore_with_a_kill(settings: Any, phase: str, whole: bool, tmp_path: Path) -> None:
+    """Restore everything after scrambling; hold the phase (`HELD`); lose the worker running it; let go. Before
+    the phase's task is delivered again the live PostgreSQL tables hold the scrambled data, whole (the killed
+    run's transaction rolled back with its session; DynamoDB items are upserted before the swap, by design:
+    README); then the restore completes exactly, leaves nothing, and the next restore succeeds."""
     from worker.app import app
 
     done = backup(settings)
     assert done["ok"], done
     before = hashes(settings)
     scramble(settings)
-    with pg_connect(settings) as holder, pg_connect(settings, autocommit=True) as watch:
+    scrambled = hashes(settings)
+    chunk = next(t for t in manifest_of(settings, done["backup_id"])["tables"] if t["name"] == LOADED)["chunks"][1]
+    with ExitStack() as stack:
+        fifo = stack.enter_context(ChunkFifo(settings, chunk["key"], tmp_path)) if phase == "load" else None
+        watch = stack.enter_context(pg_connect(settings, autocommit=True))
+        loss = stack.enter_context(Loss(settings, whole, f"lost{phase}"))
         job_id = commands.restore(settings, done["backup_id"], [], True, False, False)
-        hold(holder, job_id.rsplit("-", 1)[-1])
-        victim = waiting_task(app, watch, task, like, time.monotonic() + 120)
-        os.kill(victim["worker_pid"], signal.SIGKILL)
-        holder.rollback()  # let go: the killed one's session ends, the redelivered one goes on
-        backend_gone(watch, victim["backend"], time.monotonic() + 30)
-    report = jobs.wait(redis_client(settings), job_id, timeout=WAIT)
+        with HELD[phase](settings, watch, job_id, loss, fifo, chunk) as victim:
+            loss.kill(victim)
+        assert pg_only(hashes(settings)) == pg_only(scrambled)  # killed, not yet delivered again: the old data
+        loss.redeliver()
+        if fifo:  # the load delivered again, in another process: fed the whole chunk
+            deadline = time.monotonic() + 120
+            running(app, "worktask.restore.load_chunk", deadline,
+                    accept=lambda t: t["id"] == victim["id"] and t["worker_pid"] != victim["worker_pid"])
+            fifo.feed(deadline)
+        report = jobs.wait(redis_client(settings), job_id, timeout=WAIT)
     assert report["ok"] and report["skipped"] == [], report.get("error")
     assert jobs.deliveries(redis_client(settings), job_id)[victim["id"]] >= 2
     assert hashes(settings) == before
     nothing_left(settings, job_id)
     scramble(settings)
     code, again = cli_json("restore", done["backup_id"], "--exact", timeout=WAIT)  # the next run succeeds
-    assert code == 0 and again["ok"], again
+    assert code == 0 and again["ok"], again.get("error")
     assert hashes(settings) == before
 
 
-def test_killing_a_worker_process_during_a_restores_build_still_restores_exactly(dressed: Any) -> None:  # noqa: F811
-    def hold(conn: psycopg.Connection, tag: str) -> None:
-        name = swap.replacement("todo_items", tag)
-        deadline = time.monotonic() + 60
-        while not conn.execute("select to_regclass(%s)", (name,)).fetchone()[0]:
-            assert time.monotonic() < deadline, f"{name} was never created"
-            conn.rollback()
-            time.sleep(0.05)
-        # ROW EXCLUSIVE: the loads (inserts) go on, the build's SHARE lock waits
-        conn.execute(psycopg.sql.SQL("lock table {} in row exclusive mode").format(psycopg.sql.Identifier(name)))
+@pytest.mark.slow
+def test_killing_a_worker_process_during_the_load_still_restores_exactly(dressed: Any,  # noqa: F811
+                                                                        tmp_path: Path) -> None:
+    restore_with_a_kill(dressed, "load", False, tmp_path)
 
-    restore_with_a_kill(dressed, "worktask.restore.build_table", hold, "lock table %share mode%")
+
+def test_killing_a_worker_process_during_a_restores_build_still_restores_exactly(dressed: Any,  # noqa: F811
+                                                                                 tmp_path: Path) -> None:
+    restore_with_a_kill(dressed, "build", False, tmp_path)
 
 
 def test_killing_a_worker_process_during_the_swap_leaves_the_old_data_then_restores_exactly(
-        dressed: Any) -> None:  # noqa: F811
-    def hold(conn: psycopg.Connection, tag: str) -> None:
-        conn.execute("select count(*) from services")  # ACCESS SHARE: only the swap's renames wait for it
+        dressed: Any, tmp_path: Path) -> None:  # noqa: F811
+    restore_with_a_kill(dressed, "swap", False, tmp_path)
 
-    restore_with_a_kill(dressed, "worktask.restore.finalize", hold, "%")
+
+def test_losing_a_whole_worker_during_the_swap_leaves_the_old_data_then_restores_exactly(
+        dressed: Any, tmp_path: Path) -> None:  # noqa: F811
+    """The worker whose process swaps (waiting on a lock the test holds) dies whole; its finalize goes back to
+    the queue once the visibility timeout has passed (aged, as above) and the session's workers finish."""
+    restore_with_a_kill(dressed, "swap", True, tmp_path)
 
 
 # worktask validate, testdata, migrate, init -----------------------------------------------------------------
@@ -393,31 +606,39 @@ def comparable(report: dict[str, Any]) -> Any:
             sorted(json.dumps(i, sort_keys=True) for i in report["issues"]))
 
 
-def kill_one_waiting(settings: Any, task: str, lock_sql: str, like: str, submit: Callable[[], str]) -> tuple[str, str]:
-    """Submit a job while the test holds `lock_sql`; kill the worker process of a `task` once a worktask
-    session waits on that lock; let go. (job id, killed task id)"""
+def kill_one_waiting(settings: Any, loss: Loss, task: str, lock_sql: str, like: str,
+                     submit: Callable[[], str]) -> tuple[str, str]:
+    """Submit a job while the test holds `lock_sql`; lose the worker of a `task` once a worktask session waits
+    on that lock; let go; the task is delivered again. (job id, killed task id)"""
     from worker.app import app
 
     with pg_connect(settings) as holder, pg_connect(settings, autocommit=True) as watch:
         holder.execute(lock_sql)
         job_id = submit()
         victim = waiting_task(app, watch, task, like, time.monotonic() + 120)
-        os.kill(victim["worker_pid"], signal.SIGKILL)
+        loss.kill(victim)
         holder.rollback()
         backend_gone(watch, victim["backend"], time.monotonic() + 30)
+    loss.redeliver()
     return job_id, victim["id"]
 
 
-def test_killing_a_worker_process_during_worktask_validate_gives_the_same_report(data: Any) -> None:  # noqa: F811
-    baseline = validation(data)
-    job_id, task_id = kill_one_waiting(data, "worktask.validate.check", HOLD_TODO_DEPENDENCIES, "%todo_dependencies%",
-                                       lambda: commands.validate(data, False))
-    report = jobs.wait(redis_client(data), job_id, timeout=WAIT)
+def validate_with_a_kill(settings: Any, whole: bool) -> None:
+    baseline = validation(settings)
+    with Loss(settings, whole, "lostvalidate") as loss:
+        job_id, task_id = kill_one_waiting(settings, loss, "worktask.validate.check", HOLD_TODO_DEPENDENCIES,
+                                           "%todo_dependencies%", lambda: commands.validate(settings, False))
+    report = jobs.wait(redis_client(settings), job_id, timeout=WAIT)
     assert report["state"] == "succeeded", report
     assert comparable(report) == comparable(baseline)
-    assert jobs.deliveries(redis_client(data), job_id)[task_id] >= 2
+    assert jobs.deliveries(redis_client(settings), job_id)[task_id] >= 2
+    nothing_left(settings, job_id)
     code, again = cli_json("validate", timeout=WAIT)
     assert comparable(again) == comparable(baseline) and code == (0 if baseline["ok"] else 1)
+
+
+def test_killing_a_worker_process_during_worktask_validate_gives_the_same_report(data: Any) -> None:  # noqa: F811
+    validate_with_a_kill(data, whole=False)
 
 
 def counts(settings: Any) -> dict[str, int]:
@@ -426,33 +647,39 @@ def counts(settings: Any) -> dict[str, int]:
                 .fetchone()[0] for t in ("work_tasks", "todo_items", "deliverables", "quality_checks")}
 
 
-def test_killing_a_worker_process_during_testdata_generation_makes_each_row_once(data: Any) -> None:  # noqa: F811
-    before = counts(data)
-    job_id, task_id = kill_one_waiting(data, "worktask.testdata.generate_chunk",
-                                       "lock table work_tasks in share mode", "%work_tasks%",
-                                       lambda: commands.testdata(data, "generate", 60, 7, no_files=True))
+def generation_with_a_kill(settings: Any, whole: bool) -> None:
+    """A chunk of test data waits (before its commit) for a lock the test holds; its worker is lost."""
+    before = counts(settings)
     try:
-        report = jobs.wait(redis_client(data), job_id, timeout=WAIT)
+        with Loss(settings, whole, "losttestdata") as loss:
+            job_id, task_id = kill_one_waiting(settings, loss, "worktask.testdata.generate_chunk",
+                                               "lock table work_tasks in share mode", "%work_tasks%",
+                                               lambda: commands.testdata(settings, "generate", 60, 7, no_files=True))
+        report = jobs.wait(redis_client(settings), job_id, timeout=WAIT)
         assert report["ok"] and report["tasks"] == 60, report
-        assert jobs.deliveries(redis_client(data), job_id)[task_id] >= 2
-        after = counts(data)
+        assert jobs.deliveries(redis_client(settings), job_id)[task_id] >= 2
+        after = counts(settings)
         assert {t: after[t] - before[t] for t in after} == {
             "work_tasks": report["tasks"], "todo_items": report["todos"], "deliverables": report["deliverables"],
             "quality_checks": report["quality_checks"]}
+        nothing_left(settings, job_id)
     finally:
         code, cleaned = cli_json("testdata", "cleanup", timeout=WAIT)
         assert code == 0 and cleaned["ok"], cleaned
-    assert counts(data) == before
+    assert counts(settings) == before
     code, again = cli_json("testdata", "generate", "10", "--no-files", timeout=WAIT)  # the next run
     assert code == 0 and again["tasks"] == 10, again
     code, cleaned = cli_json("testdata", "cleanup", timeout=WAIT)
-    assert code == 0 and counts(data) == before
+    assert code == 0 and counts(settings) == before
 
 
-def test_killing_the_worker_process_of_a_migration_applies_it_once_on_redelivery(migrated: Any,
-                                                                                 tmp_path: Path) -> None:
+def test_killing_a_worker_process_during_testdata_generation_makes_each_row_once(data: Any) -> None:  # noqa: F811
+    generation_with_a_kill(data, whole=False)
+
+
+def migration_with_a_kill(settings: Any, tmp_path: Path, whole: bool) -> None:
     """The migration blocks while the test holds it (a loop on a marker table, not a lock: lock waits end at
-    the migration's lock_timeout); its worker process is killed; the redelivered run applies it."""
+    the migration's lock_timeout); its worker is lost; the redelivered run applies it."""
     import shutil
 
     from test_migrate import add_migration
@@ -466,26 +693,31 @@ def test_killing_the_worker_process_of_a_migration_applies_it_once_on_redelivery
         "               \"perform pg_sleep(0.1); end loop; end $$\")",
         "    op.execute('create table worktask_fault_probe (id int primary key)')",
         "    op.execute('insert into worktask_fault_probe values (1)')"]))
-    s = migrated.model_copy(update={"migrations_path": path})
-    with pg_connect(migrated, autocommit=True) as pg:
+    s = settings.model_copy(update={"migrations_path": path})
+    with pg_connect(settings, autocommit=True) as pg:
         pg.execute("create table worktask_fault_hold ()")
         try:
-            job_id = commands.migrate(s, "upgrade", None, False)
-            deadline = time.monotonic() + 120
-            while not pg.execute("""select 1 from pg_stat_activity where datname = current_database()
-                                    and query like '%%worktask_fault_hold%%' and pid <> pg_backend_pid()""").fetchone():
-                assert time.monotonic() < deadline, "the migration never ran"
-                time.sleep(0.05)
-            victim = running(app, "worktask.migrate.start", time.monotonic() + 30)
-            os.kill(victim["worker_pid"], signal.SIGKILL)
+            with Loss(settings, whole, "lostmigrate") as loss:
+                job_id = commands.migrate(s, "upgrade", None, False)
+                deadline = time.monotonic() + 120
+                while not pg.execute("""select 1 from pg_stat_activity where datname = current_database()
+                                        and query like '%%worktask_fault_hold%%'
+                                        and pid <> pg_backend_pid()""").fetchone():
+                    assert time.monotonic() < deadline, "the migration never ran"
+                    time.sleep(0.05)
+                victim = running(app, "worktask.migrate.start", time.monotonic() + 30, loss.host)
+                loss.kill(victim)
+                pg.execute("drop table worktask_fault_hold")
+                loss.redeliver()
         finally:
-            pg.execute("drop table worktask_fault_hold")
+            pg.execute("drop table if exists worktask_fault_hold")
         try:
-            report = jobs.wait(redis_client(migrated), job_id, timeout=WAIT)
+            report = jobs.wait(redis_client(settings), job_id, timeout=WAIT)
             assert report["ok"] and report["versions"] == ["20991231000077"] and report["pending"] == [], \
                 report.get("error")
             assert pg.execute("select count(*) from worktask_fault_probe").fetchone()[0] == 1
-            assert jobs.deliveries(redis_client(migrated), job_id)[victim["id"]] >= 2
+            assert jobs.deliveries(redis_client(settings), job_id)[victim["id"]] >= 2
+            nothing_left(settings, job_id)
             code, status = cli_json("migrate", "status", env={"MIGRATIONS_PATH": str(path)})
             assert code == 0 and status["current"] == "20991231000077" and status["pending"] == [], status
             code, again = cli_json("migrate", env={"MIGRATIONS_PATH": str(path)})  # the next run: nothing to do
@@ -496,51 +728,53 @@ def test_killing_the_worker_process_of_a_migration_applies_it_once_on_redelivery
             pg.execute("drop table if exists worktask_fault_probe")
 
 
+def test_killing_the_worker_process_of_a_migration_applies_it_once_on_redelivery(migrated: Any,
+                                                                                 tmp_path: Path) -> None:
+    migration_with_a_kill(migrated, tmp_path, whole=False)
+
+
+INIT_STEPS = {"migrate": "succeeded", "seed": "succeeded", "testdata": "skipped", "validate": "succeeded",
+              "backup": "succeeded"}
+
+
+def init_with_a_kill(settings: Any, whole: bool) -> None:
+    """`worktask init` (migrate, seed, validate, backup): the worker of its validation's check is lost."""
+    with Loss(settings, whole, "lostinit") as loss:
+        job_id, task_id = kill_one_waiting(settings, loss, "worktask.validate.check", HOLD_TODO_DEPENDENCIES,
+                                           "%todo_dependencies%", lambda: commands.init(settings, {}, None, False))
+    report = jobs.wait(redis_client(settings), job_id, timeout=WAIT)
+    steps = {s["name"]: s for s in report["steps"]}
+    assert {name: s["state"] for name, s in steps.items()} == INIT_STEPS, report
+    assert jobs.deliveries(redis_client(settings), steps["validate"]["job_id"])[task_id] >= 2
+    assert validate(settings, steps["backup"]["report"]["backup_id"])["ok"]
+    nothing_left(settings, job_id)
+    code, again = cli_json("init", timeout=WAIT)  # the next run
+    assert code == 0 and again["ok"], again
+    assert {s["name"]: s["state"] for s in again["steps"]} == INIT_STEPS, again
+
+
 def test_killing_a_worker_process_during_init_still_runs_every_step(data: Any) -> None:  # noqa: F811
-    """`worktask init` (migrate, seed, validate, backup): the worker process of its validation is killed."""
-    job_id, _ = kill_one_waiting(data, "worktask.validate.check", HOLD_TODO_DEPENDENCIES, "%todo_dependencies%",
-                                 lambda: commands.init(data, {}, None, False))
-    report = jobs.wait(redis_client(data), job_id, timeout=WAIT)
-    steps = {s["name"]: s["state"] for s in report["steps"]}
-    assert steps == {"migrate": "succeeded", "seed": "succeeded", "testdata": "skipped", "validate": "succeeded",
-                     "backup": "succeeded"}, report
-    backup_id = next(s for s in report["steps"] if s["name"] == "backup")["report"]["backup_id"]
-    assert validate(data, backup_id)["ok"]
-    nothing_left(data)
+    init_with_a_kill(data, whole=False)
 
 
-def test_losing_a_whole_worker_during_the_swap_leaves_the_old_data_then_restores_exactly(
-        dressed: Any) -> None:  # noqa: F811
-    """The worker whose process swaps (waiting on a lock the test holds) dies whole; its finalize goes back to
-    the queue once the visibility timeout has passed (aged, as above) and the session's workers finish."""
-    from worker.app import app
+# a whole worker lost ----------------------------------------------------------------------------------------
 
-    done = backup(dressed)
-    assert done["ok"], done
-    before = hashes(dressed)
-    scramble(dressed)
-    scrambled = hashes(dressed)
-    with own_worker(dressed, "wholeswap") as proc:
-        with pg_connect(dressed) as holder, pg_connect(dressed, autocommit=True) as watch:
-            holder.execute("select count(*) from services")  # ACCESS SHARE: the swap's renames wait for it
-            job_id = commands.restore(dressed, done["backup_id"], [], True, False, False)
-            victim = waiting_task(app, watch, "worktask.restore.finalize", "%", time.monotonic() + 120)
-            assert victim["hostname"].startswith("wholeswap-"), victim["hostname"]
-            kill_whole_worker(proc)
-            holder.rollback()
-            backend_gone(watch, victim["backend"], time.monotonic() + 30)
-        # the swap rolled back with its session: the old PostgreSQL data, whole (DynamoDB items are upserted
-        # before the swap, by design: README)
-        assert {k: v for k, v in hashes(dressed).items() if k != "dynamodb"} == \
-            {k: v for k, v in scrambled.items() if k != "dynamodb"}
-    tags = [tag for tag, message in unacked(dressed) if message["headers"].get("id") == victim["id"]]
-    assert tags, "the lost worker's finalize is not waiting for its visibility timeout"
-    past_visibility_timeout(dressed, [tag for tag, _ in unacked(dressed)])
-    report = jobs.wait(redis_client(dressed), job_id, timeout=WAIT)
-    assert report["ok"] and report["skipped"] == [], report.get("error")
-    assert hashes(dressed) == before
-    nothing_left(dressed, job_id)
-    scramble(dressed)
-    code, again = cli_json("restore", done["backup_id"], "--exact", timeout=WAIT)  # the next run succeeds
-    assert code == 0 and again["ok"], again.get("error")
-    assert hashes(dressed) == before
+WHOLE_WORKER = {  # kind -> (fixture, the pool process test's scenario with a whole worker lost)
+    "restore-load": ("dressed", lambda s, tmp: restore_with_a_kill(s, "load", True, tmp)),
+    "restore-build": ("dressed", lambda s, tmp: restore_with_a_kill(s, "build", True, tmp)),
+    "backup-validate": ("data", lambda s, tmp: backup_validate_with_a_kill(s, tmp, True)),
+    "validate": ("data", lambda s, tmp: validate_with_a_kill(s, True)),
+    "testdata": ("data", lambda s, tmp: generation_with_a_kill(s, True)),
+    "migrate": ("migrated", lambda s, tmp: migration_with_a_kill(s, tmp, True)),
+    "init": ("data", lambda s, tmp: init_with_a_kill(s, True)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(WHOLE_WORKER))
+def test_losing_a_whole_worker_mid_job_still_ends_each_kind_exactly_and_the_next_run_succeeds(
+        kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """The main process and pool of the worker running the held phase, SIGKILLed: nothing acknowledges its
+    tasks, which go back to the queue once the visibility timeout has passed (aged in kombu's index)."""
+    fixture, scenario = WHOLE_WORKER[kind]
+    scenario(request.getfixturevalue(fixture), tmp_path)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +14,8 @@ import pytest
 
 from conftest import cli_json, run_cli, run_job
 from test_backup import backup, make_data, manifest_of
-from worker import backups, commands, jobs
-from worker.connections import aws_client, pg_connect, redis_client
+from worker import backups, commands
+from worker.connections import aws_client, pg_connect
 from worker.dynamo import to_item
 
 PG_TABLES = ["artifact_types", "deliverables", "dependencies", "quality_checks", "quality_standards", "services",
@@ -227,24 +225,6 @@ def test_a_restore_that_fails_at_the_swap_leaves_the_live_tables_whole(dressed: 
     with pg_connect(dressed, autocommit=True) as pg:
         assert not pg.execute("select relname from pg_class where relname like '%%__restore_%%'").fetchall()
         pg.execute("delete from work_tasks where id = %s", (task,))
-
-
-def test_killing_a_worker_process_during_the_load_still_restores_exactly(dressed: Any) -> None:
-    from worker.app import app
-
-    report = backup(dressed)
-    before = hashes(dressed)
-    scramble(dressed)
-    job_id = commands.restore(dressed, report["backup_id"], [], True, False, False)
-    victim, deadline = None, time.monotonic() + 60
-    while victim is None and time.monotonic() < deadline:
-        for tasks in (app.control.inspect(timeout=0.3).active() or {}).values():
-            victim = next((t["worker_pid"] for t in tasks if t["name"] == "worktask.restore.load_chunk"), victim)
-    if victim:
-        os.kill(victim, signal.SIGKILL)
-    result = jobs.wait(redis_client(dressed), job_id, timeout=300)
-    assert result["ok"], result
-    assert hashes(dressed) == before
 
 
 def test_a_chunk_delivered_twice_is_loaded_once(dressed: Any) -> None:
