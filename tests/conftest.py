@@ -223,3 +223,24 @@ def own_worker(settings: Any, name: str, env: dict[str, str] | None = None) -> I
         for queue in ("control", "bulk"):
             app.control.add_consumer(queue, reply=True, timeout=5, limit=session)
         log.close()
+
+
+def process_of_connection(local_port: int, remote_port: int) -> int:
+    """The pid of the local process (not this one) holding the TCP connection from `local_port` to `remote_port`
+    (the socket's inode in /proc/net/tcp, the process holding it). Both ports: Linux gives one local port to
+    connections to different servers."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            ports = (int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16))
+            if ports == (local_port, remote_port):
+                inodes.add(f"socket:[{fields[9]}]")
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():  # the proxy's end is this process's
+            try:
+                if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                    return int(proc.name)
+            except OSError:
+                continue
+    raise AssertionError(f"no process holds the connection {local_port} -> {remote_port}")

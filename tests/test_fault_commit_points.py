@@ -17,16 +17,15 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from conftest import cli_json, own_worker, run_job
+from conftest import cli_json, own_worker, process_of_connection, run_job
 from test_backup import backup, manifest_of
 from test_fault_store import stack_env
-from test_fault_workers import counts, nothing_left, running
+from test_fault_workers import counts, nothing_left_and_the_next_restore_is_exact, running
 from test_restore import dressed, hashes, scramble  # noqa: F401 - `dressed` is a fixture
 from test_testdata import clean  # noqa: F401 - a fixture: no test data before
 from worker import backups, commands, jobs
@@ -105,25 +104,6 @@ class HoldingProxy:
                 except OSError:
                     pass
             src.close()
-
-
-def process_of_connection(local_port: int, remote_port: int) -> int:
-    """The pid of the local process holding the TCP connection from `local_port` to `remote_port`."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            ports = (int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16))
-            if ports == (local_port, remote_port):
-                inodes.add(f"socket:[{fields[9]}]")
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) != os.getpid():  # the proxy's end is this process's
-            try:
-                if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
-                    return int(proc.name)
-            except OSError:
-                continue
-    raise AssertionError(f"no process holds the connection {local_port} -> {remote_port}")
 
 
 def held_process(proxy: HoldingProxy, what: str) -> int:
@@ -249,8 +229,4 @@ def test_a_restore_whose_finalize_is_killed_after_the_swap_committed_succeeds_ex
         t["name"]: (t["store"], t["rows"], len(t["chunks"])) for t in manifest["tables"]}
     assert report["totals"]["rows"] == sum(t["rows"] for t in manifest["tables"])
     assert hashes(dressed) == before
-    nothing_left(dressed, job_id)
-    scramble(dressed)
-    code, again = cli_json("restore", done["backup_id"], "--exact", timeout=WAIT)  # the next run succeeds
-    assert code == 0 and again["ok"], again.get("error")
-    assert hashes(dressed) == before
+    nothing_left_and_the_next_restore_is_exact(dressed, job_id, done["backup_id"], before)

@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import ROOT, cli_json, own_worker, run_job
+from conftest import ROOT, cli_json, own_worker, process_of_connection, run_job
 from test_backup import backup, data, decode, manifest_of, validate  # noqa: F401 - `data` is a fixture
 from test_restore import dressed, hashes, restore, scramble  # noqa: F401 - `dressed` is a fixture
 from worker import backups, commands, jobs, snapshot, swap
@@ -77,20 +77,7 @@ def process_of_backend(conn: psycopg.Connection, backend: int) -> int:
     port, server = conn.execute("select client_port, inet_server_port() from pg_stat_activity where pid = %s",
                                 (backend,)).fetchone()
     assert port and port > 0, f"backend {backend} is not a TCP client's"
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()  # the local port alone is not enough: Linux gives one local port to several
-            if (int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)) == (port, server):
-                inodes.add(f"socket:[{fields[9]}]")  # connections to different servers (a worker's Redis one)
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
-                    return int(proc.name)
-            except OSError:
-                continue
-    raise AssertionError(f"no process holds the connection of backend {backend} (port {port})")
+    return process_of_connection(port, server)
 
 
 def waiting_task(app: Any, conn: psycopg.Connection, task: str, like: str, deadline: float) -> dict[str, Any]:
@@ -105,6 +92,17 @@ def backend_gone(conn: psycopg.Connection, pid: int, deadline: float) -> None:
         if not conn.execute("select 1 from pg_stat_activity where pid = %s", (pid,)).fetchone():
             return
         time.sleep(0.1)
+
+
+def nothing_left_and_the_next_restore_is_exact(settings: Any, job_id: str, backup_id: str,
+                                               before: dict[str, str]) -> None:
+    """After a restore that lived through a fault: nothing of it left, and the next restore (over scrambled
+    data) gives the backup's rows exactly."""
+    nothing_left(settings, job_id)
+    scramble(settings)
+    code, again = cli_json("restore", backup_id, "--exact", timeout=WAIT)
+    assert code == 0 and again["ok"], again.get("error")
+    assert hashes(settings) == before
 
 
 def nothing_left(settings: Any, job_id: str | None = None) -> None:
@@ -562,11 +560,7 @@ def restore_with_a_kill(settings: Any, phase: str, whole: bool, tmp_path: Path) 
     assert report["ok"] and report["skipped"] == [], report.get("error")
     assert jobs.deliveries(redis_client(settings), job_id)[victim["id"]] >= 2
     assert hashes(settings) == before
-    nothing_left(settings, job_id)
-    scramble(settings)
-    code, again = cli_json("restore", done["backup_id"], "--exact", timeout=WAIT)  # the next run succeeds
-    assert code == 0 and again["ok"], again.get("error")
-    assert hashes(settings) == before
+    nothing_left_and_the_next_restore_is_exact(settings, job_id, done["backup_id"], before)
 
 
 @pytest.mark.slow
