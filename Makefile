@@ -21,7 +21,8 @@ test: install
 
 # Starts the stack (embedded services where the configured ones do not answer), runs `worktask init --test-data 200`
 # (migrate, seed, test data, validate, backup), validates the backup (health calls a backup never validated a problem),
-# lists it, checks health, shows what the retention would keep, restores it as a dry run and one table for real, then
+# validates the data with the non-destructive fixes (printing the kinds applied and what is pending), lists the
+# backup, checks health, shows what the retention would keep, restores it as a dry run and one table for real, then
 # stops the stack
 # whatever happened. Without BACKUP_ENCRYPTION_KEY the demo makes one and keeps it in the state folder.
 STATE ?= $(or $(WORKTASK_STATE_DIR),.worktask)
@@ -35,6 +36,7 @@ demo: install
 	  $(BIN)/worktask migrate status; \
 	  id=$$($(BIN)/worktask backup list --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)[0]["backup_id"])'); \
 	  $(BIN)/worktask backup validate "$$id"; \
+	  $(BIN)/worktask validate --fix --fix-kinds task_status,deliverable_status; \
 	  $(BIN)/worktask backup list; \
 	  $(BIN)/worktask health; \
 	  $(BIN)/worktask backup cleanup --dry-run; \
