@@ -34,6 +34,7 @@ from typing import Any
 import asyncpg
 import psycopg
 
+from tasks.verify import unlisted
 from worker import backups, chunks, dynamo, jobs, restore_target, snapshot, sqltext, swap, swap_beside
 from worker.app import app
 from worker.chunkcheck import check_chunk, drain, open_chunk, verdict
@@ -313,12 +314,15 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
     if holder:
         where = f" into {options['target_database']}" if options.get("target_database") else ""
         raise JobFailed(f"another restore{where} is running (job {holder}); wait for it")
-    manifest = backups.read_manifest(backups.store_for(s, options), options, options["backup_id"], self.settings,
+    store = backups.store_for(s, options)
+    manifest = backups.read_manifest(store, options, options["backup_id"], self.settings,
                                      options.get("allow_unauthenticated", False))
     wanted = options.get("tables") or [t["name"] for t in manifest["tables"]]
+    # never read (only the manifest's chunks are), but said: one LIST of the backup's folder
+    extra = unlisted(store, options, {c["key"] for t in manifest["tables"] for c in t["chunks"]})
     plan = RestorePlan(backup_id=manifest["backup_id"], tag=job_id.rsplit("-", 1)[-1], options=options,
                        encryption=manifest["encryption"], compress=manifest["options"]["compress"], started=time.time(),
-                       tables=[t for t in manifest["tables"] if t["name"] in wanted])
+                       tables=[t for t in manifest["tables"] if t["name"] in wanted], unlisted=[b.path for b in extra])
     dry = bool(options.get("dry_run"))
     pg_tables = [t for t in plan.tables if t["store"] == "postgres"]
     bad: dict[str, str] = {}
@@ -476,7 +480,8 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
     report = RestoreReport(job_id=job_id, state="succeeded", ok=not plan.skipped, dry_run=dry,
                            backup_id=plan.backup_id, tables=tables, skipped=plan.skipped,
                            totals={"rows": sum(t.rows for t in tables), "tables": len(tables),
-                                   "seconds": round(time.time() - plan.started, 3)}, error=error)
+                                   "seconds": round(time.time() - plan.started, 3)}, error=error,
+                           unlisted=plan.unlisted)
     jobs.finish(self.redis, job_id, report)
     release(s, self.redis, job_id)
     return {"job_id": job_id, "tables": len(tables)}
