@@ -91,6 +91,14 @@ async def _copy_in(settings: Settings, target: str, ledger: str, table: dict[str
     conn = await asyncpg.connect(host=p["host"], port=int(p["port"]), user=p["user"], password=p.get("password"),
                                  database=p["dbname"], timeout=settings.postgres_connect_timeout)
     rows = 0
+    # asyncpg's COPY FROM waits for its transport to take more data and is not woken when the session is lost
+    # meanwhile (pg_terminate_backend, a restart): it would wait until TASK_TIME_LIMIT. Lost, the COPY is cancelled.
+    copying = asyncio.current_task()
+
+    def lost(_conn: Any) -> None:
+        if copying is not None:
+            copying.cancel()
+    conn.add_termination_listener(lost)
 
     async def source() -> Any:
         nonlocal rows
@@ -119,7 +127,15 @@ async def _copy_in(settings: Settings, target: str, ledger: str, table: dict[str
     except CorruptChunk as err:  # the COPY was aborted and its transaction rolled back
         drain(hashed)
         return 0, verdict(hashed, chunk, rows, str(err))
-    except asyncpg.PostgresError:  # e.g. bytes changed in an unencrypted chunk that the server refused first
+    except (asyncpg.InterfaceError, asyncpg.InternalClientError, asyncpg.PostgresError) as err:
+        if conn.is_closed() or isinstance(err, asyncpg.AdminShutdownError | asyncpg.InternalClientError):
+            # The server ended this session mid-COPY (pg_terminate_backend, a restart): the load's transaction and
+            # its ledger row ended with it, so the chunk can be loaded again: a transient error, as a backup's chunk
+            raise ConnectionResetError(f"the server ended the load's session ({type(err).__name__}: "
+                                       f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        if not isinstance(err, asyncpg.PostgresError):
+            raise
+        # e.g. bytes changed in an unencrypted chunk that the server refused first
         drain(hashed)
         reason = verdict(hashed, chunk, rows, None)
         if reason and reason.startswith("checksum mismatch"):
@@ -127,7 +143,12 @@ async def _copy_in(settings: Settings, target: str, ledger: str, table: dict[str
         raise  # the chunk is what the backup wrote: a real error (the job fails, naming it)
     except _Refused as refused:
         return 0, str(refused)
+    except asyncio.CancelledError:
+        if not conn.is_closed():
+            raise
+        raise ConnectionResetError("the server ended the load's session mid-COPY") from None
     finally:
+        conn.remove_termination_listener(lost)
         await conn.close()
     return rows, None
 
