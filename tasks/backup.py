@@ -77,6 +77,7 @@ def plan_postgres(settings: Settings, snap: str, chunk_rows: int, locked: list[s
                   "migration_head": _migration_head(conn)}
         conn.execute(psycopg.sql.SQL("set local lock_timeout = {}").format(
             psycopg.sql.Literal(f"{int(lock_timeout * 1000)}ms")))
+        conn.execute("set local statement_timeout = 0")  # its sample reads are bounded by the task's time limit
         tables = []
         for name, cols, types, pk, parent, bound, relpages, reltuples, filenode in conn.execute(
                 TABLES_SQL, (locked,)).fetchall():

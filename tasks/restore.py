@@ -36,7 +36,7 @@ import psycopg
 
 from worker import backups, chunks, dynamo, jobs, restore_target, snapshot, sqltext, swap, swap_beside
 from worker.app import app
-from worker.chunkcheck import check_chunk, drain, open_chunk, verdict
+from worker.chunkcheck import check_chunk, drain, open_chunk, unlisted, verdict
 from worker.connections import aws_client, pg_connect, pg_params
 from worker.constants import (
     DYNAMO_SCAN_RESTORE_KEY,
@@ -90,6 +90,14 @@ async def _copy_in(settings: Settings, target: str, ledger: str, table: dict[str
     conn = await asyncpg.connect(host=p["host"], port=int(p["port"]), user=p["user"], password=p.get("password"),
                                  database=p["dbname"], timeout=settings.postgres_connect_timeout)
     rows = 0
+    # asyncpg's COPY FROM waits for its transport to take more data and is not woken when the session is lost
+    # meanwhile (pg_terminate_backend, a restart): it would wait until TASK_TIME_LIMIT. Lost, the COPY is cancelled.
+    copying = asyncio.current_task()
+
+    def lost(_conn: Any) -> None:
+        if copying is not None:
+            copying.cancel()
+    conn.add_termination_listener(lost)
 
     async def source() -> Any:
         nonlocal rows
@@ -118,7 +126,15 @@ async def _copy_in(settings: Settings, target: str, ledger: str, table: dict[str
     except CorruptChunk as err:  # the COPY was aborted and its transaction rolled back
         drain(hashed)
         return 0, verdict(hashed, chunk, rows, str(err))
-    except asyncpg.PostgresError:  # e.g. bytes changed in an unencrypted chunk that the server refused first
+    except (asyncpg.InterfaceError, asyncpg.InternalClientError, asyncpg.PostgresError) as err:
+        if conn.is_closed() or isinstance(err, asyncpg.AdminShutdownError | asyncpg.InternalClientError):
+            # The server ended this session mid-COPY (pg_terminate_backend, a restart): the load's transaction and
+            # its ledger row ended with it, so the chunk can be loaded again: a transient error, as a backup's chunk
+            raise ConnectionResetError(f"the server ended the load's session ({type(err).__name__}: "
+                                       f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        if not isinstance(err, asyncpg.PostgresError):
+            raise
+        # e.g. bytes changed in an unencrypted chunk that the server refused first
         drain(hashed)
         reason = verdict(hashed, chunk, rows, None)
         if reason and reason.startswith("checksum mismatch"):
@@ -126,7 +142,12 @@ async def _copy_in(settings: Settings, target: str, ledger: str, table: dict[str
         raise  # the chunk is what the backup wrote: a real error (the job fails, naming it)
     except _Refused as refused:
         return 0, str(refused)
+    except asyncio.CancelledError:
+        if not conn.is_closed():
+            raise
+        raise ConnectionResetError("the server ended the load's session mid-COPY") from None
     finally:
+        conn.remove_termination_listener(lost)
         await conn.close()
     return rows, None
 
@@ -313,12 +334,15 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
     if holder:
         where = f" into {options['target_database']}" if options.get("target_database") else ""
         raise JobFailed(f"another restore{where} is running (job {holder}); wait for it")
-    manifest = backups.read_manifest(backups.store_for(s, options), options, options["backup_id"], self.settings,
+    store = backups.store_for(s, options)
+    manifest = backups.read_manifest(store, options, options["backup_id"], self.settings,
                                      options.get("allow_unauthenticated", False))
     wanted = options.get("tables") or [t["name"] for t in manifest["tables"]]
+    # never read (only the manifest's chunks are), but said: one LIST of the backup's folder
+    extra = unlisted(store, options, {c["key"] for t in manifest["tables"] for c in t["chunks"]})
     plan = RestorePlan(backup_id=manifest["backup_id"], tag=job_id.rsplit("-", 1)[-1], options=options,
                        encryption=manifest["encryption"], compress=manifest["options"]["compress"], started=time.time(),
-                       tables=[t for t in manifest["tables"] if t["name"] in wanted])
+                       tables=[t for t in manifest["tables"] if t["name"] in wanted], unlisted=[b.path for b in extra])
     dry = bool(options.get("dry_run"))
     pg_tables = [t for t in plan.tables if t["store"] == "postgres"]
     bad: dict[str, str] = {}
@@ -479,7 +503,8 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
     report = RestoreReport(job_id=job_id, state="succeeded", ok=not plan.skipped, dry_run=dry,
                            backup_id=plan.backup_id, tables=tables, skipped=plan.skipped,
                            totals={"rows": sum(t.rows for t in tables), "tables": len(tables),
-                                   "seconds": round(time.time() - plan.started, 3)}, error=error)
+                                   "seconds": round(time.time() - plan.started, 3)}, error=error,
+                           unlisted=plan.unlisted)
     jobs.finish(self.redis, job_id, report)
     release(s, self.redis, job_id)
     return {"job_id": job_id, "tables": len(tables)}

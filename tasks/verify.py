@@ -10,7 +10,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from worker import backups, jobs, markers, quarantine, retention
 from worker.app import app
-from worker.chunkcheck import check_chunk
+from worker.chunkcheck import check_chunk, unlisted
 from worker.constants import (
     TASK_BACKUP_VALIDATE_CHUNK,
     TASK_BACKUP_VALIDATE_FINALIZE,
@@ -86,24 +86,6 @@ def check(self: JobTask, job_id: str, table: str, chunk: int, store: str, path: 
                          table, c)
     jobs.add(self.redis, job_id, rows=rows if reason is None else 0, nbytes=size, failed=1 if reason else 0)
     return {"table": table, "chunk": chunk, "path": path, "rows": rows, "reason": reason}
-
-
-def unlisted(store: Any, options: dict[str, Any], listed: set[str]) -> list[BadChunk]:
-    """Objects in the backup's folder that its manifest does not list (finalize removes every other attempt's
-    object, so a complete backup has none): put there since, or left by a finalize that did not end. A restore
-    never reads them; validate names them."""
-    root = backups.prefix(options, options["backup_id"])
-    out = []
-    for obj in store.list(root):
-        rel = obj.key[len(root):]
-        if obj.key in listed or rel in ("manifest.json", *markers.NAMES):
-            continue
-        parts = rel.split("/")
-        n = parts[-1].split(".", 1)[0]
-        out.append(BadChunk(table=parts[1] if len(parts) == 3 else "?", chunk=int(n) if n.isdigit() else -1,
-                            path=obj.key, reason=f"not in the manifest ({obj.size} bytes): the backup did not "
-                                                 "write it this way; check and remove it"))
-    return sorted(out, key=lambda b: b.path)
 
 
 @app.task(name=TASK_BACKUP_VALIDATE_FINALIZE, base=JobTask, bind=True)

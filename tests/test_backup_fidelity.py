@@ -6,6 +6,7 @@ stay small.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pytest
 
 from conftest import cli_json, run_cli
 from test_backup import backup, decode, make_data, manifest_of, table_copy, validate
-from worker import commands, jobs
+from worker import commands, jobs, snapshot
 from worker.connections import pg_connect, pg_params, redis_client
 from worker.errors import JobFailed
 
@@ -193,19 +194,42 @@ def test_generated_columns_are_not_copied_and_replacement_tables_are_never_backe
 
 
 def test_a_restore_refuses_while_a_backup_holds_its_tables(migrated: Any, made: list[str]) -> None:
+    """Asked while the backup holds its snapshot (its lease in Redis, its holder's session in pg_stat_activity):
+    the restore's job is refused (exit 1, a failed job, as a migration or a backup during a restore), naming the
+    backup; nothing of the live data changes, though the backup restored would change it; the backup completes."""
     sql(migrated, "create table fid_slow (id bigint primary key, payload text)",
         "insert into fid_slow select g, repeat('y', 200) from generate_series(1, 30000) g")
     made.append("fid_slow")
     first = backup(migrated)
     assert first["ok"], first.get("error")
+    sql(migrated, "update fid_slow set payload = 'changed since' where id <= 100")  # a restore would undo this
+    live = fid_slow_hash(migrated)
     s = migrated.model_copy(update={"backup_rate_limit": 300_000})
     job_id = commands.backup(s, True, False, 10_000)  # ~7 s per chunk of fid_slow
-    time.sleep(2)
+    r = redis_client(migrated)
+    deadline = time.monotonic() + 120
+    with pg_connect(migrated, autocommit=True) as pg:
+        while not (job_id in snapshot.running_backups(r) and pg.execute(
+                "select 1 from pg_stat_activity where application_name = %s and state = 'idle in transaction'",
+                (f"worktask-snapshot {job_id}"[:63],)).fetchone()):
+            assert time.monotonic() < deadline and jobs.state(r, job_id) in ("queued", "running"), \
+                f"the backup did not hold its snapshot: {jobs.state(r, job_id)}"
+            time.sleep(0.05)
     proc = run_cli("restore", first["backup_id"], "--tables", "fid_slow", "--json", timeout=120)
-    backup_report = jobs.wait(redis_client(migrated), job_id, timeout=300)
-    assert proc.returncode != 0 and job_id in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-    assert "backup" in (proc.stdout + proc.stderr)
+    assert jobs.state(r, job_id) == "running" and job_id in snapshot.running_backups(r)  # it held it throughout
+    refused = json.loads(proc.stdout)
+    assert proc.returncode == 1 and refused["state"] == "failed", (proc.returncode, refused, proc.stderr[-2000:])
+    assert refused["error"] == (f"worktask.restore.start: backup job {job_id} is running and holds its tables until "
+                                f"it ends; run the restore after it (worktask jobs show {job_id})"), refused["error"]
+    assert fid_slow_hash(migrated) == live
+    backup_report = jobs.wait(r, job_id, timeout=300)
     assert backup_report["ok"] and rows_of(backup_report)["fid_slow"] == 30_000
+    assert fid_slow_hash(migrated) == live
+
+
+def fid_slow_hash(settings: Any) -> str:
+    with pg_connect(settings) as pg:
+        return pg.execute("select md5(string_agg(id || ':' || payload, ',' order by id)) from fid_slow").fetchone()[0]
 
 
 @pytest.mark.parametrize(("edges", "problem"), [

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from conftest import cli_json, run_cli
+from conftest import cli_json, run_cli, run_job
 from test_backup import backup, make_data
 from test_manifest_auth import put_manifest, raw_manifest, refused
 from test_restore import hashes
-from worker import backups
+from worker import backups, commands, render
 from worker.connections import aws_client
 
 pytestmark = [pytest.mark.fault]
@@ -138,7 +138,8 @@ def test_damaged_chunks_are_each_named_by_validate_and_their_tables_are_not_touc
 def test_an_extra_chunk_in_the_store_is_named_by_validate_and_never_read_by_restore(victim: dict[str, Any]) -> None:
     """An object in a table's folder that the manifest does not list (finalize removes every other attempt's
     object): validate names it; a restore reads only the listed, checksummed chunks, so it writes exactly the
-    backup's rows whatever the object holds."""
+    backup's rows whatever the object holds, and is not refused (a good backup at 3 a.m.), but says it saw the
+    object (one LIST of the backup's folder), in its report and on its output."""
     settings, backup_id = victim["settings"], victim["id"]
     ours = chunk_of(victim["manifest"], "services", 0)
     extra = ours["key"].replace("/00000.", "/00001.")
@@ -151,6 +152,12 @@ def test_an_extra_chunk_in_the_store_is_named_by_validate_and_never_read_by_rest
     code, restored = cli_json("restore", backup_id, "--tables", "services")
     assert code == 0 and [(t["name"], t["rows"]) for t in restored["tables"]] == [("services", ours["rows"])], restored
     assert hashes(settings) == before
+    assert restored["unlisted"] == [extra], restored
+    with render.out.capture() as shown:  # what the restore prints without --json
+        render.render_restore(restored)
+    said = [line for line in shown.get().splitlines() if extra in line]
+    assert said and "not in the manifest" in said[0] and "not read" in said[0], shown.get()
+    assert f"worktask backup validate {backup_id}" in said[0], said
 
 
 # manifest edits, by someone without the key (the unkeyed checksum recomputed) ------------------------------------
@@ -210,20 +217,59 @@ def test_an_edited_manifest_is_refused_by_validate_and_restore_before_anything_i
     assert hashes(settings) == before
 
 
-@pytest.mark.parametrize("edit", ["chunk-key-of-another-backup", "path-with-dotdot"])
-def test_a_chunk_key_outside_the_backup_is_refused_even_when_the_manifest_is_trusted_unauthenticated(
-        victim: dict[str, Any], edit: str) -> None:
-    """Without a MAC and with --allow-unauthenticated (the operator vouches for the manifest), a chunk stored
-    outside the backup's own folder is still refused: a backup reads only its own objects."""
-    settings, backup_id = victim["settings"], victim["id"]
-    edited = {k: v for k, v in json.loads(json.dumps(victim["manifest"])).items() if k != "auth"}
-    table = MANIFEST_EDITS[edit](edited, victim["other"])
-    put_manifest(settings, edited)
+@pytest.fixture(scope="module")
+def plain(made: tuple[Any, str, str]) -> tuple[Any, str, str]:
+    """Two unencrypted backups of the same data, the first's manifest without its MAC: what a backup made without
+    a key looks like (no encryption, no authentication), read with --allow-unauthenticated."""
+    settings = made[0]
+    first, second = (run_job(settings, lambda: commands.backup(settings, True, False, 1000), 300) for _ in range(2))
+    assert first["ok"] and second["ok"], (first, second)
+    return settings, first["backup_id"], second["backup_id"]
+
+
+# edit: (the table it is restored by, what validate says, what restore says): each names what was changed
+UNAUTHENTICATED = {
+    "changed-row-count": ("work_tasks", "1 bad chunk", "not touched: chunk 0"),
+    "changed-table-name": ("services_restored", "in the folder of table services of this backup, not in its table's "
+                           "folder", None),
+    "chunk-key-of-another-backup": ("work_tasks", "of another backup ({other})", None),
+    "path-with-dotdot": ("work_tasks", "a path that climbs ('..')", None),
+}
+
+
+@pytest.mark.parametrize("edit", list(UNAUTHENTICATED))
+def test_each_edit_of_an_unauthenticated_manifest_is_refused_with_its_own_message(
+        plain: tuple[Any, str, str], edit: str) -> None:
+    """Without a MAC and with --allow-unauthenticated (the operator vouches for the manifest), its checksum
+    recomputed: a changed row count is the chunk's count against the manifest's (validate names the chunk, restore
+    skips the table); a chunk stored anywhere but its own table's folder of this backup is refused before anything
+    is enqueued (exit 2), each place named for what it is: another table's folder, another backup, a `..` path."""
+    settings, backup_id, other_id = plain
+    saved = raw_manifest(settings, backup_id)
+    mine = {k: v for k, v in json.loads(json.dumps(saved)).items() if k != "auth"}
+    table, said_by_validate, said_by_restore = UNAUTHENTICATED[edit]
+    MANIFEST_EDITS[edit](mine, raw_manifest(settings, other_id))
+    put_manifest(settings, mine)
     before = hashes(settings)
-    for args in (("backup", "validate", backup_id), ("restore", backup_id, "--tables", table)):
-        refused(run_cli(*args, "--allow-unauthenticated"), backup_id, "outside the backup's folder",
-                chunk_of(edited, table, 0)["key"])
-    assert hashes(settings) == before
+    try:
+        words = said_by_validate.format(other=other_id)
+        if said_by_restore is None:  # the manifest itself is refused, by both, in one line
+            for args in (("backup", "validate", backup_id), ("restore", backup_id, "--tables", table)):
+                proc = run_cli(*args, "--allow-unauthenticated")
+                refused(proc, backup_id, chunk_of(mine, table, 0)["key"], words, "it was altered")
+        else:  # the chunk's rows against the manifest's
+            code, checked = cli_json("backup", "validate", backup_id, "--allow-unauthenticated")
+            assert code == 1 and [(b["table"], b["chunk"]) for b in checked["bad_chunks"]] == [(table, 0)], checked
+            assert checked["error"].startswith(words), checked["error"]
+            n = chunk_of(mine, table, 0)["rows"]
+            assert checked["bad_chunks"][0]["reason"] == f"{n - 1} rows, manifest says {n}", checked["bad_chunks"]
+            code, restored = cli_json("restore", backup_id, "--tables", table, "--allow-unauthenticated")
+            assert code == 1 and [x["name"] for x in restored["skipped"]] == [table], restored
+            assert restored["skipped"][0]["reason"].startswith(said_by_restore), restored["skipped"]
+            assert f"{n - 1} rows, manifest says {n}" in restored["skipped"][0]["reason"], restored["skipped"]
+        assert hashes(settings) == before
+    finally:
+        put_manifest(settings, saved)
 
 
 def test_a_disabled_kms_key_is_named_by_validate_and_restore(made: tuple[Any, str, str], bucket: str) -> None:

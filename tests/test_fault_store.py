@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 
 from conftest import ROOT, cli_json, free_port, own_worker, run_cli
 from test_backup import make_data
-from worker import commands, jobs
+from worker import commands, jobs, snapshot
 from worker.connections import aws_client, pg_connect, redis_client
 
 pytestmark = [pytest.mark.fault]
@@ -75,6 +75,19 @@ def test_a_bucket_deleted_mid_backup_fails_it_naming_the_chunk_and_leaves_no_com
     assert report["error"].startswith("worktask.backup.dump_") and " table=" in report["error"], report["error"]
     assert "chunk=" in report["error"] and f"bucket {name} does not exist" in report["error"], report["error"]
     assert "S3_BUCKET_NAME" in report["error"], report["error"]
+    # the snapshot is let go: no lease of the job in Redis, its holder's session gone from the database (the call
+    # that ends the job lets go right after it: a waiter can wake in between, so give it a few seconds)
+    r = redis_client(migrated)
+
+    def held() -> list[Any]:
+        with pg_connect(migrated, autocommit=True) as pg:
+            sessions = pg.execute("select pid from pg_stat_activity where application_name = %s",
+                                  (f"worktask-snapshot {job_id}"[:63],)).fetchall()
+        return [k for k in r.scan_iter(match=jobs.SNAPSHOT_LEASES) if job_id in k] + sessions
+    deadline = time.monotonic() + 15
+    while held() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert held() == [] and job_id not in snapshot.running_backups(r), held()
     # what the operator sees next: one line naming the bucket and the fix, exit 2
     proc = run_cli("backup", "list", env={"S3_BUCKET_NAME": name})
     assert proc.returncode == 2 and f"bucket {name} does not exist" in proc.stderr, proc.stderr

@@ -1,12 +1,14 @@
-"""Reading a stored chunk back and checking it against its manifest entry (backup validate, restore)."""
+"""Reading a stored chunk back and checking it against its manifest entry, and the objects of a backup's folder
+its manifest does not list (backup validate, restore)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from worker import backups
+from worker import backups, markers
 from worker.archive import read_chunk
 from worker.errors import CorruptChunk
+from worker.reports import BadChunk
 from worker.settings import Settings
 
 
@@ -60,3 +62,21 @@ def verdict(hashed: Any, chunk: dict[str, Any], rows: int, problem: str | None) 
     if rows != chunk["rows"]:
         return f"{rows} rows, manifest says {chunk['rows']}"
     return None
+
+
+def unlisted(store: Any, options: dict[str, Any], listed: set[str]) -> list[BadChunk]:
+    """Objects in the backup's folder that its manifest does not list (finalize removes every other attempt's
+    object, so a complete backup has none): put there since, or left by a finalize that did not end. A restore
+    never reads them; validate names them."""
+    root = backups.prefix(options, options["backup_id"])
+    out = []
+    for obj in store.list(root):
+        rel = obj.key[len(root):]
+        if obj.key in listed or rel in ("manifest.json", *markers.NAMES):
+            continue
+        parts = rel.split("/")
+        n = parts[-1].split(".", 1)[0]
+        out.append(BadChunk(table=parts[1] if len(parts) == 3 else "?", chunk=int(n) if n.isdigit() else -1,
+                            path=obj.key, reason=f"not in the manifest ({obj.size} bytes): the backup did not "
+                                                 "write it this way; check and remove it"))
+    return sorted(out, key=lambda b: b.path)

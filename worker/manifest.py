@@ -18,6 +18,7 @@ How the model is used, and why the JSON object itself is what travels:
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -204,13 +205,28 @@ def validate(raw: dict[str, Any], backup_id: str) -> Manifest:
     for t in model.tables:  # a backup reads only its own objects: <prefix>/<id>/<store>/<table>/<name>
         folder = f"/{backup_id}/{t.store}/{t.name}"
         for c in t.chunks:
-            parts = c.key.split("/")
-            if c.key.startswith("/") or any(p in ("", ".", "..") for p in parts) or \
-                    not ("/" + c.key.rsplit("/", 1)[0]).endswith(folder):
+            if not ("/" + c.key.rsplit("/", 1)[0]).endswith(folder) or \
+                    any(p in ("", ".", "..") for p in c.key.split("/")):
                 raise BadInput(f"manifest of backup {backup_id}: chunk {c.n} of {t.name} is stored at {c.key!r}, "
-                               f"outside the backup's folder ({folder[1:]}/): it was altered; do not restore it, "
-                               "pick another backup (worktask backup list)")
+                               f"{_elsewhere(c.key, backup_id)}, not in its table's folder ({folder[1:]}/): it was "
+                               "altered; do not restore it, pick another backup (worktask backup list)")
     return model
+
+
+def _elsewhere(key: str, backup_id: str) -> str:
+    """Where a chunk key that is not in its table's folder points, so that each edit is named for what it is."""
+    parts = key.split("/")
+    if key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        return "a path that climbs ('..') or is not plain ('/', '.', an empty part)"
+    ids = [p for p in parts if _BACKUP_ID.fullmatch(p)]
+    if ids and ids[0] != backup_id:
+        return f"in the folder of another backup ({ids[0]})"
+    if backup_id in parts and len(parts) > parts.index(backup_id) + 3:
+        return f"in the folder of table {parts[parts.index(backup_id) + 2]} of this backup"
+    return "outside the backup's folder"
+
+
+_BACKUP_ID = re.compile(r"\d{8}T\d{6}Z-[0-9A-Za-z-]{1,60}")  # a backup's id, as worker/backups.py ID_RE
 
 
 # building (moved from tasks/backup.py; pure) --------------------------------------------------------------------

@@ -43,6 +43,7 @@ class RestorePlan(BaseModel):
     skipped: list[dict[str, str]] = Field(default_factory=list)  # {name, reason}: not touched
     ok_tables: list[str] = Field(default_factory=list)  # verified and loadable
     plain_generated: list[str] = Field(default_factory=list)  # tables whose generated columns load as plain ones
+    unlisted: list[str] = Field(default_factory=list)  # objects in the backup's folder the manifest does not list
 
     def table(self, name: str) -> dict[str, Any]:
         return next(t for t in self.tables if t["name"] == name)

@@ -209,6 +209,11 @@ def render_restore(report: dict[str, Any]) -> None:
     out.print(table)
     for sk in report["skipped"]:
         out.print(f"skipped {sk['name']}: {sk['reason']}", markup=False)
+    if report.get("unlisted"):
+        extra = report["unlisted"]
+        out.print(f"not read: {len(extra)} object(s) in the backup's folder not in the manifest: "
+                  f"{', '.join(extra[:5])}{' …' if len(extra) > 5 else ''}; "
+                  f"worktask backup validate {report['backup_id']} names them", markup=False, soft_wrap=True)
 
 
 def render_validate(report: dict[str, Any]) -> None:

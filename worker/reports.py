@@ -180,6 +180,7 @@ class RestoreReport(JobReport):
     tables: list[RestoreTable] = Field(default_factory=list)
     skipped: list[dict[str, str]] = Field(default_factory=list)
     totals: dict[str, Any] = Field(default_factory=dict)
+    unlisted: list[str] = Field(default_factory=list)  # objects in the backup's folder it does not list: not read
 
 
 class TestDataReport(JobReport):

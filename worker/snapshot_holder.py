@@ -116,7 +116,10 @@ def hold(spec: dict[str, Any]) -> None:
         params |= {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
     try:
         conn = psycopg.connect(**params)
+        # its own bounds (lock_timeout below, max_seconds, the lease), not the database's defaults: a holder waits
+        # idle in its transaction by design, and a tight statement_timeout must not cancel its locks or listing
         conn.execute("set idle_in_transaction_session_timeout = 0")
+        conn.execute("set statement_timeout = 0")
         conn.commit()
         snap, tables = lock_and_export(conn, spec["lock_timeout"])
     except _Locked as err:
