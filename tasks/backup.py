@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import secrets
 import time
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ from worker.archive import ChunkWriter
 from worker.connections import aws_client, pg_connect, pg_params
 from worker.constants import TASK_BACKUP_DUMP_DYNAMO, TASK_BACKUP_DUMP_PG, TASK_BACKUP_FINALIZE, TASK_BACKUP_START
 from worker.dynamo import exists as dynamo_exists
-from worker.errors import JobFailed, SnapshotLost
+from worker.errors import JobFailed, ServiceUnavailable, SnapshotLost
 from worker.manifest import build_manifest
 from worker.plans import BackupPlan
 from worker.reports import BackupReport, BackupTable, utcnow
@@ -36,6 +37,8 @@ from worker.taskbase import JobTask, fan_out, finish_owner, on_job_failure, stal
 
 EXPORT_PATIENCE = 20  # seconds a DynamoDB chunk task waits for the export in one go,
 EXPORT_RETRY = 30  # then it retries this much later (the export's deadline bounds the whole wait)
+
+log = logging.getLogger(__name__)
 
 
 ident = sqltext.ident
@@ -465,7 +468,10 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str, gen: int
     kept = {c["key"] for t in manifest["tables"] for c in t["chunks"]}
     strays = [o.key for o in store.list(backups.prefix(plan.options, job_id))
               if o.key not in kept and not o.key.endswith("/manifest.json")]
-    store.delete(strays)  # other attempts of redelivered chunks
+    try:
+        store.delete(strays)  # other attempts of redelivered chunks
+    except ServiceUnavailable as err:  # the manifest is written: the backup is complete; validate names them
+        log.warning("backup %s: %d object(s) of other attempts not deleted: %s", job_id, len(strays), err)
     report = backup_report(job_id, manifest)
     report.restarts = gen
     jobs.finish(self.redis, job_id, report)

@@ -56,6 +56,9 @@ from worker.taskbase import JobTask, fan_out, finish_owner, on_job_failure
 
 ident = sqltext.ident
 BATCH = 25  # BatchWriteItem's limit
+# A load's session has its own bounds (TASK_TIME_LIMIT, the chunk's size), not the database's defaults: a COPY fed
+# as its chunk downloads is neither a runaway statement nor an idle transaction (as a backup chunk's, DESIGN §12)
+OWN_LIMITS = {"statement_timeout": "0", "idle_in_transaction_session_timeout": "0"}
 
 
 def plain_blocks(settings: Settings, plan: RestorePlan, table: dict[str, Any], chunk: dict[str, Any]) -> Any:
@@ -88,7 +91,8 @@ async def _copy_in(settings: Settings, target: str, ledger: str, table: dict[str
                    blocks: Any, hashed: Any) -> tuple[int, str | None]:
     p = pg_params(settings)
     conn = await asyncpg.connect(host=p["host"], port=int(p["port"]), user=p["user"], password=p.get("password"),
-                                 database=p["dbname"], timeout=settings.postgres_connect_timeout)
+                                 database=p["dbname"], timeout=settings.postgres_connect_timeout,
+                                 server_settings=OWN_LIMITS)
     rows = 0
     # asyncpg's COPY FROM waits for its transport to take more data and is not woken when the session is lost
     # meanwhile (pg_terminate_backend, a restart): it would wait until TASK_TIME_LIMIT. Lost, the COPY is cancelled.
@@ -333,7 +337,9 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
     holder = jobs.lock(r, restore_target.lock_name(options), job_id)
     if holder:
         where = f" into {options['target_database']}" if options.get("target_database") else ""
-        raise JobFailed(f"another restore{where} is running (job {holder}); wait for it")
+        what = ("an undo of fixes (worktask validate undo)" if jobs.job_kind(r, holder) == "validate_undo"
+                else f"another restore{where}")
+        raise JobFailed(f"{what} is running (job {holder}); wait for it")
     store = backups.store_for(s, options)
     manifest = backups.read_manifest(store, options, options["backup_id"], self.settings,
                                      options.get("allow_unauthenticated", False))
@@ -353,6 +359,7 @@ def start(self: JobTask, job_id: str, options: dict[str, Any]) -> dict[str, Any]
         with pg_connect(s, autocommit=True) as conn:
             swap.drop_replacements(conn)  # marked ones, of restores that were killed; only one runs at a time
             conn.execute("select set_config('lock_timeout', %s, false)", (swap.LOCK_TIMEOUT,))
+            conn.execute("select set_config('statement_timeout', '0', false)")  # its own bounds, as the load's
             for t in pg_tables:
                 if t["name"] in bad:
                     continue
@@ -446,6 +453,7 @@ def build(self: JobTask, job_id: str, table: str) -> dict[str, Any]:
     plan = jobs.load_plan(self.redis, job_id, RestorePlan)
     with pg_connect(targets(self.settings, plan.options)) as conn:  # one transaction: a retry starts clean
         conn.execute("select set_config('lock_timeout', %s, true)", (swap.LOCK_TIMEOUT,))
+        conn.execute("select set_config('statement_timeout', '0', true)")  # an index build is no runaway query
         if table in plan.plain_generated:
             swap.recompute_generated(conn, table, plan.tag)
         expected = plan.table(table)["rows"]
@@ -479,6 +487,7 @@ def finalize(self: JobTask, results: list[dict[str, Any]], job_id: str) -> dict[
     if pg_ok and not dry and not jobs.marked(self.redis, job_id, "swapped"):
         with pg_connect(s) as conn:
             conn.execute("select set_config('lock_timeout', %s, true)", (swap.LOCK_TIMEOUT,))
+            conn.execute("select set_config('statement_timeout', '0', true)")
             # the swap's row in the ledger commits with it: a finalize delivered again after its process died
             # between this commit and the marker below finds it, and the swap done
             if swap.claim_swap(conn, plan.tag):

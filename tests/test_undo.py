@@ -119,14 +119,16 @@ def data(migrated: Any) -> Iterator[dict[str, Any]]:
     assert run_job(migrated, lambda: commands.testdata(migrated, "generate", 6, 11, True))["ok"]
     with pg_connect(migrated, autocommit=True) as pg:
         tasks = [r[0] for r in pg.execute("select id from work_tasks where is_test order by id")]
-        todo = pg.execute("""select d.todo_id from todo_dependencies d
-                             where exists (select from todo_dependencies e where e.depends_on_todo_id = d.todo_id)
-                             order by 1 limit 1""").fetchone()[0]
-        task_of = pg.execute("select work_task_id from todo_items where id = %s", (todo,)).fetchone()[0]
+        todo = pg.execute("""select d.todo_id from todo_dependencies d join todo_items i on i.id = d.todo_id
+                             join work_tasks w on w.id = i.work_task_id
+                             where w.is_test and exists (select from deliverables v where v.work_task_id = w.id)
+                               and exists (select from todo_dependencies e where e.depends_on_todo_id = d.todo_id)
+                             order by 1 limit 1""").fetchone()[0]  # of this test data (a restore may have left
+        task_of = pg.execute("select work_task_id from todo_items where id = %s", (todo,)).fetchone()[0]  # others)
         pg.execute("update deliverables set todo_id = %s where id = (select min(id) from deliverables "
                    "where work_task_id = %s)", (todo, task_of))
-        others = [r[0] for r in pg.execute("select id from todo_items where work_task_id <> %s order by id",
-                                           (task_of,))]
+        others = [r[0] for r in pg.execute("select i.id from todo_items i join work_tasks w on w.id = i.work_task_id "
+                                           "where w.is_test and i.work_task_id <> %s order by i.id", (task_of,))]
     yield {"tasks": tasks, "todo": todo, "task_of_todo": task_of, "others": others}
     assert run_job(migrated, lambda: commands.testdata(migrated, "cleanup"))["ok"]
 
@@ -290,3 +292,14 @@ def test_validate_still_takes_its_options_beside_undo(migrated: Any) -> None:
     assert proc.stderr.strip().count("\n") == 0
     code, report = cli_json("validate", "--no-fix", timeout=300)
     assert report["kind"] == "validate" and not report["fix"]
+
+
+def test_undo_refuses_while_the_validation_job_has_not_ended(migrated: Any) -> None:
+    r = check_redis(migrated)
+    job_id = jobs.create(r, "validate", {"fix": True}, job_id=jobs.new_job_id("validate"), state="running")
+    try:
+        proc = run_cli("validate", "undo", job_id)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and "has not ended" in lines[0], proc.stderr
+    finally:
+        jobs.fail(r, job_id, "a test's stand-in")

@@ -61,8 +61,10 @@ class Gate:
             return "skipped", f"fix kind {kind} not applied (this run's kinds: {', '.join(self.kinds) or 'none'})"
         running = self.restore_running() if KINDS[kind] else None
         if running:
-            return "pending", (f"a restore of the live database is running (job {running}): destructive fixes wait "
-                               "for it (its rows and items are not settled until its swap)")
+            what = ("an undo of fixes" if jobs.job_kind(self.redis, running) == "validate_undo"
+                    else "a restore of the live database")
+            return "pending", (f"{what} is running (job {running}): destructive fixes wait for it (its rows and "
+                               "items are not settled until it ends)")
         return None
 
     def restore_running(self) -> str | None:

@@ -340,6 +340,23 @@ def refusal(report: UndoReport) -> str:
             "nothing was put back")
 
 
+def refuse_while_running(settings: Settings, job_id: str) -> None:
+    """A validation job still queued or running may fix (and quarantine) more: undo after it has ended."""
+    from worker.connections import check_redis
+
+    r = check_redis(settings)
+    held = jobs.read(r, job_id)
+    if held is not None and not held.finished:
+        raise BadInput(f"validation job {job_id} has not ended (state {held.state}): it may fix more; undo once it "
+                       f"has ended (worktask jobs show {job_id}): nothing was put back")
+
+
+def hold(r: Any) -> None:
+    from worker.restore_target import LIVE_LOCK
+
+    r.expire(jobs.LOCK_KEY.format(resource=LIVE_LOCK), LOCK_TTL_S)
+
+
 def _lock(settings: Settings, job_id: str) -> tuple[Any, str]:
     """Hold the live database's restore lock under a job record of undo's own; BadInput while a restore runs."""
     from worker.connections import check_redis
@@ -355,8 +372,8 @@ def _lock(settings: Settings, job_id: str) -> tuple[Any, str]:
         raise BadInput(f"{what} is running (job {holder}): nothing was put back; undo after it "
                        f"(worktask jobs show {holder})")
     # an undo killed outright (its record left `running`) must not hold restores back for the job TTL: the lock
-    # lapses on its own after LOCK_TTL_S (the undo's PostgreSQL transaction is bounded below it)
-    r.expire(jobs.LOCK_KEY.format(resource=LIVE_LOCK), LOCK_TTL_S)
+    # lapses on its own LOCK_TTL_S after it was last renewed (here, and before the DynamoDB puts)
+    hold(r)
     return r, undo_id
 
 
@@ -401,6 +418,7 @@ def undo(settings: Settings, job_id: str, dry_run: bool = False) -> tuple[dict[s
     from worker.restore_target import LIVE_LOCK
 
     jobs.check_id(job_id)
+    refuse_while_running(settings, job_id)
     options = quarantine.store_settings(settings)
     docs = quarantine.read(settings, store_for(settings, options), options, job_id)
     check_shape(docs)
@@ -435,6 +453,7 @@ def undo(settings: Settings, job_id: str, dry_run: bool = False) -> tuple[dict[s
             if report.conflicts:
                 report.state, report.ok, report.error, code = "failed", False, refusal(report), 2
             elif not dry_run:
+                hold(lock[0])  # the lock's lapse counts from here again: the puts are under it
                 put_items(shared_aws_client(settings, "dynamodb"), plan, steps)
                 if report.conflicts:  # a conditional put failed, after PostgreSQL committed
                     report.state, report.ok, code = "failed", False, 1
