@@ -114,16 +114,26 @@ def planted(migrated: Any) -> Iterator[dict[str, Any]]:
     assert run_job(migrated, lambda: commands.testdata(migrated, "cleanup"))["ok"]
 
 
+def planted_rows(settings: Any, planted: dict[str, Any]) -> list[str]:
+    """The text of every row the planted defects are about (other tests' data may hold fixable findings too)."""
+    with pg_connect(settings) as pg:
+        return [r[0] for r in pg.execute(
+            """select t::text from todo_items t where id = %(dup)s union all
+               select t::text from work_tasks t where id = %(done)s union all
+               select t::text from deliverables t where id in (%(deliverable)s, %(approved)s) union all
+               select t::text from todo_dependencies t where depends_on_todo_id = %(dup)s order by 1""", planted)]
+
+
 def test_a_young_duplicate_todo_is_pending_and_left_alone(planted: dict[str, Any], migrated: Any) -> None:
-    before = hashes(migrated)
+    before = planted_rows(migrated, planted)
     code, report = cli_json("validate", "--fix", timeout=300)  # FIX_MIN_AGE_MINUTES: the default, 60
     dup = issue_of(report, "todo_items", str(planted["dup"]))
     assert dup["fixable"] and dup["kind"] == "duplicate_todos"
     assert dup["pending"] and not dup["fixed"] and "FIX_MIN_AGE_MINUTES" in dup["note"], dup
     status = issue_of(report, "work_tasks", str(planted["done"]))  # changed by the test a moment ago: pending too
     assert status["pending"] and not status["fixed"], str(status)
-    assert report["pending"] >= 2 and report["fixed"] == 0 and report["quarantine"] is None, report["issues"]
-    assert hashes(migrated) == before  # nothing changed
+    assert report["pending"] >= 2, report["issues"]
+    assert planted_rows(migrated, planted) == before  # none of them changed
     proc = run_cli("validate", "--fix", timeout=300)
     assert "pending" in proc.stdout and "fix kinds applied:" in proc.stdout, proc.stdout
 
@@ -321,7 +331,8 @@ def test_orphans_and_cycles_are_fixed_and_kept(planted: dict[str, Any], migrated
     try:
         code, report = cli_json("validate", "--fix", timeout=300, env={"FIX_MIN_AGE_MINUTES": "0"})
         assert issue_of(report, "todo_items", str(orphan))["fixed"]
-        cycle = [i for i in report["issues"] if i["table"] == "todo_dependencies" and "cycle" in i["message"]]
+        cycle = [i for i in report["issues"] if i["table"] == "todo_dependencies" and "cycle" in i["message"]
+                 and {str(a), str(b)} <= set(i["key"].split("->"))]
         assert len(cycle) == 1 and cycle[0]["fixed"] and cycle[0]["kind"] == "cycles", cycle
         kept = {(c["kind"], c["table"]) for d in kept_docs(migrated, report["job_id"]) for c in d["changes"]}
         assert {("orphans", "todo_items"), ("cycles", "todo_dependencies")} <= kept
