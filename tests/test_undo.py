@@ -116,19 +116,24 @@ def fix_delete_item(settings: Any, job_id: str, task: int) -> None:
 @pytest.fixture()
 def data(migrated: Any) -> Iterator[dict[str, Any]]:
     """Test data; a todo with dependency edges both ways and a deliverable pointing at it."""
-    assert run_job(migrated, lambda: commands.testdata(migrated, "generate", 6, 11, True))["ok"]
     with pg_connect(migrated, autocommit=True) as pg:
-        tasks = [r[0] for r in pg.execute("select id from work_tasks where is_test order by id")]
+        old = [r[0] for r in pg.execute("select id from work_tasks where is_test")]
+    assert run_job(migrated, lambda: commands.testdata(migrated, "generate", 6, 11, True))["ok"]
+    with pg_connect(migrated, autocommit=True) as pg:  # this generation's tasks only (each has its analysis item)
+        tasks = [r[0] for r in pg.execute("select id from work_tasks where is_test and id <> all(%s) order by id",
+                                          (old,))]
         todo = pg.execute("""select d.todo_id from todo_dependencies d join todo_items i on i.id = d.todo_id
                              join work_tasks w on w.id = i.work_task_id
-                             where w.is_test and exists (select from deliverables v where v.work_task_id = w.id)
+                             where w.id = any(%s)
+                               and exists (select from deliverables v where v.work_task_id = w.id)
                                and exists (select from todo_dependencies e where e.depends_on_todo_id = d.todo_id)
-                             order by 1 limit 1""").fetchone()[0]  # of this test data (a restore may have left
+                             order by 1 limit 1""", (tasks,)).fetchone()[0]  # of this test data (a restore may leave
         task_of = pg.execute("select work_task_id from todo_items where id = %s", (todo,)).fetchone()[0]  # others)
         pg.execute("update deliverables set todo_id = %s where id = (select min(id) from deliverables "
                    "where work_task_id = %s)", (todo, task_of))
         others = [r[0] for r in pg.execute("select i.id from todo_items i join work_tasks w on w.id = i.work_task_id "
-                                           "where w.is_test and i.work_task_id <> %s order by i.id", (task_of,))]
+                                           "where w.id = any(%s) and i.work_task_id <> %s order by i.id",
+                                           (tasks, task_of))]
     yield {"tasks": tasks, "todo": todo, "task_of_todo": task_of, "others": others}
     assert run_job(migrated, lambda: commands.testdata(migrated, "cleanup"))["ok"]
 
