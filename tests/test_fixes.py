@@ -329,14 +329,19 @@ def test_orphans_and_cycles_are_fixed_and_kept(planted: dict[str, Any], migrated
         orphan = pg.execute("insert into todo_items (work_task_id, title, is_test, created_at, updated_at) values "
                             f"(987654321, 'orphan', true, {OLD}, {OLD}) returning id").fetchone()[0]
         pg.execute("alter table todo_items enable trigger all")
-        a, b = planted["other"], planted["dup"]
-        pg.execute("insert into todo_dependencies values (%s, %s)", (b, a))  # a -> b exists: a cycle
+        # a cycle of its own (the duplicate's edges go with the duplicate's delete, in another unit)
+        a, b = [r[0] for r in pg.execute("select id from todo_items where work_task_id = %s order by id limit 2",
+                                         (planted["done"],))]
+        pg.execute("delete from todo_dependencies where todo_id in (%s, %s) or depends_on_todo_id in (%s, %s)",
+                   (a, b, a, b))
+        pg.execute("insert into todo_dependencies values (%s, %s), (%s, %s)", (a, b, b, a))
     try:
         code, report = cli_json("validate", "--fix", timeout=300, env={"FIX_MIN_AGE_MINUTES": "0"})
         assert issue_of(report, "todo_items", str(orphan))["fixed"]
         cycle = [i for i in report["issues"] if i["table"] == "todo_dependencies" and "cycle" in i["message"]
                  and {str(a), str(b)} <= set(i["key"].split("->"))]
-        assert len(cycle) == 1 and cycle[0]["fixed"] and cycle[0]["kind"] == "cycles", cycle
+        assert len(cycle) == 1 and cycle[0]["fixed"] and cycle[0]["kind"] == "cycles", [(c["key"], c["note"])
+                                                                                        for c in cycle]
         kept = {(c["kind"], c["table"]) for d in kept_docs(migrated, report["job_id"]) for c in d["changes"]}
         assert {("orphans", "todo_items"), ("cycles", "todo_dependencies")} <= kept
         with pg_connect(migrated) as pg:
